@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PLOOMBER_STATS_ENABLED := false
+export PLOOMBER_VERSION_CHECK_DISABLED := true
+
+.PHONY: install run test test-fast sync lab bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade "pip>=24" wheel
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev extras
+
+run: $(STAMP)  ## build the reference pipeline on the embedded default data
+	$(BIN)/mlopsnb run
+
+test: $(STAMP)  ## run every test: nbdev_test (library notebooks) and pytest (tests/)
+	$(BIN)/nbdev_test --path notebooks/api --do_print --flags slow
+	$(BIN)/python -m pytest tests
+
+test-fast: $(STAMP)  ## library notebook tests and the fast pytest subset
+	$(BIN)/nbdev_test --path notebooks/api
+	$(BIN)/python -m pytest tests -m "not slow"
+
+sync: $(STAMP)  ## export the library from notebooks/api and clean notebook metadata
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+lab: $(STAMP)  ## open JupyterLab 4 on the project (with the setting that keeps it working)
+	$(BIN)/mlopsnb lab
+
+bench: $(STAMP)  ## run the benchmarks in bench/ (see bench/README.md)
+	$(BIN)/python bench/pipeline.py
+
+clean:  ## remove products and the local MLflow store (keeps .venv)
+	rm -rf products mlruns mlartifacts mlflow.db .mlopsnb

@@ -1,0 +1,36 @@
+# %% [markdown]
+# # validate_data
+# Check the table against its data contract (schema, ranges, categories, missing-value budget).
+# The contract is inferred on the first run, written to `contracts/`, and then committed: from
+# then on, any violation stops the build with a message naming the column.
+
+# %% tags=["parameters"]
+upstream = ["get_data"]
+product = None
+data = None  # the `data` section of env.yaml (names the contract file)
+
+# %%
+from mlopsnb.config import DataConfig
+from mlopsnb.core import find_project
+from mlopsnb.data import check_contract, contract_violations, infer_contract, read_contract, read_frame, write_contract, write_json
+from mlopsnb.tracking import log_metrics
+
+# %%
+cfg = DataConfig.model_validate(data)
+df = read_frame(upstream["get_data"]["data"])
+path = cfg.contract_path(find_project())
+if path.exists():
+    contract = read_contract(path)
+    print(f"checking {len(df):,} rows against {path.name} ({len(contract['columns'])} columns)")
+else:
+    contract = infer_contract(df, path.stem, ids=cfg.ids)
+    write_contract(contract, path)
+    print(f"no contract yet: inferred {path} from this data; review it and commit it")
+
+# %%
+problems = contract_violations(df, contract)
+write_json({"contract": str(path), "rows": len(df), "violations": problems}, product["report"])
+log_metrics(contract_violations=len(problems), rows=len(df))
+for p in problems: print("violation:", p)
+check_contract(df, contract, where=f"data contract {path.name}")
+print("data contract: all checks pass")
