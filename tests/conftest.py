@@ -1,0 +1,66 @@
+"""Shared fixtures: a copy of the reference project in a temporary folder, the CLI run as a user would."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["pipeline.yaml", "env.yaml", "notebooks/tasks", "contracts"]
+SAMPLE = ["--env", "sample=600"]   # a small stratified sample: the whole pipeline in seconds
+
+
+def make_project(dest: Path, git: bool = True) -> Path:
+    "Copy the reference project's spec, env, task notebooks and contracts into `dest`."
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in PROJECT_FILES:
+        src = ROOT / f
+        if src.is_dir(): shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        else: shutil.copy(src, dest / f)
+    if git:
+        run = lambda *a: subprocess.run(["git", *a], cwd=dest, check=True, capture_output=True)
+        run("init", "-q"); run("add", "-A")
+        run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "project")
+    return dest
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    "The environment of a user's shell: no MLflow run or store inherited from the test process."
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "MLOPSNB_", "PLOOMBER_")) and k != "JPY_PARENT_PID"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **(extra or {})}
+
+
+def cli(project: Path, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    "Run `mlopsnb ARGS` in `project` as a user would; return the finished process."
+    return subprocess.run([str(BIN / "mlopsnb"), *args], cwd=project, capture_output=True, text=True,
+                          env=clean_env(env), timeout=timeout)
+
+
+def store(project: Path):
+    "Return an MlflowClient on the project's local store."
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def executed(result: subprocess.CompletedProcess) -> list[str]:
+    "Names of the tasks the summary reports as executed."
+    return [l.split()[0] for l in result.stdout.splitlines() if l.startswith("  ") and " executed " in l]
+
+
+def skipped(result: subprocess.CompletedProcess) -> list[str]:
+    return [l.split()[0] for l in result.stdout.splitlines() if l.startswith("  ") and l.split()[-1:] == ["skipped"]]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    "A copy of the project built once, on the sample, with the default engine (papermill)."
+    project = make_project(tmp_path_factory.mktemp("built"))
+    result = cli(project, "run", *SAMPLE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project, result
