@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Ploomber's Jupyter extension needs a synchronous contents manager under JupyterLab 4. setup.py ships
+# this file as data_files, but editable installs skip data_files (pypa/setuptools#3399): copy it here.
+JUPYTER_CONFIG := jupyter-config/jupyter_server_config.json
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
 
@@ -11,10 +14,11 @@ export PLOOMBER_VERSION_CHECK_DISABLED := true
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-$(STAMP): settings.ini setup.py
+$(STAMP): settings.ini setup.py pyproject.toml $(JUPYTER_CONFIG)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade "pip>=24" wheel
 	$(BIN)/python -m pip install -e ".[dev]"
+	mkdir -p $(VENV)/etc/jupyter && cp $(JUPYTER_CONFIG) $(VENV)/etc/jupyter/
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its dev extras

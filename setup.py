@@ -27,6 +27,11 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     zip_safe=False,
+    # Ploomber 0.23.3's Jupyter extension needs a synchronous contents manager (JupyterLab 4's async
+    # default answers 500 on every path): installed as {sys.prefix}/etc/jupyter/jupyter_server_config.json,
+    # so a plain `jupyter lab` from this environment gets it (files in jupyter_server_config.d/ only enable
+    # extensions). Editable installs skip data_files (pypa/setuptools#3399): `make install` copies it too.
+    data_files=[("etc/jupyter", ["jupyter-config/jupyter_server_config.json"])],
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
