@@ -1,0 +1,69 @@
+"""The project's own files: library in sync with its notebooks, one dependency list, CI, CLI, house style."""
+import ast
+import configparser
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, clean_env
+
+
+def test_nbdev_export_and_clean_leave_the_tree_unchanged(tmp_path):
+    for f in ["settings.ini", "setup.py", "pyproject.toml", "notebooks", "mlopsnb"]:
+        (shutil.copytree if (ROOT / f).is_dir() else shutil.copy)(ROOT / f, tmp_path / f)
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, capture_output=True, text=True, check=True)
+    git("init", "-q"); git("add", "-A"); git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "s")
+    for cmd in ["nbdev_export", "nbdev_clean"]:
+        subprocess.run([str(BIN / cmd)], cwd=tmp_path, check=True, capture_output=True, env=clean_env())
+    assert git("status", "--porcelain").stdout == "", "run `make sync`: the library or notebooks are out of sync"
+
+
+def test_environment_yml_agrees_with_settings_ini():
+    cfg = configparser.ConfigParser(); cfg.read(ROOT / "settings.ini")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert f"python={cfg['DEFAULT']['min_python']}" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert pip == ["-e .[dev]"]                     # every package comes from settings.ini, nothing listed twice
+    assert not [d for d in deps if isinstance(d, str) and d not in {"pip", f"python={cfg['DEFAULT']['min_python']}"}]
+    reqs = cfg["DEFAULT"]["requirements"].split()
+    assert "nbdev==2.4.14" in reqs and "ploomber==0.23.3" in reqs
+
+
+def test_ci_runs_what_the_readme_says():
+    readme = (ROOT / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    assert re.search(r"^make test$", (ROOT / ".ci/run").read_text(), re.M)
+    assert "make test" in (ROOT / ".github/workflows/ci.yml").read_text()
+
+
+@pytest.mark.parametrize("verb", ["", "run", "status", "plot", "nb", "lab"])
+def test_cli_help(verb):
+    r = subprocess.run([str(BIN / "mlopsnb"), *([verb] if verb else []), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: mlopsnb" in r.stdout
+
+
+def test_task_notebooks_follow_the_house_style():
+    spec = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
+    for t in spec["tasks"]:
+        src = ROOT / t["source"]
+        name = src.stem
+        assert re.fullmatch(r"[a-z]+_[a-z]+", name), name                  # verb_noun
+        text = src.read_text()
+        assert text.count('tags=["parameters"]') == 1 and "injected-parameters" not in text, name
+        tree = ast.parse(re.sub(r"^# %%.*$", "", text, flags=re.M))
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))], f"{name}: no def/class in a task"
+
+
+def test_telemetry_is_off_in_every_task_process(monkeypatch):
+    from mlopsnb.pipeline import quiet_ploomber
+    import os
+    monkeypatch.delenv("PLOOMBER_STATS_ENABLED", raising=False)
+    monkeypatch.delenv("CI", raising=False)   # ploomber_core is also quiet under CI: check the variable alone does it
+    quiet_ploomber()
+    assert os.environ["PLOOMBER_STATS_ENABLED"] == "false"     # inherited by every kernel and subprocess
+    from ploomber_core.telemetry.telemetry import check_telemetry_enabled
+    assert check_telemetry_enabled() is False
