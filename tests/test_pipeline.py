@@ -94,6 +94,9 @@ def test_change_one_param_or_source_reruns_that_task_and_downstream(tmp_path):
     assert second.returncode == 0, second.stderr
     assert executed(second) == ["evaluate_model", "promote_model"], second.stdout
     assert skipped(second) == TASKS[:4]
+    doc = json.loads((project / "products/evaluation/metrics.json").read_text())
+    assert doc["threshold"] == 0.4 and doc["champion"]["version"] == "1"      # evaluated side by side with @champion
+    assert set(doc["champion"]["metrics"]) == set(doc["metrics"]) and "fairness_max_gap" in doc["champion"]
     src = project / "notebooks/tasks/split_data.py"
     src.write_text(src.read_text() + '\n# %%\nprint("rows per split", {k: len(v) for k, v in parts.items()})\n')
     third = cli(project, "run", "--engine", "inprocess", *SAMPLE)

@@ -33,7 +33,7 @@ candidates.to_csv(product["candidates"], index=False)
 log_artifact(product["candidates"])
 log_params(best_candidate=best["candidate"], best_family=best["family"], candidates=len(candidates))
 log_metrics({f"val_{metric}": float(best[metric]), "candidates": len(candidates)})
-model_uri = log_model(model, X_train.head(20))
-write_json({"model_uri": model_uri, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
+logged = log_model(model, X_train.head(20))   # skops format, signature, input example, sha256 manifest
+write_json({**logged, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
             "features": list(X_train.columns)}, product["info"])
-print(f"best: {best['candidate']} (validation {metric} {best[metric]:.4f}); logged as {model_uri}")
+print(f"best: {best['candidate']} (validation {metric} {best[metric]:.4f}); logged as {logged['model_uri']}")
