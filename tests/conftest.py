@@ -32,6 +32,7 @@ def clean_env(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "MLOPSNB_", "PLOOMBER_")) and k != "JPY_PARENT_PID"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"   # two spin-waiting OpenMP pools on 2 cores slow a fit 100-fold (see bench/README.md)
     return {**env, **(extra or {})}
 
 

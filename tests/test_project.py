@@ -63,7 +63,15 @@ def test_telemetry_is_off_in_every_task_process(monkeypatch):
     import os
     monkeypatch.delenv("PLOOMBER_STATS_ENABLED", raising=False)
     monkeypatch.delenv("CI", raising=False)   # ploomber_core is also quiet under CI: check the variable alone does it
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     quiet_ploomber()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert os.environ["PLOOMBER_STATS_ENABLED"] == "false"     # inherited by every kernel and subprocess
     from ploomber_core.telemetry.telemetry import check_telemetry_enabled
     assert check_telemetry_enabled() is False
+
+
+def test_the_library_turns_mlflow_telemetry_off_in_notebooks_too():
+    code = "import os, mlopsnb.tracking; print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'))"
+    r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, env=clean_env())
+    assert r.stdout.strip() == "true", r.stderr
