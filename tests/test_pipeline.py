@@ -57,8 +57,11 @@ def test_model_is_registered_with_signature_and_champion_alias(built):
     client = store(project)
     mv = client.get_model_version_by_alias("churn", "champion")
     assert str(mv.version) == "1" and str(client.get_model_version_by_alias("churn", "challenger").version) == "1"
+    import mlflow
     from mlflow.models import get_model_info
-    info = get_model_info(f"models:/churn/1")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri); mlflow.set_registry_uri(uri)      # the built project's store, never the cwd's
+    info = get_model_info("models:/churn/1")
     assert info.signature is not None and info.signature.inputs.input_names()[:2] == ["female", "senior_citizen"]
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
 
