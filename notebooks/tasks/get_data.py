@@ -6,22 +6,21 @@
 # %% tags=["parameters"]
 upstream = None
 product = None
-data = None    # the `data` section of env.yaml: source, target, positive label, ids, ...
+data: "DataConfig" = None  # the `data` section of env.yaml: source, target, positive label, ids, ...
 sample = None  # rows to keep (stratified) for a quick run; None keeps all
 seed = None    # sampling seed
 
 # %%
 from mlopsnb.config import DataConfig
-from mlopsnb.core import find_project
 from mlopsnb.data import frame_digest, load_data, write_frame
-from mlopsnb.tracking import log_metrics, set_tags
+from mlopsnb.tracking import log_metrics, set_tags, task_root
 
 # %%
 cfg = DataConfig.model_validate(data)
-df = load_data(cfg, find_project(), sample=sample, seed=seed)
+df = load_data(cfg, task_root(), sample=sample, seed=seed)
 digest = frame_digest(df)
 write_frame(df, product["data"])
-set_tags({"mlopsnb.data_digest": digest})
+set_tags({"mlopsnb.table_digest": digest})   # the modelling table (after sampling); the build tags the source digest
 log_metrics(rows=len(df), columns=df.shape[1], positive_rate=float(df[cfg.target].mean()))
 print(f"{len(df):,} rows x {df.shape[1]} columns from {cfg.source} (digest {digest[:12]})")
 

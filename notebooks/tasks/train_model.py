@@ -11,12 +11,14 @@ target = None  # the target column
 ids = None     # identifier columns, never features
 metric = None  # selection metric on the validation set (higher is better)
 seed = None    # random state of every estimator
-grid = None    # list of {family: ..., hyperparameter: [values]}
+grid: list[dict] = None  # list of {family: ..., hyperparameter: [values]}
 
 # %%
+import numpy as np
 from mlopsnb.data import read_frame, write_json
-from mlopsnb.registry import log_model, save_model
-from mlopsnb.tracking import log_artifact, log_metrics, log_params
+from mlopsnb.promotion import TRAINING_ROWS_FILE, row_keys
+from mlopsnb.registry import log_model
+from mlopsnb.tracking import current_run_id, log_artifact, log_metrics, log_params, task_store
 from mlopsnb.train import fit_grid
 
 # %%
@@ -28,12 +30,15 @@ candidates
 
 # %%
 best = candidates.iloc[0]
-save_model(model, product["model"])
 candidates.to_csv(product["candidates"], index=False)
 log_artifact(product["candidates"])
 log_params(best_candidate=best["candidate"], best_family=best["family"], candidates=len(candidates))
 log_metrics({f"val_{metric}": float(best[metric]), "candidates": len(candidates)})
-logged = log_model(model, X_train.head(20))   # skops format, signature, input example, sha256 manifest
+# the rows the model saw (training and selection), shipped inside the model so a later build compares it only on others
+np.save(product["rows"], np.concatenate([row_keys(train, ids), row_keys(val, ids)]), allow_pickle=False)
+# hashed, then uploaded as is: the model that is evaluated, timed and registered is these bytes
+logged = log_model(task_store(), model, X_train.head(20), current_run_id(), extra_files={TRAINING_ROWS_FILE: product["rows"]},
+                   local_copy=product["model"])
 write_json({**logged, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
             "features": list(X_train.columns)}, product["info"])
 print(f"best: {best['candidate']} (validation {metric} {best[metric]:.4f}); logged as {logged['model_uri']}")

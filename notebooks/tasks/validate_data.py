@@ -7,18 +7,17 @@
 # %% tags=["parameters"]
 upstream = ["get_data"]
 product = None
-data = None  # the `data` section of env.yaml (names the contract file)
+data: "DataConfig" = None  # the `data` section of env.yaml (names the contract file)
 
 # %%
 from mlopsnb.config import DataConfig
-from mlopsnb.core import find_project
 from mlopsnb.data import check_contract, contract_violations, infer_contract, read_contract, read_frame, write_contract, write_json
-from mlopsnb.tracking import log_metrics
+from mlopsnb.tracking import log_metrics, task_root
 
 # %%
 cfg = DataConfig.model_validate(data)
 df = read_frame(upstream["get_data"]["data"])
-path = cfg.contract_path(find_project())
+path = cfg.contract_path(task_root())
 if path.exists():
     contract = read_contract(path)
     print(f"checking {len(df):,} rows against {path.name} ({len(contract['columns'])} columns)")
