@@ -132,7 +132,7 @@ def test_build_killed_mid_task_reruns_that_task(project, tmp_path, forced):
     if forced:
         assert cli(project, "run", *FAST, *SAMPLE).returncode == 0
     kill_during_train(project, tmp_path / "marker", *(["--force"] if forced else []))
-    assert (project / "products/model/model.skops").exists()   # written, but the task never finished
+    assert (project / "products/model/mlflow_model/model.skops").exists()   # written, but the task never finished
     r = cli(project, "run", *FAST, *SAMPLE)
     assert r.returncode == 0, r.stderr
     assert executed(r) == TASKS[3:], r.stdout                   # Ploomber alone would skip train_model after --force

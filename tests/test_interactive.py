@@ -40,6 +40,8 @@ def test_every_task_notebook_runs_top_to_bottom_in_a_kernel(built, tmp_path):
     metrics = {k for run in interactive for k in run.data.metrics}
     assert {"rows", "roc_auc", "promoted"} <= metrics
     assert all(run.data.tags.get("git.commit") for run in interactive)
+    # run by hand, promote_model registered nothing and moved no alias: only the build's version exists
+    assert [str(v.version) for v in client.search_model_versions("name='churn'")] == ["1"]
     r = cli(project, "nb", "remove", *SAMPLE)
     assert r.returncode == 0, r.stderr
     assert {t: (tasks / f"{t}.py").read_text() for t in TASKS} == originals

