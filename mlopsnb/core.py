@@ -5,14 +5,24 @@
 # %% ../notebooks/api/00_core.ipynb #8f650ac1
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # %% auto #0
-__all__ = ['PIPELINE_FILE', 'ENV_FILE', 'MlopsnbError', 'ConfigError', 'DataError', 'ContractError', 'TaskError', 'RegistryError',
-           'IntegrityError', 'find_project', 'atomic_path', 'atomic_write_text']
+__all__ = ['PIPELINE_FILE', 'ENV_FILE', 'SECRET_PREFIX', 'MlopsnbError', 'ConfigError', 'DataError', 'ContractError', 'TaskError',
+           'RegistryError', 'IntegrityError', 'find_project', 'atomic_path', 'atomic_write_text', 'atomic_dir',
+           'clean_stale_temp', 'mask_url', 'expand_vars', 'secret_var', 'hide_secrets']
 
 # %% ../notebooks/api/00_core.ipynb #d6e25922
 class MlopsnbError(Exception):
@@ -49,23 +59,176 @@ def find_project(start: str | Path | None = None, # where to start looking (defa
     raise ConfigError(f"no {PIPELINE_FILE} in {here} or any folder above it")
 
 # %% ../notebooks/api/00_core.ipynb #b1fd6a3c
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+def _tmp_path(path: Path) -> Path:
+    "Return a fresh temporary name beside `path` that names this process and host."
+    return path.with_name(f".{path.name}.{os.getpid()}-{_host_tag()}.{secrets.token_hex(4)}.tmp")
+
+def _fsync(path: Path) -> None:
+    "Flush a file's content, or a folder's entries, to disk."
+    if os.name == "nt" and path.is_dir(): return   # Windows cannot open a folder; NTFS journals renames
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def _makedirs(folder: Path) -> None:
+    "Create `folder` and its missing parents, each one recorded durably in its parent."
+    for d in [d for d in (folder, *folder.parents) if not d.is_dir()][::-1]:
+        try: d.mkdir()
+        except FileExistsError: pass
+        _fsync(d.parent)
+
 @contextmanager
 def atomic_path(path: str | Path, # the file to produce
-               ):
-    "Yield a temporary path beside `path`; move it onto `path` only if the block succeeds."
+               ) -> Iterator[Path]:
+    "Yield a temporary path beside `path`; move it onto `path`, durably, only if the block succeeds."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _makedirs(path.parent)
+    tmp = _tmp_path(path)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))   # the umask applies
     try:
-        yield Path(tmp)
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
-        if os.path.exists(tmp): os.unlink(tmp)
+        if os.path.lexists(tmp): os.unlink(tmp)
 
 def atomic_write_text(path: str | Path, # the file to write
                       text: str, # its whole content
                      ) -> Path:
-    "Write `text` to `path` atomically."
+    "Write `text` to `path` atomically and durably."
     with atomic_path(path) as tmp: Path(tmp).write_text(text, encoding="utf-8")
     return Path(path)
+
+# %% ../notebooks/api/00_core.ipynb #fa9867b5
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap two paths atomically (Linux renameat2); return False where the system cannot."
+    if not sys.platform.startswith("linux"): return False
+    import ctypes
+    try: fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError: return False   # a C library without renameat2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0: return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS): return False   # a file system or kernel without the flag
+    raise OSError(err, os.strerror(err), str(b))
+
+def _remove(path: Path) -> None:
+    "Delete a file or a whole folder."
+    if path.is_dir() and not path.is_symlink(): shutil.rmtree(path)
+    else: path.unlink()
+
+def _fsync_tree(folder: Path) -> None:
+    "Flush every file and folder under `folder`, deepest first."
+    for root, _, files in os.walk(folder, topdown=False):
+        for f in files:
+            if not os.path.islink(os.path.join(root, f)): _fsync(Path(root, f))
+        _fsync(Path(root))
+
+@contextmanager
+def atomic_dir(path: str | Path, # the folder to produce
+              ) -> Iterator[Path]:
+    "Yield a temporary folder beside `path`; put it in place of `path`, durably, only if the block succeeds."
+    path = Path(path)
+    _makedirs(path.parent)
+    tmp = _tmp_path(path)
+    tmp.mkdir()   # mode 0o777 less the umask, like any new folder
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if not os.path.lexists(path):
+            try: os.rename(tmp, path)
+            except OSError as e:   # created by someone else meanwhile: swap with it below
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST): raise
+        if os.path.lexists(tmp) and not _exchange(tmp, path):   # after the swap tmp holds the old folder
+            old = _tmp_path(path)
+            os.rename(path, old); os.rename(tmp, path); os.rename(old, tmp)
+        _fsync(path.parent)
+    finally:
+        if os.path.lexists(tmp): _remove(tmp)
+
+# %% ../notebooks/api/00_core.ipynb #91ea4d09
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.[0-9a-f]{8}\.tmp")
+_OLD_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")   # tempfile.mkstemp's names, used before
+
+def _pid_alive(pid: int) -> bool:
+    "Whether a process with this id exists on this host and is not a zombie."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass   # it exists, under another user
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError): return True   # no /proc: trust kill()
+
+def _is_stale(path: Path, max_age: float | None) -> bool:
+    "Whether a temporary file or folder was left by a writer that is gone."
+    m = _TMP_NAME.fullmatch(path.name)
+    if m and m["host"] == _host_tag(): return not _pid_alive(int(m["pid"]))
+    if not (m or _OLD_TMP_NAME.fullmatch(path.name)) or max_age is None: return False
+    return time.time() - path.lstat().st_mtime > max_age
+
+def clean_stale_temp(folder: str | Path, # where to look, recursively
+                     max_age: float | None = None, # seconds; also remove other hosts' or unnamed temporaries this old
+                    ) -> list[Path]:
+    "Remove the temporary files and folders that writers which are gone left under `folder`; return them."
+    removed = []
+    for p in sorted(Path(folder).rglob(".*.tmp")):
+        if any(r in p.parents for r in removed) or not _is_stale(p, max_age): continue
+        try: _remove(p)
+        except FileNotFoundError: continue   # removed by a concurrent cleaner
+        removed.append(p)
+    return removed
+
+# %% ../notebooks/api/00_core.ipynb #8d8fe3f1
+SECRET_PREFIX = "MLOPSNB_SECRET_"
+_SECRET_NAME = r"[\w.\-]*(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)[\w.\-]*"
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)(?P<secret>[^\s?#]*)(?=@[^\s@/?#]*(?:[/?#\s]|$))")
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+_QUERY = re.compile(rf"(?P<head>[?&;]{_SECRET_NAME}=)(?P<secret>[^&#;\s'\"<>()\[\]]*)", re.I)
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+def _sub_secrets(text: str, repl) -> str:
+    "Replace every URL password and secret query value in `text` by `repl(secret)`."
+    keep = lambda m: m["head"] + (m["secret"] if not m["secret"] or _VAR.fullmatch(m["secret"]) else repl(m["secret"]))
+    text = _USERINFO.sub(keep, text)
+    return _URL.sub(lambda u: _QUERY.sub(keep, u[0]), text)
+
+def mask_url(text: str, # any text: a URL, a message, a log line
+            ) -> str:
+    "Return `text` with the password of every URL and every secret query value replaced by ***."
+    return _sub_secrets(text, lambda s: "***")
+
+def expand_vars(value: str, # text with ${NAME} or ${NAME:-default} references
+                environ: Mapping[str, str] | None = None, # where to look them up (default: os.environ)
+               ) -> str:
+    "Replace each ${NAME} by its value from the environment; ${NAME:-default} when unset or empty."
+    env = os.environ if environ is None else environ
+    def one(m):
+        v = env.get(m["name"])
+        if m["default"] is not None and not v: return m["default"]
+        if v is None: raise ConfigError(f"${{{m['name']}}} is not set")
+        return v
+    return _VAR.sub(one, value)
+
+def secret_var(secret: str) -> str:
+    "Return the name of the environment variable that carries `secret` to the task processes."
+    return SECRET_PREFIX + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+def hide_secrets(obj: Any, # params: nested dicts, lists and strings
+                ) -> tuple[Any, dict[str, str]]:
+    "Return `obj` with each literal secret in its URLs replaced by a ${MLOPSNB_SECRET_...} reference, and {variable: secret}."
+    found: dict[str, str] = {}
+    def ref(secret):
+        var = secret_var(secret)
+        if found.setdefault(var, secret) != secret: raise ConfigError(f"two different secrets map to ${{{var}}}")
+        return "${" + var + "}"
+    def walk(o):
+        if isinstance(o, str): return _sub_secrets(o, ref)
+        if isinstance(o, Mapping): return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, list): return [walk(v) for v in o]
+        if isinstance(o, tuple): return tuple(walk(v) for v in o)
+        return o
+    return walk(obj), found
