@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # nothing leaves the machine unless the user says so
 
 # %% auto #0
-__all__ = ['log', 'RUN_ID_ENV', 'PARENT_ENV', 'OFF_ENV', 'resolve_uri', 'settings', 'git_state', 'lineage_tags', 'NullRecorder',
-           'Recorder', 'recorder', 'current_run_id', 'log_metrics', 'log_params', 'log_artifact', 'log_dict',
-           'set_tags']
+__all__ = ['log', 'RUN_ID_ENV', 'PARENT_ENV', 'OFF_ENV', 'STORE_TIMEOUT', 'UI_ENV', 'resolve_uri', 'settings', 'git_state',
+           'lineage_tags', 'NullRecorder', 'Recorder', 'recorder', 'current_run_id', 'log_metrics', 'log_params',
+           'log_artifact', 'log_dict', 'set_tags', 'sqlite_path', 'prepare_store', 'ui_command']
 
 # %% ../notebooks/api/06_tracking.ipynb #f626c277
 RUN_ID_ENV = "MLFLOW_RUN_ID"
@@ -217,3 +217,63 @@ def log_dict(obj, artifact_file: str) -> None:
 def set_tags(tags: dict | None = None, **kw) -> None:
     "Tag the current run."
     _rec().set_tags(current_run_id(), {**(tags or {}), **kw})
+
+# %% ../notebooks/api/06_tracking.ipynb #165c3123
+import sqlite3
+import sys
+from urllib.parse import parse_qsl
+
+STORE_TIMEOUT = 30   # seconds a store connection waits for SQLite's write lock
+
+def sqlite_path(uri: str, # a tracking URI
+               ) -> Path | None:
+    "Return the database file of a `sqlite:///` URI; None for other URIs and in-memory databases."
+    if not uri.startswith("sqlite:///"): return None
+    db = uri.removeprefix("sqlite:///").partition("?")[0]
+    return None if db in ("", ":memory:") or db.startswith("file:") else Path(db)
+
+def _init_lock(db: Path):
+    "Open and exclusively lock the file that serialises a store's first initialisation."
+    f = open(db.with_name(db.name + ".init.lock"), "a")
+    try: import fcntl
+    except ImportError: return f   # no flock (Windows): initialisation is not serialised
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f   # closing it releases the lock
+
+def prepare_store(uri: str, # a tracking URI
+                  timeout: float = STORE_TIMEOUT, # busy timeout added to a sqlite URI
+                 ) -> str:
+    "Put a SQLite store in WAL mode with MLflow's schema created once; return the URI to use, with a busy timeout."
+    db = sqlite_path(uri)
+    if db is None: return uri
+    if "timeout" not in dict(parse_qsl(uri.partition("?")[2])): uri += ("&" if "?" in uri else "?") + f"timeout={timeout:g}"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _init_lock(db):
+        con = sqlite3.connect(db, timeout=timeout)
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                if con.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                    raise MlopsnbError(f"{db}: SQLite refused WAL mode (is it on a network file system?)")
+            ready = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'").fetchone()
+        finally: con.close()
+        if not ready:   # a new store: let MLflow create its tables now, while the others wait
+            from mlflow.tracking import MlflowClient
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1); client.search_registered_models(max_results=1)
+    return uri
+
+# %% ../notebooks/api/06_tracking.ipynb #22ab2d91
+UI_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+def ui_command(tracking_uri: str, # the store to browse
+               artifacts: str | Path, # artifact root for experiments created in the UI (folder or URI)
+               host: str = "127.0.0.1", # interface to bind: this machine only by default
+               port: int = 5000, # TCP port
+              ) -> tuple[list[str], dict[str, str]]:
+    "Return the argv and environment that start the MLflow UI on a store with telemetry off."
+    root = str(artifacts) if "://" in str(artifacts) else Path(artifacts).resolve().as_uri()
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+            "--registry-store-uri", tracking_uri, "--default-artifact-root", root,
+            "--host", host, "--port", str(port), "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **UI_ENV}
+    return argv, env

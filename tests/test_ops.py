@@ -48,3 +48,119 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_that_only_cleaning_removes
         alive.kill(); alive.wait()
     assert clean_stale_temp(tmp_path) == [alive_tmp]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "products"]
+
+
+# --- A SQLite store under parallel writers -------------------------------------------------------------
+
+LOGGER = """
+import sys, time
+from pathlib import Path
+uri, go, name, prepare, batches = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlopsnb.tracking import prepare_store
+while not go.exists(): time.sleep(0.01)
+if prepare: uri = prepare_store(uri)
+client = MlflowClient(tracking_uri=uri)
+exp = client.get_experiment_by_name("race")
+if exp is None:
+    try: exp_id = client.create_experiment("race")
+    except MlflowException: exp_id = client.get_experiment_by_name("race").experiment_id   # created meanwhile
+else: exp_id = exp.experiment_id
+run_id = client.create_run(exp_id, run_name=name).info.run_id
+for i in range(batches):
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"m{k}", float(i * k), ts, i) for k in range(5)],
+                     tags=[RunTag(f"t{i % 3}", str(i))], synchronous=True)
+client.set_terminated(run_id)
+print(run_id)
+"""
+
+READER = """
+import sys, time
+from pathlib import Path
+uri, go, done, prepare = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1"
+from mlflow.tracking import MlflowClient
+from mlopsnb.tracking import prepare_store
+while not go.exists(): time.sleep(0.01)
+if prepare: uri = prepare_store(uri)
+client, reads = MlflowClient(tracking_uri=uri), 0
+while not done.exists():
+    exp = client.get_experiment_by_name("race")
+    if exp is not None:
+        for r in client.search_runs([exp.experiment_id], max_results=100):
+            client.get_metric_history(r.info.run_id, "m1"); reads += 1
+    time.sleep(0.05)
+print(reads)
+"""
+
+
+def race(folder: Path, prepare: bool, writers: int = 6, batches: int = 50) -> tuple[str, list[subprocess.CompletedProcess], subprocess.CompletedProcess]:
+    "Start `writers` loggers and a reader on one fresh store at the same instant; return the store URI and their results."
+    uri, go, done = f"sqlite:///{folder / 'store' / 'mlflow.db'}", folder / "go", folder / "done"
+    env = clean_env({"PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"})
+    py = lambda code, *args: subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs = [py(LOGGER, uri, go, f"w{i}", int(prepare), batches) for i in range(writers)]
+    reader = py(READER, uri, go, done, int(prepare))
+    time.sleep(1); go.touch()                       # imports done or nearly: everyone starts together
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    done.touch()
+    out, err = reader.communicate(timeout=120)
+    return uri, results, subprocess.CompletedProcess(reader.args, reader.returncode, out, err)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_six_writers_and_a_reader_share_a_fresh_sqlite_store(tmp_path):
+    uri, results, reader = race(tmp_path, prepare=True)
+    errors = [r.stderr[-2000:] for r in results + [reader] if r.returncode]
+    assert not errors, "\n---\n".join(errors)
+    assert not any("database is locked" in r.stderr for r in results + [reader])
+    assert int(reader.stdout) > 0                   # the reader did read while they wrote
+    from mlflow.tracking import MlflowClient
+    from mlopsnb.tracking import prepare_store
+    client = MlflowClient(tracking_uri=prepare_store(uri))
+    for r in results:
+        run = client.get_run(r.stdout.strip())
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["t0"] == "48" and run.data.tags["t2"] == "47"
+        for k in range(5):
+            assert [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"m{k}"), key=lambda m: m.step)] \
+                == [float(i * k) for i in range(50)]
+    import sqlite3
+    assert sqlite3.connect(uri.removeprefix("sqlite:///")).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def write_under_a_long_reader(db: Path, uri: str) -> tuple[float, str]:
+    "Log a metric while another connection holds a read transaction open; return the seconds it took and 'ok' or the error."
+    import sqlite3
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("e")).info.run_id
+    client.log_batch(run, metrics=[Metric("a", 0.0, 0, 0)], synchronous=True)
+    reader = sqlite3.connect(db)
+    reader.execute("BEGIN"); reader.execute("SELECT count(*) FROM metrics").fetchone()   # e.g. a notebook's open cursor
+    start = time.monotonic()
+    try: client.log_batch(run, metrics=[Metric("a", 1.0, 0, 1)], synchronous=True); outcome = "ok"
+    except Exception as e: outcome = str(e)
+    finally: reader.rollback(); reader.close()
+    return time.monotonic() - start, outcome
+
+
+def test_a_long_reader_does_not_hold_up_writers_in_a_prepared_store(tmp_path):
+    from mlopsnb.tracking import prepare_store
+    seconds, outcome = write_under_a_long_reader(tmp_path / "mlflow.db", prepare_store(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert outcome == "ok" and seconds < 5, (seconds, outcome)
+
+
+@pytest.mark.slow
+def test_without_wal_a_long_reader_locks_writers_out(tmp_path):
+    "What prepare_store prevents: MLflow's default rollback journal, a reader, and a writer failing after MLflow's 20 s."
+    seconds, outcome = write_under_a_long_reader(tmp_path / "mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "database is locked" in outcome and seconds >= 19, (seconds, outcome)
