@@ -163,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("model"); s.add_argument("--reason", default="rollback", help="why, recorded in the history"); s.set_defaults(fn=_rollback)
     s = sub.add_parser("lab", help="start JupyterLab 4 on the project (other options go to jupyter lab)")
     s.set_defaults(fn=_lab, args=[])
+    s = sub.add_parser("ui", help="start the MLflow UI on the project's store (this machine only unless --host)")
+    s.add_argument("--port", type=int, default=5000); s.add_argument("--host", default="127.0.0.1")
+    s.set_defaults(fn=lambda a: _ui(a))   # _ui is defined in a later cell
     return p
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,3 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlopsnb: interrupted", file=sys.stderr)
         return 130
+
+# %% ../notebooks/api/09_cli.ipynb #71319388
+def _ui(a):
+    from mlopsnb.core import find_project, mask_url
+    from mlopsnb.tracking import prepare_store, settings, ui_command
+    root = find_project()
+    uri, _, artifacts = settings(root)
+    argv, env = ui_command(prepare_store(uri), artifacts, host=a.host, port=a.port)
+    print(f"MLflow UI for {mask_url(uri)} on http://{a.host}:{a.port} (Ctrl-C stops it)", flush=True)
+    os.execve(argv[0], argv, env)

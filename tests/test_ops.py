@@ -164,3 +164,88 @@ def test_without_wal_a_long_reader_locks_writers_out(tmp_path):
     "What prepare_store prevents: MLflow's default rollback journal, a reader, and a writer failing after MLflow's 20 s."
     seconds, outcome = write_under_a_long_reader(tmp_path / "mlflow.db", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "database is locked" in outcome and seconds >= 19, (seconds, outcome)
+
+
+# --- mlopsnb ui ------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    "The ids of every live process below `pid` (Linux /proc)."
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try: fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError: continue   # ended meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    out, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == here]
+        out += kids; todo += kids
+    return out
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
+
+
+def listening_addresses(port: int) -> set[str]:
+    "Local addresses with a socket listening on `port` (from /proc/net/tcp and tcp6, hex as the kernel writes them)."
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, hexport = local.rpartition(":")
+            if state == "0A" and int(hexport, 16) == port: found.add(addr)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_mlopsnb_ui_serves_the_project_store_on_localhost_with_telemetry_off(tmp_path):
+    import json
+    import urllib.request
+    from conftest import make_project
+    from mlflow.tracking import MlflowClient
+    from mlopsnb.tracking import prepare_store
+    project = make_project(tmp_path / "project", git=False)
+    uri = prepare_store(f"sqlite:///{project / 'mlflow.db'}")
+    MlflowClient(tracking_uri=uri).create_experiment("made-before", artifact_location=(project / "mlartifacts").as_uri())
+    port, log = free_port(), tmp_path / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "mlopsnb"), "ui", "--port", str(port)], cwd=project, stdout=out,
+                                stderr=subprocess.STDOUT, env=clean_env({"PYTHONPATH": str(ROOT)}))
+    try:
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+        deadline, body = time.monotonic() + 120, None
+        while time.monotonic() < deadline and body is None:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200: body = json.loads(r.read())
+            except OSError: time.sleep(0.5)
+        assert body is not None, f"no answer within 120 s:\n{log.read_text()[-3000:]}"
+        assert "made-before" in {e["name"] for e in body["experiments"]}          # the project's store
+        assert listening_addresses(port) == {"0100007F"}                          # 127.0.0.1 only
+        procs = [proc.pid, *descendants(proc.pid)]
+        assert len(procs) >= 2, "expected MLflow's CLI process and its uvicorn server"
+        for pid in procs:
+            env = environ_of(pid)
+            assert (env.get("MLFLOW_DISABLE_TELEMETRY"), env.get("DO_NOT_TRACK")) == ("true", "true"), pid
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/3.0/mlflow/ui-telemetry", timeout=5) as r:
+            assert json.loads(r.read())["disable_ui_telemetry"] is True           # what the browser is told
+    finally:
+        kids = descendants(proc.pid)
+        proc.terminate()
+        try: proc.wait(timeout=30)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and [k for k in kids if Path(f"/proc/{k}").exists()]: time.sleep(0.2)
+    assert not [k for k in kids if Path(f"/proc/{k}").exists()], "server processes left behind"
