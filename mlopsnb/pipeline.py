@@ -87,10 +87,22 @@ def _notebook_of(task) -> str | None:
     p = str(prod)
     return p if p.endswith(".ipynb") else None
 
+_SELF_CONTAINED = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
 @functools.cache
 def _exporter():
+    "Return the HTML exporter, built once per process (building one loads its templates)."
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
-    return HTMLExporter(template_name="lab")   # building one loads its templates: once per process
+    # JupyterLab's page, CSS inlined, without the scripts it loads from CDNs (require.js, MathJax, Mermaid,
+    # the widget manager): the HTML logged to MLflow opens offline and calls nowhere; LaTeX shows as source
+    return HTMLExporter(template_name="lab", template_file="mlopsnb_self_contained.html.j2", embed_images=True,
+                        extra_loaders=[DictLoader({"mlopsnb_self_contained.html.j2": _SELF_CONTAINED})])
 
 def _html(notebook: str) -> str | None:
     try:

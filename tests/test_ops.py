@@ -249,3 +249,44 @@ def test_mlopsnb_ui_serves_the_project_store_on_localhost_with_telemetry_off(tmp
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and [k for k in kids if Path(f"/proc/{k}").exists()]: time.sleep(0.2)
     assert not [k for k in kids if Path(f"/proc/{k}").exists()], "server processes left behind"
+
+
+# --- Self-contained notebook HTML -------------------------------------------------------------------------
+
+EXTERNAL = [r"""(?:src|href|action|data)\s*=\s*["']?\s*(?:https?:)?//""",   # <script src=...>, <link href=...>
+            r"""import\s*\(?\s*["'](?:https?:)?//""",                        # import("https://...") in a module script
+            r"""url\(\s*["']?(?:https?:)?//""", r"@import"]                   # CSS fetching fonts or sheets
+
+
+def executed_notebook(folder: Path) -> Path:
+    "Execute a small notebook with text, a table, a figure, LaTeX, a Mermaid diagram and widget state; return its path."
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Churn\nThe loss is $\\sum_i (y_i - \\hat y_i)^2$.\n\n"
+                                              "```mermaid\ngraph LR; a-->b\n```"),
+                nbformat.v4.new_code_cell("print('rows: 600')"),
+                nbformat.v4.new_code_cell("import pandas as pd\npd.DataFrame({'auc': [0.84], 'f1': [0.61]})"),
+                nbformat.v4.new_code_cell("import io\nfrom matplotlib.figure import Figure\nfrom IPython.display import Image\n"
+                                          "fig, buf = Figure(figsize=(2, 2)), io.BytesIO()\nfig.subplots().plot([0, 1])\n"
+                                          "fig.savefig(buf, format='png'); Image(buf.getvalue())")]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2, "version_minor": 0}}
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    path = folder / "executed.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_notebook_html_references_nothing_outside_the_file(tmp_path):
+    import re
+    from mlopsnb.pipeline import _exporter, _html
+    html = _html(str(executed_notebook(tmp_path)))
+    assert html is not None
+    for pattern in EXTERNAL:
+        found = [html[max(m.start() - 60, 0):m.end() + 60] for m in re.finditer(pattern, html, re.I)]
+        assert not found, f"{pattern}: {found[:3]}"
+    assert "rows: 600" in html and "0.84" in html and "<table" in html        # still the notebook, readable
+    assert re.search(r"<img[^>]+src=\"data:image/png;base64,", html)          # the figure inside the file
+    assert "hat y_i" in html and "a-->b" in html.replace("&gt;", ">")          # LaTeX and Mermaid kept as their source
+    assert "jp-Notebook" in html and "--jp-content-font-color1" in html       # JupyterLab's styles, inlined
+    assert _exporter() is _exporter()                                         # built once per process
