@@ -290,3 +290,114 @@ def test_notebook_html_references_nothing_outside_the_file(tmp_path):
     assert "hat y_i" in html and "a-->b" in html.replace("&gt;", ">")          # LaTeX and Mermaid kept as their source
     assert "jp-Notebook" in html and "--jp-content-font-color1" in html       # JupyterLab's styles, inlined
     assert _exporter() is _exporter()                                         # built once per process
+
+
+# --- Jupyter: Ploomber's cloud extension off, its injection on ---------------------------------------------
+
+NO_CLOUD_FLAG = "--ServerApp.jpserver_extensions=ploomber_extension=False"   # what `mlopsnb lab` needs to pass
+
+
+def installed_like_config(folder: Path) -> Path:
+    "A config folder laid out as `make install` lays out {sys.prefix}/etc/jupyter: the shipped files beside an enabling .d file."
+    import shutil
+    etc = folder / "etc" / "jupyter"
+    shutil.copytree(ROOT / "jupyter-config", etc)
+    (etc / "jupyter_server_config.d").mkdir()
+    (etc / "jupyter_server_config.d" / "ploomber_extension.json").write_text(
+        '{"ServerApp": {"jpserver_extensions": {"ploomber_extension": true}}}')   # what pip installs
+    return etc
+
+
+class Lab:
+    "A JupyterLab server on 127.0.0.1 for one test; `get(path)` returns (status, body text)."
+
+    def __init__(self, argv: list[str], project: Path, home: Path, env: dict | None = None):
+        import secrets
+        self.port, self.token, self.log = free_port(), secrets.token_hex(16), home / f"lab-{len(list(home.glob('lab-*')))}.log"
+        argv = [*argv, "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={self.port}", f"--IdentityProvider.token={self.token}"]
+        env = clean_env({"JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+                         "PYTHONPATH": str(ROOT), "PLOOMBER_STATS_ENABLED": "false",
+                         "PLOOMBER_VERSION_CHECK_DISABLED": "true", **(env or {})})
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if self.get("api/status")[0] == 200: return
+            except OSError: time.sleep(0.25)
+        self.stop(); pytest.fail(f"jupyter did not answer within 60 s:\n{self.output()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/{path}", headers={"Authorization": f"token {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r: return r.status, r.read().decode()
+        except urllib.error.HTTPError as e: return e.code, e.read().decode(errors="replace")
+
+    def page_config(self) -> dict:
+        "The configuration JupyterLab's page hands to the front end."
+        import json
+        import re
+        status, page = self.get("lab")
+        assert status == 200, page[-2000:]
+        return json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page, re.S)[1])
+
+    def injected(self) -> str:
+        "The cell Ploomber's injection extension adds to train_model.py when the notebook is opened."
+        import json
+        status, body = self.get("api/contents/notebooks/tasks/train_model.py?type=notebook&content=1")
+        assert status == 200, body[-2000:] + self.output()
+        cells = json.loads(body)["content"]["cells"]
+        found = [c["source"] for c in cells if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert len(found) == 1, self.output()
+        return found[0]
+
+    def output(self) -> str: return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try: self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    "Start JupyterLab servers on a copied project: lab(argv, env) -> Lab; all are stopped afterwards."
+    from conftest import make_project
+    project, servers = make_project(tmp_path / "project", git=False), []
+    def start(argv, env=None) -> Lab:
+        servers.append(Lab(argv, project, tmp_path, env))
+        return servers[-1]
+    start.project = project
+    yield start
+    for s in servers: s.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_shipped_config_turns_ploombers_cloud_extension_off_and_keeps_injection(lab, tmp_path):
+    plain = [str(BIN / "jupyter"), "lab", f"--ServerApp.root_dir={lab.project}"]
+    # the probe: with the extension on, its API answers and its front-end plugin is offered
+    control = lab([*plain, "--ServerApp.jpserver_extensions=ploomber_extension=True"])
+    assert control.get("ploomber/apikey")[0] == 200, control.output()
+    assert "ploomber-extension" in {e["name"] for e in control.page_config()["federated_extensions"]}
+    control.stop()
+
+    shipped = lab(plain, {"JUPYTER_CONFIG_PATH": str(installed_like_config(tmp_path))})
+    assert shipped.get("ploomber/apikey")[0] == 404                                  # no server extension, no upload API
+    assert "Registered ploomber-extension server extension" not in shipped.output()
+    assert "ploomber-extension" in shipped.page_config()["disabledExtensions"]      # no front-end plugin either
+    assert 'upstream = {"split_data": {' in shipped.injected()                      # Ploomber's injection still works
+    assert shipped.get("api/contents/notebooks/tasks")[0] == 200                     # on the synchronous contents manager
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_command_line_flag_turns_the_cloud_extension_off_for_mlopsnb_lab(lab):
+    from mlopsnb.pipeline import lab_command
+    server = lab(lab_command(lab.project, [NO_CLOUD_FLAG]))
+    assert server.get("ploomber/apikey")[0] == 404, server.output()
+    assert 'upstream = {"split_data": {' in server.injected()
