@@ -104,14 +104,18 @@ def race(folder: Path, prepare: bool, writers: int = 6, batches: int = 50) -> tu
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs = [py(LOGGER, uri, go, f"w{i}", int(prepare), batches) for i in range(writers)]
     reader = py(READER, uri, go, done, int(prepare))
-    time.sleep(1); go.touch()                       # imports done or nearly: everyone starts together
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    done.touch()
-    out, err = reader.communicate(timeout=120)
-    return uri, results, subprocess.CompletedProcess(reader.args, reader.returncode, out, err)
+    try:
+        time.sleep(1); go.touch()                   # imports done or nearly: everyone starts together
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=500)
+            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        done.touch()
+        out, err = reader.communicate(timeout=60)
+        return uri, results, subprocess.CompletedProcess(reader.args, reader.returncode, out, err)
+    finally:
+        for p in [*procs, reader]:
+            if p.poll() is None: p.kill(); p.wait()
 
 
 @pytest.mark.slow
@@ -241,10 +245,11 @@ def test_mlopsnb_ui_serves_the_project_store_on_localhost_with_telemetry_off(tmp
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/3.0/mlflow/ui-telemetry", timeout=5) as r:
             assert json.loads(r.read())["disable_ui_telemetry"] is True           # what the browser is told
     finally:
-        kids = descendants(proc.pid)
-        proc.terminate()
-        try: proc.wait(timeout=30)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        try: kids = descendants(proc.pid)   # before they are orphaned
+        finally:
+            proc.terminate()
+            try: proc.wait(timeout=30)
+            except subprocess.TimeoutExpired: proc.kill(); proc.wait()
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and [k for k in kids if Path(f"/proc/{k}").exists()]: time.sleep(0.2)
