@@ -14,11 +14,12 @@ export PLOOMBER_VERSION_CHECK_DISABLED := true
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-$(STAMP): settings.ini setup.py pyproject.toml $(JUPYTER_CONFIG)
+$(STAMP): settings.ini setup.py pyproject.toml $(JUPYTER_CONFIG) jupyter-config/labconfig/page_config.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade "pip>=24" wheel
 	$(BIN)/python -m pip install -e ".[dev]"
-	mkdir -p $(VENV)/etc/jupyter && cp $(JUPYTER_CONFIG) $(VENV)/etc/jupyter/
+	mkdir -p $(VENV)/etc/jupyter/labconfig && cp $(JUPYTER_CONFIG) $(VENV)/etc/jupyter/
+	cp jupyter-config/labconfig/page_config.json $(VENV)/etc/jupyter/labconfig/
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its dev extras

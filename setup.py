@@ -31,7 +31,8 @@ setuptools.setup(
     # default answers 500 on every path): installed as {sys.prefix}/etc/jupyter/jupyter_server_config.json,
     # so a plain `jupyter lab` from this environment gets it (files in jupyter_server_config.d/ only enable
     # extensions). Editable installs skip data_files (pypa/setuptools#3399): `make install` copies it too.
-    data_files=[("etc/jupyter", ["jupyter-config/jupyter_server_config.json"])],
+    data_files=[("etc/jupyter", ["jupyter-config/jupyter_server_config.json"]),
+                ("etc/jupyter/labconfig", ["jupyter-config/labconfig/page_config.json"])],
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
