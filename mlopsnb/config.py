@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .core import ENV_FILE, PIPELINE_FILE, ConfigError
 
 # %% auto #0
-__all__ = ['SPEC_KEYS', 'TASK_KEYS', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'parse_overrides', 'read_yaml', 'load_env',
-           'task_parameters', 'check_pipeline', 'stable_hash', 'file_digest']
+__all__ = ['SPEC_KEYS', 'TASK_KEYS', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'FairnessConfig', 'parse_overrides',
+           'read_yaml', 'load_env', 'task_parameters', 'check_pipeline', 'stable_hash', 'file_digest']
 
 # %% ../notebooks/api/01_config.ipynb #d14833b4
 class _Strict(BaseModel):
@@ -64,6 +64,28 @@ class PromotionPolicy(_Strict):
     max_fairness_gap: float | None = Field(None, ge=0, le=1)  # largest selection-rate/TPR/FPR gap between groups
     require_contract: bool = True                 # the data contract must have passed
     max_latency_ms: float | None = Field(None, gt=0)           # single-row prediction latency (median)
+
+# %% ../notebooks/api/01_config.ipynb #f41c2a7e
+from pydantic import field_validator
+
+class FairnessConfig(_Strict):
+    "How evaluate_model groups the sensitive attributes, and which groups its fairness gap counts."
+    bins: dict[str, list[float] | int] = {}       # numeric column -> its bin edges, or a number of quantile bins
+    quantiles: int = Field(4, ge=2)               # quantile bins of any other numeric attribute with many distinct values
+    min_group_size: int = Field(30, ge=0)         # smaller groups are reported, flagged, and left out of the gap
+
+    @field_validator("bins", mode="before")
+    @classmethod
+    def _check_bins(cls, v):
+        "Require increasing numeric edges or a whole number of quantile bins (at least 2) per column."
+        for col, spec in (v.items() if isinstance(v, dict) else ()):
+            num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+            if isinstance(spec, list):
+                if not spec or not all(map(num, spec)) or any(b <= a for a, b in zip(spec, spec[1:])):
+                    raise ValueError(f"{col}: bin edges must be a non-empty list of increasing numbers, got {spec!r}")
+            elif not (isinstance(spec, int) and not isinstance(spec, bool) and spec >= 2):
+                raise ValueError(f"{col}: expected a list of bin edges or a number of quantile bins >= 2, got {spec!r}")
+        return v
 
 # %% ../notebooks/api/01_config.ipynb #7606f315
 def _one_line(err: ValidationError, file: str) -> str:
