@@ -17,6 +17,8 @@ model_name = None    # registered model name: its @champion is evaluated alongsi
 sensitive = None     # sensitive attributes: one fairness slice per column
 value_matrix = None  # value per customer of each outcome: {tp, fp, fn, tn}
 n_repeats = None     # permutation-importance shuffles per column (0 skips)
+fairness = None      # grouping of sensitive attributes (mlopsnb.config.FairnessConfig): bins, quantiles, min_group_size
+positive_label = None  # what the report calls the positive class
 
 # %%
 from pathlib import Path
@@ -37,7 +39,7 @@ X, y, groups = test.drop(columns=[target, *ids]), test[target], test[list(sensit
 models = {"challenger": load_model(upstream["train_model"]["model"])}
 champion_version = get_alias(model_name, "champion")
 if champion_version: models["champion"] = load_version(model_name, champion_version)
-results = {name: evaluate(m, X, y, groups, threshold=threshold, matrix=value_matrix, n_repeats=n_repeats)
+results = {name: evaluate(m, X, y, groups, threshold=threshold, matrix=value_matrix, n_repeats=n_repeats, fairness=fairness)
            for name, m in models.items()}
 print(f"{len(test)} test rows; champion: {f'{model_name} version {champion_version}' if champion_version else 'none yet'}")
 metrics_table({name: {**r["metrics"], "fairness_max_gap": r["fairness_max_gap"]} for name, r in results.items()}).round(4)
@@ -67,7 +69,7 @@ for name, table in tables.items():
     atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
     log_artifact(folder / f"{name}.csv", "evaluation/tables")
 atomic_write_text(product["report"], evaluation_report(
-    results, title=f"Evaluation: {model_name}",
+    results, title=f"Evaluation: {model_name}", positive_label=positive_label,
     subtitle=f"challenger: the newly trained model; champion: {f'{model_name} version {champion_version}' if champion_version else 'none yet'}"))
 log_artifact(product["report"], "evaluation")
 summary = {"threshold": float(threshold), "rows": len(test), **evaluation_summary(results["challenger"]),
