@@ -15,8 +15,10 @@ ids = None           # identifier columns, never features
 threshold: float = None  # decision threshold for F1, precision, recall, value and fairness
 model_name = None    # registered model name: its @champion is evaluated alongside
 sensitive = None     # sensitive attributes: one fairness slice per column
-value_matrix: dict[str, float] = None  # value per customer of each outcome: {tp, fp, fn, tn}
+value_matrix: dict[str, float] = None  # value of each outcome per case: {tp, fp, fn, tn}
 n_repeats: int = None                  # permutation-importance shuffles per column (0 skips)
+fairness: "FairnessConfig" = None       # grouping of sensitive attributes: bins, quantiles, min_group_size
+positive_label: str = None             # what the report calls the positive class
 
 # %%
 import json
@@ -43,14 +45,15 @@ info = json.loads(Path(upstream["train_model"]["info"]).read_text())
 test = read_frame(upstream["split_data"]["test"])
 X, y, groups = test.drop(columns=[target, *ids]), test[target], test[list(sensitive or [])]
 challenger = load_logged(store, info["model_uri"], info["manifest"])
-results = {"challenger": evaluate(challenger, X, y, groups, threshold=threshold, matrix=value_matrix, n_repeats=n_repeats)}
+results = {"challenger": evaluate(challenger, X, y, groups, threshold=threshold, matrix=value_matrix, n_repeats=n_repeats, fairness=fairness)}
 champ = champion_on_same_rows(store, model_name, X, row_keys(test, ids))
 same_rows = None
 if champ and champ["model"] is not None:
     m = champ["mask"]
-    results["champion"] = evaluate(champ["model"], X[m], y[m], groups[m], threshold=threshold, matrix=value_matrix, n_repeats=n_repeats)
+    results["champion"] = evaluate(champ["model"], X[m], y[m], groups[m], threshold=threshold, matrix=value_matrix,
+                                   n_repeats=n_repeats, fairness=fairness)
     same_rows = results["challenger"] if m.all() else evaluate(challenger, X[m], y[m], groups[m], threshold=threshold,
-                                                                         matrix=value_matrix, n_repeats=0)
+                                                                         matrix=value_matrix, n_repeats=0, fairness=fairness)
 print(f"{len(test)} test rows; champion: " + (f"{model_name} version {champ['version']}" if champ else "none yet")
       + (f" (not compared: {champ['incomparable']})" if champ and champ["incomparable"] else "")
       + (f" (compared on {int(champ['mask'].sum())} rows it never saw)" if champ and champ["mask"] is not None and not champ["mask"].all() else ""))
@@ -85,7 +88,7 @@ write_frame(test[list(ids)].assign(**{target: y, "probability": proba, "decision
 log_artifact(product["predictions"], "evaluation")
 champion_name = f"{model_name} version {champ['version']}" if champ else "none yet"
 atomic_write_text(product["report"], evaluation_report(
-    results, title=f"Evaluation: {model_name}",
+    results, title=f"Evaluation: {model_name}", positive_label=positive_label,
     subtitle=f"challenger: the newly trained model; champion: {champion_name}"))
 log_artifact(product["report"], "evaluation")
 champion = None

@@ -1,7 +1,7 @@
 # %% [markdown]
 # # get_data
-# Load the data source named in env.yaml (`data`) into the modelling table: declared columns
-# dropped, numbers parsed, the target encoded 0/1 from its positive label.
+# Load the data source named in env.yaml (`data`) into the modelling table: the source's raw
+# values (the model itself drops and converts columns), the target encoded 0/1 from its positive label.
 
 # %% tags=["parameters"]
 upstream = None

@@ -12,6 +12,7 @@ ids = None     # identifier columns, never features
 metric = None  # selection metric on the validation set (higher is better)
 seed = None    # random state of every estimator
 grid: list[dict] = None  # list of {family: ..., hyperparameter: [values]}
+drop: list[str] = None   # columns the model drops first (data.drop)
 
 # %%
 import numpy as np
@@ -25,7 +26,7 @@ from mlopsnb.train import fit_grid
 train, val = read_frame(upstream["split_data"]["train"]), read_frame(upstream["split_data"]["val"])
 X_train, y_train = train.drop(columns=[target, *ids]), train[target]
 X_val, y_val = val.drop(columns=[target, *ids]), val[target]
-model, candidates = fit_grid(grid, X_train, y_train, X_val, y_val, metric=metric, seed=seed)
+model, candidates = fit_grid(grid, X_train, y_train, X_val, y_val, metric=metric, seed=seed, drop=drop)
 candidates
 
 # %%
