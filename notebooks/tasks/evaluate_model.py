@@ -24,6 +24,7 @@ positive_label: str = None             # what the report calls the positive clas
 import json
 from pathlib import Path
 
+from mlopsnb.config import FairnessConfig
 from mlopsnb.core import atomic_write_text
 from mlopsnb.data import read_frame, write_frame, write_json
 from mlopsnb.evaluate import evaluate, evaluation_summary, evaluation_tables, metrics_table, run_metrics
@@ -40,7 +41,7 @@ from mlopsnb.tracking import log_artifact, log_metrics, task_store
 # on, and only if it takes the same input columns.
 
 # %%
-store = task_store()
+store, fairness = task_store(), FairnessConfig.model_validate(fairness or {})
 info = json.loads(Path(upstream["train_model"]["info"]).read_text())
 test = read_frame(upstream["split_data"]["test"])
 X, y, groups = test.drop(columns=[target, *ids]), test[target], test[list(sensitive or [])]
