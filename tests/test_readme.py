@@ -1,0 +1,37 @@
+"""The README's quoted outputs are the real ones: the reference build on all rows, then the walkthrough."""
+import re
+
+import pytest
+
+from conftest import ROOT, cli, make_project
+
+pytestmark = pytest.mark.slow
+WEAK_GRID = "        - family: logistic_regression\n          C: [0.0003]\n"
+
+
+def quoted(prefix: str) -> list[str]:
+    "The README lines, inside its code blocks, that start with `prefix`."
+    blocks = re.findall(r"```\n(.*?)```", ROOT.joinpath("README.md").read_text(), re.S)
+    return [l for b in blocks for l in b.splitlines() if l.startswith(prefix)]
+
+
+def test_readme_build_summary_and_walkthrough_are_what_a_build_prints(tmp_path):
+    project = make_project(tmp_path / "p")
+    first = cli(project, "run", "--engine", "inprocess")          # all rows, as `make run` (same numbers with papermill)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout.splitlines()
+    for prefix in ("metrics (evaluate_model):", "value per customer:", "largest fairness gap:", "model: churn version 1"):
+        readme = quoted(prefix)
+        assert len(readme) == 1, (prefix, readme)
+        assert readme[0] in out, (readme[0], [l for l in out if l.startswith(prefix)])
+    assert quoted("built 6 tasks in ")[0].endswith(": 6 executed, 0 skipped") and out[0].endswith(": 6 executed, 0 skipped")
+    spec = project / "pipeline.yaml"
+    lines = spec.read_text().splitlines(keepends=True)
+    start = next(i for i, l in enumerate(lines) if l.strip() == "grid:") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("        "))
+    spec.write_text("".join(lines[:start]) + WEAK_GRID + "".join(lines[end:]))   # the walkthrough's edit, literally
+    assert WEAK_GRID.strip() in ROOT.joinpath("README.md").read_text().replace("\n          ", "\n          ")
+    second = cli(project, "run", "--engine", "inprocess")
+    assert second.returncode == 0, second.stderr
+    held = quoted("model: churn version 2")
+    assert len(held) == 1 and held[0] in second.stdout.splitlines(), (held, second.stdout)
