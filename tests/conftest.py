@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,24 @@ def cli(project: Path, *args: str, env: dict | None = None, timeout: float = 900
     "Run `mlopsnb ARGS` in `project` as a user would; return the finished process."
     return subprocess.run([str(BIN / "mlopsnb"), *args], cwd=project, capture_output=True, text=True,
                           env=clean_env(env), timeout=timeout)
+
+
+PAUSE_CELL = ('\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
+              '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
+
+
+def start_paused_build(project: Path, task: str, marker: Path, *args: str, capture: bool = False) -> subprocess.Popen:
+    "Start `mlopsnb run ARGS` with a pause appended to `task`'s notebook; return once the build reached the pause."
+    src = project / "notebooks" / "tasks" / f"{task}.py"
+    src.write_text(src.read_text() + PAUSE_CELL)
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *args], cwd=project, env=clean_env({"TEST_MARKER": str(marker)}),
+                            stdout=out, stderr=out, text=True, start_new_session=True)
+    deadline = time.time() + 400
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, f"the build ended before reaching {task}"
+        time.sleep(0.2)
+    return proc
 
 
 def store(project: Path):

