@@ -20,7 +20,7 @@ def test_build_runs_every_task_and_prints_a_summary(built):
     assert re.search(r"metrics \(evaluate_model\): roc_auc 0\.\d+ +pr_auc .* f1 .* log_loss .* brier", out), out
     assert "model: churn version 1 @challenger @champion" in out
     assert "  mlopsnb ui  " in out and "  mlopsnb status  " in out       # hints that work as printed (the venv is on PATH here)
-    for p in ["data/raw.parquet", "data/train.parquet", "model/model.skops", "evaluation/metrics.json", "promotion/decision.json"]:
+    for p in ["data/raw.parquet", "data/train.parquet", "model/mlflow_model/model.skops", "evaluation/metrics.json", "promotion/decision.json"]:
         assert (project / "products" / p).is_file(), p
 
 
