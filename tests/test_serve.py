@@ -207,7 +207,9 @@ def _new_version(project, tamper: bool = False) -> str:
     X = rows.drop(columns=["rownames"])
     run = client.create_run(client.get_experiment_by_name("mlopsnb-churn").experiment_id).info.run_id
     logged = log_model(st, model, X.head(20), run, X_check=X)
-    version = register(st, logged["model_uri"], "churn", logged["manifest"], run_id=run)
+    from mlopsnb.promotion import EVIDENCE_TAG
+    evidence = json.loads(client.get_model_version("churn", "1").tags[EVIDENCE_TAG])   # the same model: the same evidence
+    version = register(st, logged["model_uri"], "churn", logged["manifest"], tags={EVIDENCE_TAG: evidence}, run_id=run)
     client.set_terminated(run)
     if tamper:
         loc = client.get_model_version_download_uri("churn", version)
@@ -252,10 +254,20 @@ def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(serve
     assert cli(project, "rollback", "churn", "--reason", "back").returncode == 0      # leave version 1 serving
 
 
-def test_sigterm_stops_cleanly_and_warns_off_loopback(project):
+def test_sigterm_drains_the_request_in_flight_and_warns_off_loopback(project):
+    import threading
+    rows, _ = raw_test_rows(project)
+    body = json.dumps(records(rows.head(50))).encode()
     s = Server(project, "--host", "0.0.0.0")
     try:
         s.wait()
-        assert s.stop() == 0
+        def slow_body():                      # the request is in flight (half sent) when SIGTERM arrives
+            yield body[: len(body) // 2]
+            time.sleep(0.3); s.proc.send_signal(signal.SIGTERM); time.sleep(1.5)
+            yield body[len(body) // 2:]
+        r = httpx.post(s.url + "/predict", content=slow_body(), headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 50
+        code = s.proc.wait(30)
+        assert code in (0, -signal.SIGTERM)   # uvicorn drains, then re-raises the signal it caught
     finally: s.stop()
     assert "warning: serving on 0.0.0.0 without a bearer token (set MLOPSNB_TOKEN)" in s.proc.stderr.read()
