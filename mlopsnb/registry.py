@@ -87,7 +87,7 @@ def load_model(path: str | Path, # a .skops file
     try: return sio.load(path, trusted=TRUSTED_TYPES)
     except Exception as e: raise IntegrityError(f"{path}: cannot load model ({type(e).__name__}: {str(e)[:120]})") from None
 
-# %% ../notebooks/api/07_registry.ipynb #0d89f0f0
+# %% ../notebooks/api/07_registry.ipynb #0eecc766
 ONNX_FILE, ONNX_INFO = "mlopsnb/model.onnx", "mlopsnb/onnx.json"
 ONNX_TOLERANCE = 1e-6     # largest absolute probability difference from the sklearn model accepted
 
@@ -138,8 +138,20 @@ def _to_onnx(tail, coerced) -> bytes:
     types = [(c, FloatTensorType([None, 1]) if pd.api.types.is_numeric_dtype(coerced[c]) else StringTensorType([None, 1]))
              for c in coerced.columns]
     final = tail.steps[-1][1]
-    return convert_sklearn(tail, initial_types=types, target_opset={"": 18, "ai.onnx.ml": 3},
-                           options={id(final): {"zipmap": False}}).SerializeToString()
+    with _leaf_flags_as_ints():
+        return convert_sklearn(tail, initial_types=types, target_opset={"": 18, "ai.onnx.ml": 3},
+                               options={id(final): {"zipmap": False}}).SerializeToString()
+
+@contextmanager
+def _leaf_flags_as_ints():
+    "Have skl2onnx pass tree leaves' missing-value flag as 0/1: it passes a Python bool, which onnx >= 1.19 refuses in an ints attribute."
+    import skl2onnx.common.tree_ensemble as te
+    original = te.add_node
+    def add_node(*args, nodes_missing_value_tracks_true=0, **kw):
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kw)
+    te.add_node = add_node
+    try: yield
+    finally: te.add_node = original
 
 def walk_estimators(est, # an estimator, Pipeline or ColumnTransformer
                    ):
