@@ -194,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body", type=int, default=1 << 20, help="request body cap in bytes (default 1 MiB)")
     s.add_argument("--max-rows", type=int, default=10_000, help="rows per request cap")
     s.add_argument("--token-env", default="MLOPSNB_TOKEN", help="environment variable holding the bearer token (default MLOPSNB_TOKEN)")
+    s.add_argument("--log", help="prediction log, a SQLite file (default: <products>/serving/predictions.db)")
+    s.add_argument("--no-log", action="store_true", help="do not log predictions")
     env_args(s); s.set_defaults(fn=lambda a: _serve(a))
     s = sub.add_parser("score", help="score a CSV or Parquet file with @champion (or --version) into Parquet")
     s.add_argument("input"); s.add_argument("output")
@@ -256,7 +258,7 @@ def _scorer_args(a, project) -> dict:
             "threshold": threshold, "threshold_source": source}
 
 def _serve(a):
-    from mlopsnb.serve import alias_reloader, load_scorer, make_app, serve
+    from mlopsnb.serve import PredictionLog, alias_reloader, load_scorer, make_app, serve
     project = _project(a)
     name, kw = a.model or project.env.model_name, _scorer_args(a, project)
     token = os.environ.get(a.token_env) or None
@@ -264,11 +266,12 @@ def _serve(a):
         print(f"mlopsnb: warning: serving on {a.host} without a bearer token (set {a.token_env})", file=sys.stderr)
     scorer = load_scorer(project.store, name, a.version, **kw)
     follow = a.version.startswith("@") and a.reload_interval > 0
-    app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows,
+    plog = None if a.no_log else PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db")
+    app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
                    reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0)
     print(f"serving {name} version {scorer.version} ({scorer.path} path, threshold {scorer.threshold:g} from {scorer.threshold_source}) "
           f"on http://{a.host}:{a.port}" + (f", following {a.version} every {a.reload_interval:g}s" if follow else "")
-          + (", bearer token required" if token else ""), flush=True)
+          + (", bearer token required" if token else "") + (f"; predictions logged to {plog.path}" if plog else ""), flush=True)
     serve(app, a.host, a.port)
     return 0
 

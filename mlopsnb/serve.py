@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MAX_BODY', 'MAX_ROWS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'make_app',
-           'alias_reloader', 'serve', 'score_file', 'record_scoring']
+           'alias_reloader', 'serve', 'PredictionLog', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -255,6 +255,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
              max_rows: int = MAX_ROWS, # rows per request cap
              reload: "callable | None" = None, # returns a new Scorer when the alias moved, else None (polled)
              reload_interval: float = 5.0, # seconds between polls
+             prediction_log: PredictionLog | None = None, # where every scored row is appended (closed on shutdown)
             ):
     "Return the FastAPI scoring app (an ASGI app; wrapped for the bearer token when one is given)."
     import orjson
@@ -278,7 +279,9 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
         t = threading.Thread(target=poll, name="mlopsnb-reload", daemon=True) if reload else None
         if t: t.start()
         try: yield
-        finally: stop.set()
+        finally:
+            stop.set()
+            if prediction_log is not None: prediction_log.close()   # after uvicorn drained the requests in flight
 
     app = FastAPI(title=f"mlopsnb: {scorer.name}", version=scorer.version, lifespan=lifespan,
                   description=f"Scores raw records with {scorer.name} (the version behind the alias, verified against its sha256 manifest).")
@@ -301,7 +304,9 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
         for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
         p = s.score(cols, len(rows))
         t = s.threshold
-        preds = [{**{c: r.get(c) for c in s.ids if c in r}, "probability": float(x), "decision": int(x >= t)} for r, x in zip(rows, p)]
+        decisions = (p >= t).astype(int)
+        preds = [{**{c: r.get(c) for c in s.ids if c in r}, "probability": float(x), "decision": int(d)} for r, x, d in zip(rows, p, decisions)]
+        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions)
         m.requests.labels("200", s.version).inc(); m.batch.observe(len(rows))
         for x in p: m.scores.observe(x)
         m.latency.observe(time.perf_counter() - t0)
@@ -347,6 +352,48 @@ def serve(app, # from `make_app`
     import uvicorn
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                   timeout_graceful_shutdown=drain_s)).run()
+
+# %% ../notebooks/api/10_serve.ipynb #5c2a7d31
+_LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS predictions (
+    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
+    path TEXT NOT NULL, row INTEGER NOT NULL, features TEXT NOT NULL, probability REAL NOT NULL, decision INTEGER NOT NULL)"""
+
+class PredictionLog:
+    "Append scored rows to a SQLite file (WAL) off the request path; `close` writes everything queued."
+    def __init__(self, path: str | Path, # the SQLite file (created with its folder)
+                ):
+        import queue, sqlite3
+        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path)
+        try: con.execute("PRAGMA journal_mode=WAL"); con.execute(_LOG_SCHEMA); con.commit()
+        finally: con.close()
+        self._q, self.written = queue.SimpleQueue(), 0
+        self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
+        self._thread.start()
+
+    def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions) -> None:
+        "Queue one request's rows (returns at once)."
+        self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, probabilities, decisions))
+
+    def _write(self):
+        import orjson, sqlite3
+        con = sqlite3.connect(self.path); con.execute("PRAGMA synchronous=NORMAL")
+        done = False
+        while not done:
+            batch = [self._q.get()]
+            while not self._q.empty() and len(batch) < 1000: batch.append(self._q.get())
+            if batch[-1] is None: batch.pop(); done = True
+            recs = [(ts, rid, name, v, path, i, orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY).decode(), float(p), int(d))
+                    for ts, rid, name, v, path, rows, probs, decs in batch for i, (r, p, d) in enumerate(zip(rows, probs, decs))]
+            if recs:
+                with con: con.executemany("INSERT INTO predictions (ts, request_id, model, version, path, row, features, probability, decision) "
+                                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", recs)
+                self.written += len(recs)
+        con.close()
+
+    def close(self) -> None:
+        "Write everything queued, then stop the writer."
+        self._q.put(None); self._thread.join()
 
 # %% ../notebooks/api/10_serve.ipynb #79066cc2
 def _chunks(path: Path, rows: int):
