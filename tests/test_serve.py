@@ -254,20 +254,79 @@ def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(serve
     assert cli(project, "rollback", "churn", "--reason", "back").returncode == 0      # leave version 1 serving
 
 
-def test_sigterm_drains_the_request_in_flight_and_warns_off_loopback(project):
-    import threading
+def logged(db: Path) -> list[tuple]:
+    "Open the prediction log as the monitoring side would (SQLite recovers or drops a torn WAL tail here)."
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return con.execute("SELECT request_id, row, version, features, probability, decision FROM predictions ORDER BY seq").fetchall()
+    finally: con.close()
+
+
+def test_sigterm_drains_the_request_in_flight_logs_every_answered_row_and_warns_off_loopback(project, tmp_path):
     rows, _ = raw_test_rows(project)
     body = json.dumps(records(rows.head(50))).encode()
-    s = Server(project, "--host", "0.0.0.0")
+    db = tmp_path / "predictions.db"
+    s = Server(project, "--host", "0.0.0.0", "--log", str(db))
     try:
         s.wait()
+        answered = {}
+        for k in range(20):
+            r = predict(s, records(rows.iloc[k: k + 1 + k % 3]))
+            assert r.status_code == 200; answered[r.json()["request_id"]] = r.json()["predictions"]
         def slow_body():                      # the request is in flight (half sent) when SIGTERM arrives
             yield body[: len(body) // 2]
             time.sleep(0.3); s.proc.send_signal(signal.SIGTERM); time.sleep(1.5)
             yield body[len(body) // 2:]
         r = httpx.post(s.url + "/predict", content=slow_body(), headers={"content-type": "application/json"}, timeout=30)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 50
+        answered[r.json()["request_id"]] = r.json()["predictions"]
         code = s.proc.wait(30)
         assert code in (0, -signal.SIGTERM)   # uvicorn drains, then re-raises the signal it caught
     finally: s.stop()
+    log = logged(db)                          # every row answered with 200, the one in flight at SIGTERM included
+    assert len(log) == sum(len(p) for p in answered.values())
+    for rid, preds in answered.items():
+        mine = [r for r in log if r[0] == rid]
+        assert [r[1] for r in mine] == list(range(len(preds))) and [r[4] for r in mine] == [p["probability"] for p in preds]
+        assert [r[5] for r in mine] == [p["decision"] for p in preds] and all(r[2] == "1" for r in mine)
+    first = json.loads(log[0][3])
+    assert set(first) == set(rows.columns) and first["rownames"] == int(rows["rownames"].iloc[0])   # the features as sent
     assert "warning: serving on 0.0.0.0 without a bearer token (set MLOPSNB_TOKEN)" in s.proc.stderr.read()
+
+
+def test_prediction_log_after_kill_9_holds_only_complete_requests(project, tmp_path):
+    import threading
+    rows, _ = raw_test_rows(project)
+    db = tmp_path / "predictions.db"
+    s = Server(project, "--log", str(db))
+    done, stop = [], threading.Event()
+    def client():
+        k = 0
+        while not stop.is_set():
+            try: r = predict(s, records(rows.iloc[(k % 20) * 5: (k % 20) * 5 + 5]))
+            except httpx.TransportError: return
+            if r.status_code == 200: done.append(r.json()["request_id"])
+            k += 1
+    try:
+        s.wait()
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads: t.start()
+        time.sleep(3)
+        s.proc.send_signal(signal.SIGKILL); s.proc.wait(10)
+        stop.set()
+        for t in threads: t.join(30)
+    finally: s.stop()
+    assert len(done) > 20, len(done)
+    log = logged(db)
+    assert log, "nothing was logged in 3 seconds"
+    by_request = {}
+    for rid, row, *_ in log: by_request.setdefault(rid, []).append(row)
+    assert all(rs == [0, 1, 2, 3, 4] for rs in by_request.values())      # whole requests only
+    assert len(set(by_request) - set(done)) <= 3     # answered ones (a request killed between its log and its answer: at most one per client)
+    from mlopsnb.serve import PredictionLog                              # the next start appends after the recovered tail
+    again = PredictionLog(db)
+    from mlopsnb.serve import Scorer
+    again.append("after", Scorer("churn", "1", None, [], set(), set(), set()), [{"a": 1}], np.array([0.5]), [1]); again.close()
+    assert logged(db)[-1][0] == "after" and len(logged(db)) == len(log) + 1
