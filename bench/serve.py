@@ -8,7 +8,7 @@ the timed phases are interleaved (mlflow, mlopsnb, mlflow, mlopsnb, ...) so mach
 The client is a small asyncio HTTP/1.1 keep-alive client (pre-encoded requests) so it costs the
 server under test as little CPU as possible on a small machine. See bench/README.md.
 
-    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--json PATH]
+    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--json PATH]
 """
 from __future__ import annotations
 
@@ -171,6 +171,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per timed phase")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (mlflow, mlopsnb) per phase")
     ap.add_argument("--json", help="write every figure here")
+    ap.add_argument("--log-cost", action="store_true", help="also time mlopsnb serve --no-log (the prediction log's cost)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -197,11 +198,16 @@ def run(a, project: Path) -> int:
         Served("mlflow", [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
                           "--host", "127.0.0.1", "--port", str(pm)], pm, project, clean_env({"MLFLOW_TRACKING_URI": uri}),
                "/invocations", mlflow_body),
-        Served("mlopsnb", [str(BIN / "mlopsnb"), "serve", "--port", str(pl), "--reload-interval", "0"], pl, project, clean_env(),
-               "/predict", ours_body),
+        Served("mlopsnb", [str(BIN / "mlopsnb"), "serve", "--port", str(pl), "--reload-interval", "0", "--log", str(project / "bench-predictions.db")],
+               pl, project, clean_env(), "/predict", ours_body),
     ]
+    if a.log_cost:   # the same service without its prediction log: what logging costs
+        pn = free_port()
+        servers.append(Served("mlopsnb-nolog", [str(BIN / "mlopsnb"), "serve", "--port", str(pn), "--reload-interval", "0", "--no-log"],
+                              pn, project, clean_env(), "/predict", ours_body))
     try:
-        servers[0].wait("/ping"); servers[1].wait("/ready")
+        servers[0].wait("/ping")
+        for s in servers[1:]: s.wait("/ready")
         # correctness first: the same probabilities for the same batch
         sm, om = post(pm, "/invocations", mlflow_body(rows[: a.batch])), post(pl, "/predict", ours_body(rows[: a.batch]))
         if sm[0] != 200 or om[0] != 200: sys.exit(f"a server refused the check batch: mlflow {sm[0]} {str(sm[1])[:300]}, mlopsnb {om[0]} {str(om[1])[:300]}")
@@ -237,9 +243,13 @@ def run(a, project: Path) -> int:
     print(f"\n{'variant':<16} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for k, v in out.items():
         if isinstance(v, dict): print(f"{k:<16} {v['req_per_s']:>9.1f} {v['rows_per_s']:>10.0f} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f}")
-    print(f"peak RSS: mlflow {out['mlflow peak_rss_mb']:.0f} MB, mlopsnb {out['mlopsnb peak_rss_mb']:.0f} MB")
+    print("peak RSS: " + ", ".join(f"{s.name} {out[s.name + ' peak_rss_mb']:.0f} MB" for s in servers))
+    if a.log_cost:
+        ratios |= {"log cost single": out["mlopsnb single"]["req_per_s"] / out["mlopsnb-nolog single"]["req_per_s"],
+                   "log cost batch": out["mlopsnb batch"]["rows_per_s"] / out["mlopsnb-nolog batch"]["rows_per_s"]}
     print(f"\n{'ratio mlopsnb / mlflow':<24} {'value':>8} {'target':>8}")
     for k, v in ratios.items():
+        if k not in TARGETS: print(f"{k:<24} {v:>8.2f}  (with log / without)"); continue
         ok = v <= TARGETS[k] if k == "single p99" else v >= TARGETS[k]
         print(f"{k:<24} {v:>8.2f} {('<= ' if k == 'single p99' else '>= ') + str(TARGETS[k]):>8}  {'pass' if ok else 'FAIL'}")
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
