@@ -196,10 +196,26 @@ class _Metrics:
         self.latency = Histogram("mlopsnb_request_seconds", "Time to answer /predict", registry=r,
                                  buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.batch = Histogram("mlopsnb_batch_rows", "Rows per /predict request", registry=r, buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000))
-        self.scores = Histogram("mlopsnb_score", "Predicted probabilities", registry=r, buckets=tuple(i / 10 for i in range(1, 11)))
+        self.scores = _BulkHistogram("mlopsnb_score", "Predicted probabilities", tuple(i / 10 for i in range(1, 11)))
+        r.register(self.scores)
         self.unknown = Counter("mlopsnb_unknown_categories", "Values outside the contract's categories (accepted)", ["column"], registry=r)
         self.model = Gauge("mlopsnb_model_info", "The version serving (1) and its path", ["name", "version", "path"], registry=r)
         self.reloads = Counter("mlopsnb_reloads", "Alias moves followed (loaded) or refused", ["result"], registry=r)
+
+class _BulkHistogram:
+    "A Prometheus histogram observed a whole array at a time (one numpy call per request, not one per row)."
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]):
+        self.name, self.doc, self.edges = name, doc, np.asarray(buckets, dtype=float)
+        self.counts, self.sum, self.lock = np.zeros(len(buckets) + 1, dtype=np.int64), 0.0, threading.Lock()
+    def observe_many(self, values) -> None:
+        v = np.asarray(values, dtype=float)
+        c = np.bincount(np.searchsorted(self.edges, v, side="left"), minlength=len(self.edges) + 1)
+        with self.lock: self.counts += c; self.sum += float(v.sum())
+    def collect(self):
+        from prometheus_client.core import HistogramMetricFamily
+        with self.lock: cum, total = np.cumsum(self.counts).tolist(), self.sum
+        buckets = [(f"{e:g}" if e != int(e) else f"{e:.1f}", n) for e, n in zip(self.edges.tolist(), cum)] + [("+Inf", cum[-1])]
+        yield HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=total)
 
 class _Service:
     "What the app's handlers share: the current scorer (swapped whole on reload) and the metrics."
@@ -314,7 +330,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
         preds = [{**{c: r.get(c) for c in s.ids if c in r}, "probability": float(x), "decision": int(d)} for r, x, d in zip(rows, p, decisions)]
         if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions)
         m.requests.labels("200", s.version).inc(); m.batch.observe(len(rows))
-        for x in p: m.scores.observe(x)
+        m.scores.observe_many(p)
         m.latency.observe(time.perf_counter() - t0)
         return Response(orjson.dumps({"model": s.name, "version": s.version, "path": s.path, "threshold": t, "request_id": rid,
                                       "predictions": preds}), media_type="application/json", headers={"x-request-id": rid})
@@ -360,9 +376,16 @@ def serve(app, # from `make_app`
                                   timeout_graceful_shutdown=drain_s)).run()
 
 # %% ../notebooks/api/10_serve.ipynb #5c2a7d31
-_LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS predictions (
+_LOG_SCHEMA = ["""CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
-    path TEXT NOT NULL, row INTEGER NOT NULL, features TEXT NOT NULL, probability REAL NOT NULL, decision INTEGER NOT NULL)"""
+    path TEXT NOT NULL, rows INTEGER NOT NULL, features TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS predictions (
+    seq INTEGER PRIMARY KEY, request INTEGER NOT NULL REFERENCES requests(seq), row INTEGER NOT NULL,
+    probability REAL NOT NULL, decision INTEGER NOT NULL)""",
+    # one line per scored row: what the monitoring side reads
+    """CREATE VIEW IF NOT EXISTS scored AS SELECT p.seq, r.ts, r.request_id, r.model, r.version, r.path, p.row,
+    json_extract(r.features, '$[' || p.row || ']') AS features, p.probability, p.decision
+    FROM predictions p JOIN requests r ON r.seq = p.request"""]
 
 class PredictionLog:
     "Append scored rows to a SQLite file (WAL) off the request path; `close` writes everything queued."
@@ -371,7 +394,10 @@ class PredictionLog:
         import queue, sqlite3
         self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path)
-        try: con.execute("PRAGMA journal_mode=WAL"); con.execute(_LOG_SCHEMA); con.commit()
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            for stmt in _LOG_SCHEMA: con.execute(stmt)
+            con.commit()
         finally: con.close()
         self._q, self.written = queue.SimpleQueue(), 0
         self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
@@ -382,19 +408,21 @@ class PredictionLog:
         self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, probabilities, decisions))
 
     def _write(self):
-        import orjson, sqlite3
+        import itertools, orjson, sqlite3
         con = sqlite3.connect(self.path); con.execute("PRAGMA synchronous=NORMAL")
         done = False
         while not done:
             batch = [self._q.get()]
             while not self._q.empty() and len(batch) < 1000: batch.append(self._q.get())
             if batch[-1] is None: batch.pop(); done = True
-            recs = [(ts, rid, name, v, path, i, orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY).decode(), float(p), int(d))
-                    for ts, rid, name, v, path, rows, probs, decs in batch for i, (r, p, d) in enumerate(zip(rows, probs, decs))]
-            if recs:
-                with con: con.executemany("INSERT INTO predictions (ts, request_id, model, version, path, row, features, probability, decision) "
-                                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", recs)
-                self.written += len(recs)
+            if batch:
+                with con:     # one transaction: whole requests, or nothing after a crash
+                    for ts, rid, name, v, path, rows, probs, decs in batch:
+                        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                          (ts, rid, name, v, path, len(rows), orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode())).lastrowid
+                        con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
+                                        zip(itertools.repeat(seq), range(len(rows)), np.asarray(probs, dtype=float).tolist(), np.asarray(decs).tolist()))
+                        self.written += len(rows)
         con.close()
 
     def close(self) -> None:

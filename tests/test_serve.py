@@ -260,7 +260,7 @@ def logged(db: Path) -> list[tuple]:
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return con.execute("SELECT request_id, row, version, features, probability, decision FROM predictions ORDER BY seq").fetchall()
+        return con.execute("SELECT request_id, row, version, features, probability, decision FROM scored ORDER BY seq").fetchall()
     finally: con.close()
 
 
