@@ -8,7 +8,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -26,7 +25,7 @@ from .registry import (MODEL_FILE, ONNX_FILE, ONNX_INFO, get_alias, load_model, 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_BODY', 'MAX_ROWS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'make_app',
+__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'make_app',
            'alias_reloader', 'serve', 'PredictionLog', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
@@ -116,11 +115,13 @@ def encoder_categories(model, # a fitted Pipeline (or any estimator)
                     out[str(c)] = {str(v) for v in cats} - {str(v) for v in (inf if inf is not None else [])}
     return out if mapped == sum(isinstance(e, OneHotEncoder) for e in walk_estimators(model)) else None
 
+MAX_NUMBER = float(np.finfo(np.float32).max)   # larger magnitudes are refused (422): they would be infinite as float32
+
 def _numbers(vals: list, col: str, nullable: bool) -> list:
     "Return the values as floats (numeric text parsed, blanks None); RequestError naming the first bad row."
     if set(map(type, vals)) <= {int, float}:     # the common case, checked at C speed: plain JSON numbers
         a = np.asarray(vals, dtype=float)
-        if np.isfinite(a).all(): return a.tolist()
+        if (np.abs(a) <= MAX_NUMBER).all(): return a.tolist()     # finite, and finite as float32 (the ONNX inputs)
     out = []
     for i, v in enumerate(vals):
         if v is None or (isinstance(v, float) and v != v): x = None
@@ -133,7 +134,7 @@ def _numbers(vals: list, col: str, nullable: bool) -> list:
                 except ValueError: raise RequestError(422, f"row {i}, field {col!r}: expected a number") from None
         else: raise RequestError(422, f"row {i}, field {col!r}: expected a number, found {_json_type(v)}")
         if x is None and not nullable: raise RequestError(422, f"row {i}, field {col!r}: may not be blank (data contract)")
-        if x is not None and not math.isfinite(x): raise RequestError(422, f"row {i}, field {col!r}: expected a finite number")
+        if x is not None and not abs(x) <= MAX_NUMBER: raise RequestError(422, f"row {i}, field {col!r}: expected a finite number of magnitude at most {MAX_NUMBER:.4g}")
         out.append(x)
     return out
 
