@@ -56,12 +56,12 @@ class Scorer:
     @property
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
 
-    def columns(self, rows: list) -> dict[str, list]:
+    def columns(self, rows: list, offset: int = 0) -> dict[str, list]:
         "Check records against the schema; return {column: values} (numbers as floats, blanks None); RequestError naming row and field."
         allowed = set(self.inputs) | set(self.ids)
         required = [c for c in self.inputs if c not in self.dropped]
         need = set(required)
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows, offset):   # rows are numbered from `offset` in messages (a file's chunk)
             if not isinstance(r, dict): raise RequestError(422, f"row {i}: expected a JSON object of column values")
             keys = r.keys()
             if not (keys >= need and keys <= allowed):
@@ -72,7 +72,7 @@ class Scorer:
         cols = {}
         for c in required:
             vals = [r[c] for r in rows]
-            cols[c] = _numbers(vals, c, c in self.nullable) if c in self.numbers else _texts(vals, c, c in self.nullable)
+            cols[c] = _numbers(vals, c, c in self.nullable, offset) if c in self.numbers else _texts(vals, c, c in self.nullable, offset)
         return cols
 
     def unknown(self, cols: dict[str, list]) -> dict[str, int]:
@@ -117,13 +117,13 @@ def encoder_categories(model, # a fitted Pipeline (or any estimator)
 
 MAX_NUMBER = float(np.finfo(np.float32).max)   # larger magnitudes are refused (422): they would be infinite as float32
 
-def _numbers(vals: list, col: str, nullable: bool) -> list:
+def _numbers(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
     "Return the values as floats (numeric text parsed, blanks None); RequestError naming the first bad row."
     if set(map(type, vals)) <= {int, float}:     # the common case, checked at C speed: plain JSON numbers
         a = np.asarray(vals, dtype=float)
         if (np.abs(a) <= MAX_NUMBER).all(): return a.tolist()     # finite, and finite as float32 (the ONNX inputs)
     out = []
-    for i, v in enumerate(vals):
+    for i, v in enumerate(vals, offset):
         if v is None or (isinstance(v, float) and v != v): x = None
         elif type(v) in (int, float): x = float(v)
         elif isinstance(v, str):
@@ -138,10 +138,10 @@ def _numbers(vals: list, col: str, nullable: bool) -> list:
         out.append(x)
     return out
 
-def _texts(vals: list, col: str, nullable: bool) -> list:
+def _texts(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
     "Return the values as text (blanks None); RequestError naming the first bad row."
     if set(map(type, vals)) == {str}: return vals
-    for i, v in enumerate(vals):
+    for i, v in enumerate(vals, offset):
         if v is None:
             if not nullable: raise RequestError(422, f"row {i}, field {col!r}: may not be blank (data contract)")
         elif not isinstance(v, str): raise RequestError(422, f"row {i}, field {col!r}: expected text, found {_json_type(v)}")
@@ -462,8 +462,8 @@ def score_file(scorer: Scorer, # from `load_scorer`
                 extra = [c for c in df.columns if c not in keep]
                 df = df.drop(columns=extra)   # a file may carry other columns (the target): not scored, not written
                 recs = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in df.to_dict("records")]
-                try: cols = scorer.columns(recs)
-                except RequestError as e: raise MlopsnbError(f"{src}: {str(e).replace('row ', 'row ' + str(n) + '+', 1)}") from None
+                try: cols = scorer.columns(recs, offset=n)
+                except RequestError as e: raise MlopsnbError(f"{src}: {e} (rows counted from 0, header excluded)") from None
                 p = scorer.score(cols, len(recs))
                 out = pd.DataFrame({c: df[c].to_numpy() for c in scorer.ids if c in df.columns}) \
                         .assign(probability=p, decision=(p >= scorer.threshold).astype(int))
