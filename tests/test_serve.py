@@ -189,11 +189,15 @@ def test_parity_in_process_http_and_batch(server, project, tmp_path):
     np.testing.assert_allclose(http_p, batch["probability"], rtol=0, atol=1e-7)      # the same ONNX path, chunked differently
     np.testing.assert_allclose(http_p, pred["probability"], rtol=0, atol=1e-6)       # ONNX vs sklearn: within the parity tolerance
     assert (batch["decision"] == (pred["decision"])).mean() == 1.0
+    rows.to_parquet(tmp_path / "rows.parquet")                                       # Parquet in, a named version
+    r = cli(project, "score", str(tmp_path / "rows.parquet"), str(tmp_path / "scored2.parquet"), "--version", "1", "--chunk-rows", "50")
+    assert r.returncode == 0, r.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scored2.parquet"), batch)
     from conftest import store
     runs = store(project).search_runs([store(project).get_experiment_by_name("mlopsnb-churn").experiment_id],
                                       "tags.`mlopsnb.task` = 'score'")
-    assert len(runs) == 1 and runs[0].data.metrics["rows"] == len(rows) and runs[0].data.params["version"] == "1"
-    assert 0 < runs[0].data.metrics["score_mean"] < 1
+    assert len(runs) == 2 and all(r.data.metrics["rows"] == len(rows) and r.data.params["version"] == "1" for r in runs)
+    assert all(0 < r.data.metrics["score_mean"] < 1 for r in runs)
 
 
 def _new_version(project, tamper: bool = False) -> str:
