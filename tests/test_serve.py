@@ -200,8 +200,8 @@ def test_parity_in_process_http_and_batch(server, project, tmp_path):
     assert all(0 < r.data.metrics["score_mean"] < 1 for r in runs)
 
 
-def _new_version(project, tamper: bool = False) -> str:
-    "Register the champion's model again as a new version (logged from a new run); optionally tamper with its files."
+def _new_version(project, tamper: bool = False, onnx: bool = True) -> str:
+    "Register the champion's model again as a new version (logged from a new run); optionally tamper with its files or leave out ONNX."
     from mlopsnb.config import Project
     from mlopsnb.registry import MODEL_FILE, load_version, log_model, register
     st = Project.load(project).store
@@ -210,7 +210,7 @@ def _new_version(project, tamper: bool = False) -> str:
     rows, _ = raw_test_rows(project)
     X = rows.drop(columns=["rownames"])
     run = client.create_run(client.get_experiment_by_name("mlopsnb-churn").experiment_id).info.run_id
-    logged = log_model(st, model, X.head(20), run, X_check=X)
+    logged = log_model(st, model, X.head(20), run, X_check=X if onnx else None)
     from mlopsnb.promotion import EVIDENCE_TAG
     evidence = json.loads(client.get_model_version("churn", "1").tags[EVIDENCE_TAG])   # the same model: the same evidence
     version = register(st, logged["model_uri"], "churn", logged["manifest"], tags={EVIDENCE_TAG: evidence}, run_id=run)
@@ -234,11 +234,17 @@ def wait_version(server, version: str, timeout: float = 30) -> dict:
 def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(server, project):
     rows, _ = raw_test_rows(project)
     body = records(rows.head(5))
-    two = _new_version(project)
+    two = _new_version(project, onnx=False)                                          # no ONNX copy: the sklearn path
     r = cli(project, "promote", "churn", two, "--reason", "test reload", "--force")
     assert r.returncode == 0, r.stderr
-    wait_version(server, two)
-    assert predict(server, body).json()["version"] == two
+    assert wait_version(server, two)["path"] == "sklearn"
+    before = predict(server, body).json()
+    assert (before["version"], before["path"]) == (two, "sklearn")
+    from mlopsnb.config import Project
+    from mlopsnb.registry import load_version
+    want = load_version(Project.load(project).store, "churn", two).predict_proba(rows.head(5).drop(columns=["rownames"]))[:, 1]
+    np.testing.assert_allclose([p["probability"] for p in before["predictions"]], want, rtol=0, atol=1e-12)
+    assert 'mlopsnb_model_info{name="churn",path="sklearn",version="%s"} 1.0' % two in httpx.get(server.url + "/metrics", headers=AUTH).text
     r = cli(project, "rollback", "churn", "--reason", "test rollback")
     assert r.returncode == 0, r.stderr
     wait_version(server, "1")
