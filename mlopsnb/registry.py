@@ -19,9 +19,11 @@ from .core import IntegrityError, RegistryError, atomic_dir, atomic_path, atomic
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TRUSTED_TYPES', 'MODEL_FILE', 'UNHASHED', 'MANIFEST_TAG', 'manifest', 'verify_manifest', 'save_model',
-           'load_model', 'is_absent', 'registry_failure', 'save_mlflow_model', 'log_model', 'download', 'load_logged',
-           'register', 'get_alias', 'resolve_version', 'verified_version', 'load_version']
+__all__ = ['log', 'TRUSTED_TYPES', 'MODEL_FILE', 'UNHASHED', 'ONNX_FILE', 'ONNX_INFO', 'ONNX_TOLERANCE', 'MANIFEST_TAG',
+           'manifest', 'verify_manifest', 'save_model', 'load_model', 'model_parts', 'onnx_feed', 'onnx_kinds',
+           'onnx_session', 'walk_estimators', 'onnx_copy', 'write_onnx', 'is_absent', 'registry_failure',
+           'save_mlflow_model', 'log_model', 'download', 'load_logged', 'register', 'get_alias', 'resolve_version',
+           'verified_version', 'load_version']
 
 # %% ../notebooks/api/07_registry.ipynb #58cb37a2
 TRUSTED_TYPES = ["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -85,6 +87,112 @@ def load_model(path: str | Path, # a .skops file
     try: return sio.load(path, trusted=TRUSTED_TYPES)
     except Exception as e: raise IntegrityError(f"{path}: cannot load model ({type(e).__name__}: {str(e)[:120]})") from None
 
+# %% ../notebooks/api/07_registry.ipynb #0eecc766
+ONNX_FILE, ONNX_INFO = "mlopsnb/model.onnx", "mlopsnb/onnx.json"
+ONNX_TOLERANCE = 1e-6     # largest absolute probability difference from the sklearn model accepted
+
+def model_parts(model, # a fitted mlopsnb Pipeline: drop, coerce, then the rest
+               ) -> tuple[list[str], list[str], list[str], object]:
+    "Return (input columns, dropped columns, coerced columns, the Pipeline after drop and coerce); ValueError if it is not that shape."
+    from sklearn.pipeline import Pipeline
+    from mlopsnb.features import CoerceNumeric, DropColumns
+    steps = getattr(model, "steps", None)
+    if not steps or len(steps) < 3 or not isinstance(steps[0][1], DropColumns) or not isinstance(steps[1][1], CoerceNumeric):
+        raise ValueError("not an mlopsnb Pipeline (drop, coerce, ...)")
+    return ([str(c) for c in steps[0][1].feature_names_in_], list(steps[0][1].columns), list(steps[1][1].columns_),
+            Pipeline(steps[2:]))
+
+def onnx_feed(columns: dict, # {input name: list or array of values, already coerced}
+              kinds: dict[str, str], # {input name: "number" or "text"}, the ONNX graph's inputs
+             ) -> dict:
+    "Return the ONNX inputs: one (n, 1) array per column, float32 numbers (None: NaN) or strings (None/NaN: '')."
+    import numpy as np
+    out = {}
+    for c, kind in kinds.items():
+        v = columns[c]
+        if kind == "number": out[c] = np.asarray([np.nan if x is None else x for x in v], dtype=np.float32).reshape(-1, 1)
+        else: out[c] = np.asarray(["" if x is None or x != x else str(x) for x in v], dtype=object).reshape(-1, 1)
+    return out
+
+def onnx_kinds(session) -> dict[str, str]:
+    "Return {input name: 'number' | 'text'} of an onnxruntime session."
+    return {i.name: "text" if i.type == "tensor(string)" else "number" for i in session.get_inputs()}
+
+def onnx_session(data: bytes):
+    "Return a single-threaded onnxruntime session on a serialised model."
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
+    return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+
+def _to_onnx(tail, coerced) -> bytes:
+    "Convert the Pipeline after drop/coerce for inputs typed like `coerced` (missing text as '')."
+    import copy
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from sklearn.impute import SimpleImputer
+    tail = copy.deepcopy(tail)
+    for est in walk_estimators(tail):   # the ONNX imputer marks missing text as "" (onnx_feed sends blanks so)
+        if isinstance(est, SimpleImputer) and getattr(est, "statistics_", None) is not None and est.statistics_.dtype == object:
+            est.missing_values = ""
+    types = [(c, FloatTensorType([None, 1]) if pd.api.types.is_numeric_dtype(coerced[c]) else StringTensorType([None, 1]))
+             for c in coerced.columns]
+    final = tail.steps[-1][1]
+    with _leaf_flags_as_ints():
+        return convert_sklearn(tail, initial_types=types, target_opset={"": 18, "ai.onnx.ml": 3},
+                               options={id(final): {"zipmap": False}}).SerializeToString()
+
+@contextmanager
+def _leaf_flags_as_ints():
+    "Have skl2onnx pass tree leaves' missing-value flag as 0/1: it passes a Python bool, which onnx >= 1.19 refuses in an ints attribute."
+    import skl2onnx.common.tree_ensemble as te
+    original = te.add_node
+    def add_node(*args, nodes_missing_value_tracks_true=0, **kw):
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kw)
+    te.add_node = add_node
+    try: yield
+    finally: te.add_node = original
+
+def walk_estimators(est, # an estimator, Pipeline or ColumnTransformer
+                   ):
+    "Yield `est` and every estimator nested in it (Pipeline steps, ColumnTransformer transformers)."
+    yield est
+    for _, sub in getattr(est, "steps", []): yield from walk_estimators(sub)
+    for _, sub, _ in getattr(est, "transformers_", []):
+        if hasattr(sub, "fit"): yield from walk_estimators(sub)
+
+def onnx_copy(model, # a fitted mlopsnb Pipeline
+              X_check, # held-out raw rows: the parity check
+             ) -> tuple[bytes | None, dict]:
+    "Convert `model` to ONNX and check parity on `X_check`; return (bytes or None, what happened)."
+    import numpy as np
+    from sklearn.pipeline import Pipeline
+    info = {"converted": False, "rows": int(len(X_check)), "tolerance": ONNX_TOLERANCE}
+    try:
+        _, _, _, tail = model_parts(model)
+        coerced = Pipeline(model.steps[:2]).transform(X_check)
+        data = _to_onnx(tail, coerced)
+        sess = onnx_session(data)
+        kinds = onnx_kinds(sess)
+        got = sess.run(None, onnx_feed({c: coerced[c].tolist() for c in kinds}, kinds))[1][:, 1]
+    except Exception as e:   # any failure to convert means "no fast path": recorded, and the sklearn path serves
+        return None, {**info, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    diff = float(np.max(np.abs(got.astype(float) - model.predict_proba(X_check)[:, 1]))) if len(X_check) else float("nan")
+    if not diff <= ONNX_TOLERANCE: return None, {**info, "max_abs_diff": diff, "reason": f"parity: max difference {diff:.3g} above {ONNX_TOLERANCE}"}
+    return data, {**info, "converted": True, "max_abs_diff": diff, "inputs": kinds}
+
+def write_onnx(model, # a fitted mlopsnb Pipeline
+               folder: str | Path, # the model directory (before its manifest is taken)
+               X_check, # held-out raw rows: the parity check
+              ) -> dict:
+    "Write the ONNX copy (when it converts with parity) and `mlopsnb/onnx.json` into `folder`; return the info."
+    data, info = onnx_copy(model, X_check)
+    (Path(folder) / ONNX_INFO).parent.mkdir(parents=True, exist_ok=True)
+    if data is not None: (Path(folder) / ONNX_FILE).write_bytes(data)
+    (Path(folder) / ONNX_INFO).write_text(json.dumps(info, indent=1))
+    if data is None: log.info("no ONNX copy: %s", info["reason"])
+    return info
+
 # %% ../notebooks/api/07_registry.ipynb #b1378a1a
 MANIFEST_TAG = "mlopsnb.manifest"
 
@@ -109,6 +217,7 @@ def save_mlflow_model(model, # fitted sklearn Pipeline
                       X_example, # a few input rows (signature and input example)
                       mlflow_model=None, # an `mlflow.models.Model` carrying run and model ids
                       extra_files: dict[str, str | Path] | None = None, # {relative path in the model dir: file}
+                      X_check=None, # held-out raw rows for the ONNX parity check (None: no ONNX copy)
                      ) -> dict[str, str]:
     "Write `model` as an MLflow sklearn model directory in skops format; return its sha256 manifest."
     import shutil
@@ -126,6 +235,7 @@ def save_mlflow_model(model, # fitted sklearn Pipeline
     for rel, src in (extra_files or {}).items():
         (Path(path) / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, Path(path) / rel)
+    if X_check is not None: write_onnx(model, path, X_check)     # inside the manifest, like every other file
     return manifest(path)
 
 def log_model(store, # where the run lives: a Store, Project or tracking URI
@@ -135,6 +245,7 @@ def log_model(store, # where the run lives: a Store, Project or tracking URI
               name: str = "model", # the logged model's name
               extra_files: dict[str, str | Path] | None = None, # files to ship inside the model directory
               local_copy: str | Path | None = None, # also keep the uploaded directory here (written atomically)
+              X_check=None, # held-out raw rows: an ONNX copy is shipped when it converts with parity on them
              ) -> dict:
     "Hash the model directory, then upload exactly it as a logged model of `run_id`; return its URI and manifest."
     import shutil
@@ -148,7 +259,7 @@ def log_model(store, # where the run lives: a Store, Project or tracking URI
         local = Path(d) / name
         try:
             digests = save_mlflow_model(model, local, X_example,
-                                        Model(artifact_path=lm.artifact_location, run_id=run_id, model_id=lm.model_id), extra_files)
+                                        Model(artifact_path=lm.artifact_location, run_id=run_id, model_id=lm.model_id), extra_files, X_check)
             client.log_model_artifacts(lm.model_id, str(local))
         except BaseException:
             client.finalize_logged_model(lm.model_id, LoggedModelStatus.FAILED); raise

@@ -39,7 +39,7 @@ log_metrics({f"val_{metric}": float(best[metric]), "candidates": len(candidates)
 np.save(product["rows"], np.concatenate([row_keys(train, ids), row_keys(val, ids)]), allow_pickle=False)
 # hashed, then uploaded as is: the model that is evaluated, timed and registered is these bytes
 logged = log_model(task_store(), model, X_train.head(20), current_run_id(), extra_files={TRAINING_ROWS_FILE: product["rows"]},
-                   local_copy=product["model"])
+                   local_copy=product["model"], X_check=X_val)   # X_val: the ONNX copy's parity check
 write_json({**logged, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
             "features": list(X_train.columns)}, product["info"])
 print(f"best: {best['candidate']} (validation {metric} {best[metric]:.4f}); logged as {logged['model_uri']}")

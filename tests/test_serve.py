@@ -1,0 +1,342 @@
+"""The scoring service over real HTTP and batch scoring, on a project built once on the sample."""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import BIN, SAMPLE, clean_env, cli, make_project
+
+pytestmark = pytest.mark.slow
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_ROWS = 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+class Server:
+    "`mlopsnb serve` started in a project on a free loopback port; always stopped by the test."
+    def __init__(self, project: Path, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([str(BIN / "mlopsnb"), "serve", "--port", str(self.port), *args], cwd=project,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(env))
+
+    def wait(self, timeout: float = 120) -> "Server":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None: raise AssertionError(f"server exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200: return self
+            except httpx.TransportError: pass
+            time.sleep(0.3)
+        raise AssertionError("server did not start")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try: self.proc.wait(30)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("serve"))
+    r = cli(p, "run", "--engine", "inprocess", *SAMPLE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    s = Server(project, "--reload-interval", "1", "--max-rows", str(MAX_ROWS), env={"MLOPSNB_TOKEN": TOKEN})
+    try: yield s.wait()
+    finally: s.stop()
+
+
+def raw_test_rows(project) -> pd.DataFrame:
+    "The test set's raw records as the source has them (read with mlopsnb.data.read_source), in predictions.parquet order."
+    from mlopsnb.config import Project
+    from mlopsnb.data import read_source
+    pred = pd.read_parquet(project / "products/evaluation/predictions.parquet")
+    raw = read_source(Project.load(project).env.data, project).set_index("rownames", drop=False)
+    return raw.loc[pred["rownames"]].drop(columns=["churn"]).reset_index(drop=True), pred
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    return json.loads(df.to_json(orient="records"))   # NaN -> null, numpy types -> JSON
+
+
+def predict(server, body, headers=None, **kw) -> httpx.Response:
+    h = {**AUTH, **(headers or {})}
+    if isinstance(body, (bytes, str)): return httpx.post(server.url + "/predict", content=body, headers={"content-type": "application/json", **h}, timeout=30, **kw)
+    return httpx.post(server.url + "/predict", json=body, headers=h, timeout=30, **kw)
+
+
+def test_endpoints(server, project):
+    rows, _ = raw_test_rows(project)
+    r = predict(server, records(rows.head(3)), headers={"x-request-id": "req-1"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["model"], out["version"], out["path"], out["threshold"], out["request_id"]) == ("churn", "1", "onnx", 0.5, "req-1")
+    assert [p["rownames"] for p in out["predictions"]] == rows["rownames"].head(3).tolist()          # ids echoed back
+    assert all(p["decision"] == int(p["probability"] >= 0.5) for p in out["predictions"])
+    one = predict(server, records(rows.head(1))[0]).json()                                          # one record, not a list
+    assert len(one["predictions"]) == 1 and one["request_id"] != "req-1"
+    assert httpx.get(server.url + "/ready", headers=AUTH).json() == {"ready": True, "model": "churn", "version": "1"}
+    v = httpx.get(server.url + "/version", headers=AUTH).json()
+    assert (v["path"], v["threshold_source"], v["onnx"]["converted"]) == ("onnx", "pipeline.yaml: evaluate_model.threshold", True)
+    assert v["onnx"]["max_abs_diff"] <= 1e-6
+    m = httpx.get(server.url + "/metrics", headers=AUTH).text
+    assert 'mlopsnb_requests_total{status="200",version="1"}' in m and "mlopsnb_request_seconds_bucket" in m
+    assert "mlopsnb_batch_rows_bucket" in m and "mlopsnb_score_bucket" in m and 'mlopsnb_model_info{name="churn",path="onnx",version="1"} 1.0' in m
+    spec = httpx.get(server.url + "/openapi.json", headers=AUTH).json()
+    schema = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["anyOf"][0]
+    assert "tenure" in schema["required"] and "rownames" in schema["properties"]
+    assert httpx.get(server.url + "/docs", headers=AUTH).status_code == 200
+
+
+def test_auth(server):
+    assert httpx.get(server.url + "/health").status_code == 200                    # open
+    for path in ("/ready", "/version", "/metrics", "/openapi.json"):
+        assert httpx.get(server.url + path).status_code == 401, path
+        assert httpx.get(server.url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+    r = httpx.post(server.url + "/predict", json={"a": 1})
+    assert r.status_code == 401 and "token" in r.json()["detail"]
+
+
+def test_bad_requests_are_4xx_naming_row_and_field(server, project):
+    rows, _ = raw_test_rows(project)
+    good = records(rows.head(2))
+    def with_(i, **kw): return [dict(r, **kw) if j == i else r for j, r in enumerate(good)]
+    def without(i, col): return [{k: v for k, v in r.items() if not (j == i and k == col)} for j, r in enumerate(good)]
+    cases = [
+        (without(1, "tenure"), 422, "row 1: missing field 'tenure'"),
+        (with_(0, colour="SECRETVALUE"), 422, "row 0: unknown field 'colour'"),
+        (with_(1, tenure="SECRETVALUE"), 422, "row 1, field 'tenure': expected a number"),
+        (with_(0, contract=3), 422, "row 0, field 'contract': expected text, found a number"),
+        (with_(0, female=True), 422, "row 0, field 'female': expected a number, found a boolean"),
+        (with_(1, tenure=None), 422, "row 1, field 'tenure': may not be blank (data contract)"),
+        ([], 422, "empty batch"),
+        (good * (MAX_ROWS // 2 + 1), 413, f"more than the {MAX_ROWS} allowed"),
+        (b'[{"tenure": SECRETVALUE', 400, "malformed JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "malformed JSON"),                   # deep nesting
+        (b" " * (1 << 20) + b"[]", 413, "larger than 1048576 bytes"),              # over the 1 MiB default
+        (b'"just text"', 422, "expected a JSON object"),
+    ]
+    for body, status, message in cases:
+        r = predict(server, body)
+        assert r.status_code == status and message in r.json()["detail"], (message, r.status_code, r.text[:300])
+        assert "SECRETVALUE" not in r.text                                          # the body is never echoed
+    r = httpx.post(server.url + "/predict", content=json.dumps(good), headers={**AUTH, "content-type": "text/plain"})
+    assert r.status_code == 415
+    unknown = predict(server, with_(0, contract="Ten-year"))                       # unknown category: accepted, counted
+    assert unknown.status_code == 200
+    assert 'mlopsnb_unknown_categories_total{column="contract"}' in httpx.get(server.url + "/metrics", headers=AUTH).text
+    assert httpx.get(server.url + "/ready", headers=AUTH).status_code == 200
+
+
+def test_generated_malformed_requests_never_5xx(server, project):
+    rows, _ = raw_test_rows(project)
+    good, rng = records(rows.head(3)), random.Random(8)
+    junk = [None, True, -1e308, "", "x" * 300, [], {}, [1, [2]], {"a": {"b": None}}, 10 ** 30, "NaN", "  12 "]
+    statuses = []
+    for i in range(300):
+        body = json.loads(json.dumps(good))
+        kind = rng.randrange(5)
+        if kind == 0: body[rng.randrange(3)][rng.choice(list(body[0]))] = rng.choice(junk)
+        elif kind == 1: del body[rng.randrange(3)][rng.choice(list(body[0]))]
+        elif kind == 2: body[rng.randrange(3)][rng.choice(["", "x" * 100, "ünï", "0"])] = rng.choice(junk)
+        elif kind == 3: body = rng.choice(junk)
+        raw = json.dumps(body).encode()
+        if kind == 4: raw = raw[: rng.randrange(1, len(raw))]                        # truncated JSON
+        statuses.append(predict(server, raw).status_code)
+    assert all(s < 500 for s in statuses), sorted(set(statuses))
+    assert {400, 422} <= set(statuses)
+    assert httpx.get(server.url + "/ready", headers=AUTH).status_code == 200
+
+
+def test_parity_in_process_http_and_batch(server, project, tmp_path):
+    from mlopsnb.config import Project
+    from mlopsnb.registry import load_version
+    rows, pred = raw_test_rows(project)
+    model = load_version(Project.load(project).store, "churn", "@champion")
+    in_process = model.predict_proba(rows.drop(columns=["rownames"]))[:, 1]
+    np.testing.assert_allclose(in_process, pred["probability"], rtol=0, atol=1e-12)   # the registered model is the evaluated one
+    http = predict(server, records(rows)).json()["predictions"]
+    assert [p["rownames"] for p in http] == pred["rownames"].tolist()
+    http_p = np.array([p["probability"] for p in http])
+    src = tmp_path / "rows.csv"
+    rows.assign(churn=pred["churn"].to_numpy()).to_csv(src, index=False)           # a file also carries the target: ignored
+    r = cli(project, "score", str(src), str(tmp_path / "scored.parquet"), "--chunk-rows", "50")   # 120 rows: three chunks
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"scored {len(rows)} rows of {src} with churn version 1 (onnx path)"), r.stdout
+    batch = pd.read_parquet(tmp_path / "scored.parquet")
+    assert list(batch.columns) == ["rownames", "probability", "decision"] and batch["rownames"].tolist() == pred["rownames"].tolist()
+    np.testing.assert_allclose(http_p, batch["probability"], rtol=0, atol=1e-7)      # the same ONNX path, chunked differently
+    np.testing.assert_allclose(http_p, pred["probability"], rtol=0, atol=1e-6)       # ONNX vs sklearn: within the parity tolerance
+    assert (batch["decision"] == (pred["decision"])).mean() == 1.0
+    rows.to_parquet(tmp_path / "rows.parquet")                                       # Parquet in, a named version
+    r = cli(project, "score", str(tmp_path / "rows.parquet"), str(tmp_path / "scored2.parquet"), "--version", "1", "--chunk-rows", "50")
+    assert r.returncode == 0, r.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scored2.parquet"), batch)
+    from conftest import store
+    runs = store(project).search_runs([store(project).get_experiment_by_name("mlopsnb-churn").experiment_id],
+                                      "tags.`mlopsnb.task` = 'score'")
+    assert len(runs) == 2 and all(r.data.metrics["rows"] == len(rows) and r.data.params["version"] == "1" for r in runs)
+    assert all(0 < r.data.metrics["score_mean"] < 1 for r in runs)
+
+
+def _new_version(project, tamper: bool = False, onnx: bool = True) -> str:
+    "Register the champion's model again as a new version (logged from a new run); optionally tamper with its files or leave out ONNX."
+    from mlopsnb.config import Project
+    from mlopsnb.registry import MODEL_FILE, load_version, log_model, register
+    st = Project.load(project).store
+    client = st.client()
+    model = load_version(st, "churn", "@champion")
+    rows, _ = raw_test_rows(project)
+    X = rows.drop(columns=["rownames"])
+    run = client.create_run(client.get_experiment_by_name("mlopsnb-churn").experiment_id).info.run_id
+    logged = log_model(st, model, X.head(20), run, X_check=X if onnx else None)
+    from mlopsnb.promotion import EVIDENCE_TAG
+    evidence = json.loads(client.get_model_version("churn", "1").tags[EVIDENCE_TAG])   # the same model: the same evidence
+    version = register(st, logged["model_uri"], "churn", logged["manifest"], tags={EVIDENCE_TAG: evidence}, run_id=run)
+    client.set_terminated(run)
+    if tamper:
+        loc = client.get_model_version_download_uri("churn", version)
+        f = Path(loc.removeprefix("file://")) / MODEL_FILE
+        data = bytearray(f.read_bytes()); data[len(data) // 2] ^= 1; f.write_bytes(bytes(data))
+    return version
+
+
+def wait_version(server, version: str, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = httpx.get(server.url + "/version", headers=AUTH).json()
+        if v["version"] == version: return v
+        time.sleep(0.3)
+    raise AssertionError(f"still serving {v['version']}, not {version}")
+
+
+def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(server, project):
+    rows, _ = raw_test_rows(project)
+    body = records(rows.head(5))
+    two = _new_version(project, onnx=False)                                          # no ONNX copy: the sklearn path
+    r = cli(project, "promote", "churn", two, "--reason", "test reload", "--force")
+    assert r.returncode == 0, r.stderr
+    assert wait_version(server, two)["path"] == "sklearn"
+    before = predict(server, body).json()
+    assert (before["version"], before["path"]) == (two, "sklearn")
+    from mlopsnb.config import Project
+    from mlopsnb.registry import load_version
+    want = load_version(Project.load(project).store, "churn", two).predict_proba(rows.head(5).drop(columns=["rownames"]))[:, 1]
+    np.testing.assert_allclose([p["probability"] for p in before["predictions"]], want, rtol=0, atol=1e-12)
+    assert 'mlopsnb_model_info{name="churn",path="sklearn",version="%s"} 1.0' % two in httpx.get(server.url + "/metrics", headers=AUTH).text
+    r = cli(project, "rollback", "churn", "--reason", "test rollback")
+    assert r.returncode == 0, r.stderr
+    wait_version(server, "1")
+    three = _new_version(project, tamper=True)
+    assert cli(project, "promote", "churn", three, "--reason", "tampered", "--force").returncode == 0
+    time.sleep(4)                                                                    # several polls
+    assert httpx.get(server.url + "/version", headers=AUTH).json()["version"] == "1"  # the old one kept
+    assert predict(server, body).status_code == 200
+    assert 'mlopsnb_reloads_total{result="refused"}' in httpx.get(server.url + "/metrics", headers=AUTH).text
+    # a service starting on the tampered champion refuses to start, with one line
+    s = Server(project)
+    try: code = s.proc.wait(120)
+    finally: s.stop()
+    err = s.proc.stderr.read()
+    assert code == 1 and err.strip().count("\n") == 0, err
+    assert err.startswith(f"mlopsnb: error: model churn version {three}: model.skops does not match its sha256 manifest"), err
+    assert cli(project, "rollback", "churn", "--reason", "back").returncode == 0      # leave version 1 serving
+
+
+def logged(db: Path) -> list[tuple]:
+    "Open the prediction log as the monitoring side would (SQLite recovers or drops a torn WAL tail here)."
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return con.execute("SELECT request_id, row, version, features, probability, decision FROM scored ORDER BY seq").fetchall()
+    finally: con.close()
+
+
+def test_sigterm_drains_the_request_in_flight_logs_every_answered_row_and_warns_off_loopback(project, tmp_path):
+    rows, _ = raw_test_rows(project)
+    body = json.dumps(records(rows.head(50))).encode()
+    db = tmp_path / "predictions.db"
+    s = Server(project, "--host", "0.0.0.0", "--log", str(db))
+    try:
+        s.wait()
+        answered = {}
+        for k in range(20):
+            r = predict(s, records(rows.iloc[k: k + 1 + k % 3]))
+            assert r.status_code == 200; answered[r.json()["request_id"]] = r.json()["predictions"]
+        def slow_body():                      # the request is in flight (half sent) when SIGTERM arrives
+            yield body[: len(body) // 2]
+            time.sleep(0.3); s.proc.send_signal(signal.SIGTERM); time.sleep(1.5)
+            yield body[len(body) // 2:]
+        r = httpx.post(s.url + "/predict", content=slow_body(), headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 50
+        answered[r.json()["request_id"]] = r.json()["predictions"]
+        code = s.proc.wait(30)
+        assert code in (0, -signal.SIGTERM)   # uvicorn drains, then re-raises the signal it caught
+    finally: s.stop()
+    log = logged(db)                          # every row answered with 200, the one in flight at SIGTERM included
+    assert len(log) == sum(len(p) for p in answered.values())
+    for rid, preds in answered.items():
+        mine = [r for r in log if r[0] == rid]
+        assert [r[1] for r in mine] == list(range(len(preds))) and [r[4] for r in mine] == [p["probability"] for p in preds]
+        assert [r[5] for r in mine] == [p["decision"] for p in preds] and all(r[2] == "1" for r in mine)
+    first = json.loads(log[0][3])
+    assert set(first) == set(rows.columns) and first["rownames"] == int(rows["rownames"].iloc[0])   # the features as sent
+    assert "warning: serving on 0.0.0.0 without a bearer token (set MLOPSNB_TOKEN)" in s.proc.stderr.read()
+
+
+def test_prediction_log_after_kill_9_holds_only_complete_requests(project, tmp_path):
+    import threading
+    rows, _ = raw_test_rows(project)
+    db = tmp_path / "predictions.db"
+    s = Server(project, "--log", str(db))
+    done, stop = [], threading.Event()
+    def client():
+        k = 0
+        while not stop.is_set():
+            try: r = predict(s, records(rows.iloc[(k % 20) * 5: (k % 20) * 5 + 5]))
+            except httpx.TransportError: return
+            if r.status_code == 200: done.append(r.json()["request_id"])
+            k += 1
+    try:
+        s.wait()
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads: t.start()
+        time.sleep(3)
+        s.proc.send_signal(signal.SIGKILL); s.proc.wait(10)
+        stop.set()
+        for t in threads: t.join(30)
+    finally: s.stop()
+    assert len(done) > 20, len(done)
+    log = logged(db)
+    assert log, "nothing was logged in 3 seconds"
+    by_request = {}
+    for rid, row, *_ in log: by_request.setdefault(rid, []).append(row)
+    assert all(rs == [0, 1, 2, 3, 4] for rs in by_request.values())      # whole requests only
+    assert len(set(by_request) - set(done)) <= 3     # answered ones (a request killed between its log and its answer: at most one per client)
+    from mlopsnb.serve import PredictionLog                              # the next start appends after the recovered tail
+    again = PredictionLog(db)
+    from mlopsnb.serve import Scorer
+    again.append("after", Scorer("churn", "1", None, [], set(), set(), set()), [{"a": 1}], np.array([0.5]), [1]); again.close()
+    assert logged(db)[-1][0] == "after" and len(logged(db)) == len(log) + 1
