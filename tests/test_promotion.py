@@ -5,20 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, SAMPLE, clean_env, cli, executed, make_project, store
+from conftest import BIN, SAMPLE, clean_env, cli, executed, make_project, set_grid, store
 
 FAST = ["--engine", "inprocess", *SAMPLE]
 WEAK_GRID = "        - family: logistic_regression\n          C: [0.0003]\n"
 pytestmark = pytest.mark.slow
-
-
-def set_grid(project: Path, grid: str) -> None:
-    "Replace train_model's grid in pipeline.yaml (the README walkthrough does the same by hand)."
-    spec = project / "pipeline.yaml"
-    lines = spec.read_text().splitlines(keepends=True)
-    start = next(i for i, l in enumerate(lines) if l.strip() == "grid:") + 1
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("        "))
-    spec.write_text("".join(lines[:start]) + grid + "".join(lines[end:]))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, cli, make_project
+from conftest import ROOT, cli, make_project, set_grid
 
 pytestmark = pytest.mark.slow
 WEAK_GRID = "        - family: logistic_regression\n          C: [0.0003]\n"
@@ -25,11 +25,7 @@ def test_readme_build_summary_and_walkthrough_are_what_a_build_prints(tmp_path):
         assert len(readme) == 1, (prefix, readme)
         assert readme[0] in out, (readme[0], [l for l in out if l.startswith(prefix)])
     assert quoted("built 6 tasks in ")[0].endswith(": 6 executed, 0 skipped") and out[0].endswith(": 6 executed, 0 skipped")
-    spec = project / "pipeline.yaml"
-    lines = spec.read_text().splitlines(keepends=True)
-    start = next(i for i, l in enumerate(lines) if l.strip() == "grid:") + 1
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("        "))
-    spec.write_text("".join(lines[:start]) + WEAK_GRID + "".join(lines[end:]))   # the walkthrough's edit, literally
+    set_grid(project, WEAK_GRID)                                  # the walkthrough's edit, literally
     assert WEAK_GRID.strip() in ROOT.joinpath("README.md").read_text().replace("\n          ", "\n          ")
     second = cli(project, "run", "--engine", "inprocess")
     assert second.returncode == 0, second.stderr
