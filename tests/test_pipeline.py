@@ -57,11 +57,12 @@ def test_model_is_registered_with_signature_and_champion_alias(built):
     client = store(project)
     mv = client.get_model_version_by_alias("churn", "champion")
     assert str(mv.version) == "1" and str(client.get_model_version_by_alias("churn", "challenger").version) == "1"
-    import mlflow
-    from mlflow.models import get_model_info
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri); mlflow.set_registry_uri(uri)      # the built project's store, never the cwd's
-    info = get_model_info("models:/churn/1")
+    from mlflow.models import Model
+    from mlopsnb.config import Store
+    from mlopsnb.registry import verified_version
+    # the built project's store, named explicitly: no process-wide MLflow setting leaks into later tests
+    with verified_version(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", "1") as (local, _):
+        info = Model.load(str(local))
     assert info.signature is not None and info.signature.inputs.input_names()[:2] == ["female", "senior_citizen"]
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
 

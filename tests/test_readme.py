@@ -1,6 +1,4 @@
 """The README's quoted outputs are the real ones: the reference build on all rows, then the walkthrough."""
-import re
-
 import pytest
 
 from conftest import ROOT, cli, make_project, set_grid
@@ -11,8 +9,11 @@ WEAK_GRID = "        - family: logistic_regression\n          C: [0.0003]\n"
 
 def quoted(prefix: str) -> list[str]:
     "The README lines, inside its code blocks, that start with `prefix`."
-    blocks = re.findall(r"```\n(.*?)```", ROOT.joinpath("README.md").read_text(), re.S)
-    return [l for b in blocks for l in b.splitlines() if l.startswith(prefix)]
+    out, inside = [], False
+    for line in ROOT.joinpath("README.md").read_text().splitlines():
+        if line.startswith("```"): inside = not inside
+        elif inside and line.startswith(prefix): out.append(line)
+    return out
 
 
 def test_readme_build_summary_and_walkthrough_are_what_a_build_prints(tmp_path):

@@ -72,7 +72,7 @@ def raw_test_rows(project) -> pd.DataFrame:
     from mlopsnb.config import Project
     from mlopsnb.data import read_source
     pred = pd.read_parquet(project / "products/evaluation/predictions.parquet")
-    raw = read_source(Project.load(project).env.data, project).set_index("rownames", drop=False)
+    raw = read_source(Project.load(project, environ={}).env.data, project).set_index("rownames", drop=False)
     return raw.loc[pred["rownames"]].drop(columns=["churn"]).reset_index(drop=True), pred
 
 
@@ -173,7 +173,7 @@ def test_parity_in_process_http_and_batch(server, project, tmp_path):
     from mlopsnb.config import Project
     from mlopsnb.registry import load_version
     rows, pred = raw_test_rows(project)
-    model = load_version(Project.load(project).store, "churn", "@champion")
+    model = load_version(Project.load(project, environ={}).store, "churn", "@champion")
     in_process = model.predict_proba(rows.drop(columns=["rownames"]))[:, 1]
     np.testing.assert_allclose(in_process, pred["probability"], rtol=0, atol=1e-12)   # the registered model is the evaluated one
     http = predict(server, records(rows)).json()["predictions"]
@@ -204,7 +204,7 @@ def _new_version(project, tamper: bool = False, onnx: bool = True) -> str:
     "Register the champion's model again as a new version (logged from a new run); optionally tamper with its files or leave out ONNX."
     from mlopsnb.config import Project
     from mlopsnb.registry import MODEL_FILE, load_version, log_model, register
-    st = Project.load(project).store
+    st = Project.load(project, environ={}).store
     client = st.client()
     model = load_version(st, "churn", "@champion")
     rows, _ = raw_test_rows(project)
@@ -242,7 +242,7 @@ def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(serve
     assert (before["version"], before["path"]) == (two, "sklearn")
     from mlopsnb.config import Project
     from mlopsnb.registry import load_version
-    want = load_version(Project.load(project).store, "churn", two).predict_proba(rows.head(5).drop(columns=["rownames"]))[:, 1]
+    want = load_version(Project.load(project, environ={}).store, "churn", two).predict_proba(rows.head(5).drop(columns=["rownames"]))[:, 1]
     np.testing.assert_allclose([p["probability"] for p in before["predictions"]], want, rtol=0, atol=1e-12)
     assert 'mlopsnb_model_info{name="churn",path="sklearn",version="%s"} 1.0' % two in httpx.get(server.url + "/metrics", headers=AUTH).text
     r = cli(project, "rollback", "churn", "--reason", "test rollback")
