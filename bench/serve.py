@@ -50,12 +50,8 @@ def free_port() -> int:
 
 def build(dest: Path, sample: int | None) -> Path:
     "Copy the reference project into `dest` and build it (in-process engine)."
-    dest.mkdir(parents=True)
-    for f in PROJECT_FILES:
-        src = ROOT / f
-        if src.is_dir(): shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-        else: shutil.copy(src, dest / f)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    from pipeline import make_project        # bench/pipeline.py's copy of the project (this folder is on sys.path)
+    make_project(dest)
     args = [str(BIN / "mlopsnb"), "run", "--engine", "inprocess"] + (["--env", f"sample={sample}"] if sample else [])
     r = subprocess.run(args, cwd=dest, env=clean_env(), capture_output=True, text=True)
     if r.returncode: sys.exit(f"build failed:\n{r.stdout}\n{r.stderr}")
