@@ -15,7 +15,7 @@ from pathlib import Path
 from .core import MlopsnbError
 
 # %% auto #0
-__all__ = ['KEY_METRICS', 'summary_lines', 'command_name', 'parser', 'main']
+__all__ = ['KEY_METRICS', 'COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'main']
 
 # %% ../notebooks/api/09_cli.ipynb #c5250c0d
 KEY_METRICS = ("roc_auc", "pr_auc", "f1", "log_loss", "brier")
@@ -139,6 +139,10 @@ def _lab(a):
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11
+COMMAND_MODULES = ("mlopsnb.monitor", "mlopsnb.lineage", "mlopsnb.scale")
+# Modules that add verbs of their own. Each defines `add_commands(sub, env_args)`; their module-level imports
+# stay light (stdlib and mlopsnb.core/config): the CLI imports them on every call.
+
 def parser() -> argparse.ArgumentParser:
     "Return the argument parser of the `mlopsnb` command."
     p = argparse.ArgumentParser(prog="mlopsnb", description="From a notebook experiment to a governed production model.")
@@ -204,6 +208,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="decision threshold (default: the spec's evaluation threshold)")
     s.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
     env_args(s); s.set_defaults(fn=lambda a: _score(a))
+    for name in COMMAND_MODULES:      # verbs defined beside their library code: `add_commands(sub, env_args)`
+        import importlib
+        try: mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name: raise
+            continue
+        mod.add_commands(sub, env_args)
     return p
 
 def main(argv: list[str] | None = None) -> int:
