@@ -200,6 +200,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--token-env", default="MLOPSNB_TOKEN", help="environment variable holding the bearer token (default MLOPSNB_TOKEN)")
     s.add_argument("--log", help="prediction log, a SQLite file (default: <products>/serving/predictions.db)")
     s.add_argument("--no-log", action="store_true", help="do not log predictions")
+    s.add_argument("--canary", type=float, default=0.0, metavar="FRACTION",
+                   help="answer this fraction of requests with @challenger (sticky per X-Request-Key header, else per id of a one-record request)")
+    s.add_argument("--shadow", action="store_true", help="also score every request with @challenger off the request path and log it as shadow (never returned)")
     env_args(s); s.set_defaults(fn=lambda a: _serve(a))
     s = sub.add_parser("score", help="score a CSV or Parquet file with @champion (or --version) into Parquet")
     s.add_argument("input"); s.add_argument("output")
@@ -275,16 +278,35 @@ def _serve(a):
     token = os.environ.get(a.token_env) or None
     if not token and a.host not in {"127.0.0.1", "localhost", "::1"}:
         print(f"mlopsnb: warning: serving on {a.host} without a bearer token (set {a.token_env})", file=sys.stderr)
+    if not 0.0 <= a.canary <= 1.0: raise MlopsnbError(f"--canary {a.canary}: expected a fraction between 0 and 1")
     scorer = load_scorer(project.store, name, a.version, **kw)
+    challenger, split = _challenger(a, project, name, kw)
     follow = a.version.startswith("@") and a.reload_interval > 0
     plog = None if a.no_log else PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db")
     app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
-                   reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0)
+                   reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0,
+                   challenger=challenger, canary=a.canary, shadow=a.shadow,
+                   reload_challenger=alias_reloader(project.store, "@challenger", name, **kw) if split and a.reload_interval > 0 else None)
     print(f"serving {name} version {scorer.version} ({scorer.path} path, threshold {scorer.threshold:g} from {scorer.threshold_source}) "
           f"on http://{a.host}:{a.port}" + (f", following {a.version} every {a.reload_interval:g}s" if follow else "")
           + (", bearer token required" if token else "") + (f"; predictions logged to {plog.path}" if plog else ""), flush=True)
+    if split and challenger is not None:
+        print(f"challenger: {name} version {challenger.version} ({challenger.path} path)"
+              + (f" answers {a.canary:.0%} of requests (sticky per X-Request-Key, else per {'/'.join(scorer.ids) or 'id'} of a one-record request)" if a.canary else "")
+              + ("; " if a.canary and a.shadow else "") + (" scores every champion-answered request in the shadow (logged, never returned)" if a.shadow else ""), flush=True)
     serve(app, a.host, a.port)
     return 0
+
+def _challenger(a, project, name: str, kw: dict):
+    "The @challenger Scorer for --canary/--shadow (None, with a warning line, while there is none) and whether one is wanted."
+    from mlopsnb.registry import get_alias
+    from mlopsnb.serve import load_scorer
+    if not (a.canary > 0 or a.shadow): return None, False
+    if get_alias(project.store, name, "challenger") is None:
+        print(f"mlopsnb: warning: {name} has no @challenger: every request goes to @champion (no canary, no shadow)"
+              + (f" until one is registered (checked every {a.reload_interval:g}s)" if a.reload_interval > 0 else ""), file=sys.stderr, flush=True)
+        return None, True
+    return load_scorer(project.store, name, "@challenger", **kw), True
 
 def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, score_file

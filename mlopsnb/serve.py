@@ -5,9 +5,11 @@
 # %% ../notebooks/api/10_serve.ipynb #9c906987
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -25,8 +27,9 @@ from .registry import (MODEL_FILE, ONNX_FILE, ONNX_INFO, get_alias, load_model, 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'make_app',
-           'alias_reloader', 'serve', 'PredictionLog', 'score_file', 'record_scoring']
+__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'NO_ALIAS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer',
+           'key_position', 'request_key', 'make_app', 'alias_reloader', 'serve', 'PredictionLog', 'score_file',
+           'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -193,15 +196,18 @@ class _Metrics:
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("mlopsnb_requests", "Scoring requests by status and model version", ["status", "version"], registry=r)
+        self.requests = Counter("mlopsnb_requests", "Scoring requests by status, model version and role (champion, or challenger on the canary)",
+                                ["status", "version", "role"], registry=r)
         self.latency = Histogram("mlopsnb_request_seconds", "Time to answer /predict", registry=r,
                                  buckets=(.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.batch = Histogram("mlopsnb_batch_rows", "Rows per /predict request", registry=r, buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000))
         self.scores = _BulkHistogram("mlopsnb_score", "Predicted probabilities", tuple(i / 10 for i in range(1, 11)))
         r.register(self.scores)
         self.unknown = Counter("mlopsnb_unknown_categories", "Values outside the contract's categories (accepted)", ["column"], registry=r)
-        self.model = Gauge("mlopsnb_model_info", "The version serving (1) and its path", ["name", "version", "path"], registry=r)
-        self.reloads = Counter("mlopsnb_reloads", "Alias moves followed (loaded) or refused", ["result"], registry=r)
+        self.model = Gauge("mlopsnb_model_info", "The versions serving (1) as champion or challenger, and their path", ["role", "name", "version", "path"], registry=r)
+        self.reloads = Counter("mlopsnb_reloads", "Alias moves followed (loaded, removed) or refused", ["result", "role"], registry=r)
+        self.shadow = Counter("mlopsnb_shadow_requests", "Requests scored in the shadow of the answer by the challenger: scored, refused "
+                              "(its input check failed), dropped (the shadow queue was full) or failed", ["result", "version"], registry=r)
 
 class _BulkHistogram:
     "A Prometheus histogram observed a whole array at a time (one numpy call per request, not one per row)."
@@ -219,14 +225,38 @@ class _BulkHistogram:
         yield HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=total)
 
 class _Service:
-    "What the app's handlers share: the current scorer (swapped whole on reload) and the metrics."
-    def __init__(self, scorer: Scorer, metrics: _Metrics):
-        self.scorer, self.metrics = scorer, metrics
-        metrics.model.labels(scorer.name, scorer.version, scorer.path).set(1)
-    def swap(self, new: Scorer) -> None:
-        old, self.scorer = self.scorer, new
-        self.metrics.model.labels(old.name, old.version, old.path).set(0)
-        self.metrics.model.labels(new.name, new.version, new.path).set(1)
+    "What the app's handlers share: the champion and challenger scorers (each swapped whole on reload), the routing and the metrics."
+    def __init__(self, scorer: Scorer, metrics: _Metrics, challenger: Scorer | None = None, canary: float = 0.0, shadow: bool = False):
+        self.scorer, self.challenger, self.metrics, self.canary, self.shadow = scorer, challenger, metrics, float(canary), bool(shadow)
+        metrics.model.labels("champion", scorer.name, scorer.version, scorer.path).set(1)
+        if challenger is not None: metrics.model.labels("challenger", challenger.name, challenger.version, challenger.path).set(1)
+    def swap(self, new: Scorer | None, role: str = "champion") -> None:
+        "Serve `new` as the champion (or challenger; None: no challenger any more)."
+        old = self.scorer if role == "champion" else self.challenger
+        if role == "champion": self.scorer = new
+        else: self.challenger = new
+        if old is not None: self.metrics.model.labels(role, old.name, old.version, old.path).set(0)
+        if new is not None: self.metrics.model.labels(role, new.name, new.version, new.path).set(1)
+    def route(self, key: str | None) -> tuple[Scorer, str]:
+        "Return the scorer answering a request and its role: the challenger for a `canary` fraction (sticky per key), else the champion."
+        ch, champ = self.challenger, self.scorer
+        if ch is None or self.canary <= 0: return champ, "champion"
+        u = key_position(key) if key else random.random()
+        return (ch, "challenger") if u < self.canary else (champ, "champion")
+
+def key_position(key: str) -> float:
+    "A stable position in [0, 1) for a request key: the same key lands on the same side of any canary split, in any process."
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+
+def request_key(header: str | None, # the X-Request-Key header
+                rows: list, # the request's records
+                ids: list[str], # the id columns
+               ) -> str | None:
+    "The key a request is routed by: the `X-Request-Key` header, else the id columns' values of a one-record request, else None (random)."
+    if header: return header
+    if len(rows) == 1 and ids and isinstance(rows[0], dict) and all(c in rows[0] for c in ids):
+        return "\x1f".join(str(rows[0][c]) for c in ids)
+    return None
 
 def _bearer(app, token: str):
     "Wrap an ASGI app: 401 without `Authorization: Bearer <token>`, except on /health."
@@ -272,38 +302,72 @@ def _parse(body: bytes, content_type: str, max_rows: int) -> list:
     if len(rows) > max_rows: raise RequestError(413, f"{len(rows)} rows, more than the {max_rows} allowed per request")
     return rows
 
-def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
+def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the champion
              token: str | None = None, # bearer token required on every endpoint but /health
              max_body: int = MAX_BODY, # request body cap in bytes
              max_rows: int = MAX_ROWS, # rows per request cap
              reload: "callable | None" = None, # returns a new Scorer when the alias moved, else None (polled)
              reload_interval: float = 5.0, # seconds between polls
              prediction_log: PredictionLog | None = None, # where every scored row is appended (closed on shutdown)
+             challenger: Scorer | None = None, # the @challenger version (canary and shadow), None while there is none
+             canary: float = 0.0, # fraction of requests answered by the challenger (sticky per request key)
+             shadow: bool = False, # also score every champion-answered request with the challenger, off the request path
+             reload_challenger: "callable | None" = None, # like `reload`, for the challenger (may return NO_ALIAS)
+             shadow_queue: int = 1000, # requests waiting for the shadow scorer; more are dropped (counted)
             ):
     "Return the FastAPI scoring app (an ASGI app; wrapped for the bearer token when one is given)."
     import orjson
+    import queue
     from contextlib import asynccontextmanager
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    svc = _Service(scorer, _Metrics())
+    if not 0.0 <= canary <= 1.0: raise MlopsnbError(f"canary fraction {canary} is not between 0 and 1")
+    svc = _Service(scorer, _Metrics(), challenger, canary, shadow)
     stop = threading.Event()
+    shadows = queue.Queue(maxsize=shadow_queue)
+
+    def follow(role: str, fn) -> None:
+        current = svc.scorer if role == "champion" else svc.challenger
+        try: new = fn(current)
+        except MlopsnbError as e:      # a version failing its manifest, or the registry down: keep serving the old one
+            svc.metrics.reloads.labels("refused", role).inc()
+            log.warning("%s reload refused, still serving version %s: %s", role, current.version if current else "none", e); return
+        if new is NO_ALIAS:                # a champion alias removed: keep serving; a challenger removed: canary and shadow pause
+            if role == "challenger" and current is not None:
+                svc.swap(None, role); svc.metrics.reloads.labels("removed", role).inc(); log.warning("no @challenger any more: every request goes to the champion")
+        elif isinstance(new, Scorer):
+            svc.swap(new, role); svc.metrics.reloads.labels("loaded", role).inc(); log.warning("now serving %s version %s (%s) as %s", new.name, new.version, new.path, role)
 
     def poll():
         while not stop.wait(reload_interval):
-            try: new = reload(svc.scorer)
-            except MlopsnbError as e:      # a version failing its manifest, or the registry down: keep serving the old one
-                svc.metrics.reloads.labels("refused").inc(); log.warning("reload refused, still serving version %s: %s", svc.scorer.version, e); continue
-            if new is not None:
-                svc.swap(new); svc.metrics.reloads.labels("loaded").inc(); log.warning("now serving %s version %s (%s)", new.name, new.version, new.path)
+            if reload: follow("champion", reload)
+            if reload_challenger: follow("challenger", reload_challenger)
+
+    def shadow_worker():
+        "Score queued requests with the challenger and log them as shadow rows (never answered)."
+        while (job := shadows.get()) is not None:
+            rid, rows = job
+            s = svc.challenger
+            if s is None: continue
+            try:
+                p = s.score(s.columns(rows), len(rows))
+            except RequestError: svc.metrics.shadow.labels("refused", s.version).inc(); continue
+            except Exception:             # the shadow never affects serving; a failure is logged and counted, not hidden
+                log.exception("shadow scoring with %s version %s failed", s.name, s.version)
+                svc.metrics.shadow.labels("failed", s.version).inc(); continue
+            if prediction_log is not None: prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow")
+            svc.metrics.shadow.labels("scored", s.version).inc()
 
     @asynccontextmanager
     async def lifespan(app):
-        t = threading.Thread(target=poll, name="mlopsnb-reload", daemon=True) if reload else None
-        if t: t.start()
+        threads = [threading.Thread(target=poll, name="mlopsnb-reload", daemon=True)] if (reload or reload_challenger) else []
+        if shadow: threads.append(threading.Thread(target=shadow_worker, name="mlopsnb-shadow", daemon=True))
+        for t in threads: t.start()
         try: yield
         finally:
             stop.set()
+            if shadow: shadows.put(None); threads[-1].join()      # finish the shadow rows queued (they go to the log)
             if prediction_log is not None: prediction_log.close()   # after uvicorn drained the requests in flight
 
     app = FastAPI(title=f"mlopsnb: {scorer.name}", version=scorer.version, lifespan=lifespan,
@@ -311,30 +375,35 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
     app.state.service = svc
     m = svc.metrics
 
-    def fail(status: int, message: str, rid: str, version: str) -> Response:
-        m.requests.labels(str(status), version).inc()
+    def fail(status: int, message: str, rid: str, version: str, role: str) -> Response:
+        m.requests.labels(str(status), version, role).inc()
         return Response(orjson.dumps({"detail": message, "request_id": rid}), status_code=status, media_type="application/json")
 
     @app.post("/predict", openapi_extra={"requestBody": _request_schema(scorer)}, summary="Score one record or a list of records")
     async def predict(request: Request):
-        t0, s = time.perf_counter(), svc.scorer      # this request keeps this scorer, whatever a reload does
+        t0 = time.perf_counter()
         rid = request.headers.get("x-request-id", "")
         rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        s, role = svc.scorer, "champion"        # this request keeps this scorer, whatever a reload does
         try:
             rows = _parse(await _read_body(request, max_body), request.headers.get("content-type", ""), max_rows)
+            s, role = svc.route(request_key(request.headers.get("x-request-key"), rows, svc.scorer.ids))
             cols = s.columns(rows)
-        except RequestError as e: return fail(e.status, str(e), rid, s.version)
+        except RequestError as e: return fail(e.status, str(e), rid, s.version, role)
         for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
         p = s.score(cols, len(rows))
         t = s.threshold
         decisions = (p >= t).astype(int)
         preds = [{**{c: r.get(c) for c in s.ids if c in r}, "probability": float(x), "decision": int(d)} for r, x, d in zip(rows, p, decisions)]
-        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions)
-        m.requests.labels("200", s.version).inc(); m.batch.observe(len(rows))
+        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions, role=role)
+        if svc.shadow and role == "champion" and svc.challenger is not None:
+            try: shadows.put_nowait((rid, rows))
+            except queue.Full: m.shadow.labels("dropped", svc.challenger.version).inc()
+        m.requests.labels("200", s.version, role).inc(); m.batch.observe(len(rows))
         m.scores.observe_many(p)
         m.latency.observe(time.perf_counter() - t0)
-        return Response(orjson.dumps({"model": s.name, "version": s.version, "path": s.path, "threshold": t, "request_id": rid,
-                                      "predictions": preds}), media_type="application/json", headers={"x-request-id": rid})
+        return Response(orjson.dumps({"model": s.name, "version": s.version, "role": role, "path": s.path, "threshold": t, "request_id": rid,
+                                      "predictions": preds}), media_type="application/json", headers={"x-request-id": rid, "x-model-version": s.version})
 
     @app.get("/health", summary="The process is up")
     def health(): return {"status": "ok"}
@@ -344,26 +413,31 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`)
         s = svc.scorer
         return {"ready": s is not None, "model": s.name, "version": s.version}
 
-    @app.get("/version", summary="The model version serving, its path (onnx or sklearn) and decision threshold")
+    @app.get("/version", summary="The model version serving, its path (onnx or sklearn) and decision threshold; the challenger, canary and shadow")
     def version():
-        s = svc.scorer
+        s, ch = svc.scorer, svc.challenger
         return {"model": s.name, "version": s.version, "path": s.path, "threshold": s.threshold, "threshold_source": s.threshold_source,
-                "onnx": s.onnx, "inputs": s.inputs, "ids": s.ids}
+                "onnx": s.onnx, "inputs": s.inputs, "ids": s.ids, "canary": svc.canary, "shadow": svc.shadow,
+                "challenger": None if ch is None else {"version": ch.version, "path": ch.path, "threshold": ch.threshold}}
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics(): return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     return _bearer(app, token) if token else app
 
+NO_ALIAS = "no alias"   # what a reload function returns when its alias no longer exists (the challenger was removed)
+
 def alias_reloader(store, # a Store, Project or tracking URI
                    alias: str = "@champion", # the alias to follow
+                   name: str | None = None, # registered model name (default: the current scorer's)
                    **kw, # passed to `load_scorer` (contract, ids, threshold, threshold_source)
                   ):
-    "Return a `reload` function for `make_app`: a new verified Scorer when `alias` moved, else None."
-    def reload(current: Scorer) -> Scorer | None:
-        v = get_alias(store, current.name, alias.lstrip("@"))
-        if v is None or v == current.version: return None
-        return load_scorer(store, current.name, v, **kw)
+    "Return a `reload` function for `make_app`: a new verified Scorer when `alias` moved, NO_ALIAS when it is gone, else None."
+    def reload(current: Scorer | None) -> Scorer | str | None:
+        v = get_alias(store, name or current.name, alias.lstrip("@"))
+        if v is None: return NO_ALIAS
+        if current is not None and v == current.version: return None
+        return load_scorer(store, name or current.name, v, **kw)
     return reload
 
 def serve(app, # from `make_app`
@@ -379,14 +453,23 @@ def serve(app, # from `make_app`
 # %% ../notebooks/api/10_serve.ipynb #5c2a7d31
 _LOG_SCHEMA = ["""CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
-    path TEXT NOT NULL, rows INTEGER NOT NULL, features TEXT NOT NULL)""",
+    path TEXT NOT NULL, rows INTEGER NOT NULL, features TEXT NOT NULL, role TEXT NOT NULL DEFAULT 'champion')""",
     """CREATE TABLE IF NOT EXISTS predictions (
     seq INTEGER PRIMARY KEY, request INTEGER NOT NULL REFERENCES requests(seq), row INTEGER NOT NULL,
-    probability REAL NOT NULL, decision INTEGER NOT NULL)""",
-    # one line per scored row: what the monitoring side reads
-    """CREATE VIEW IF NOT EXISTS scored AS SELECT p.seq, r.ts, r.request_id, r.model, r.version, r.path, p.row,
-    json_extract(r.features, '$[' || p.row || ']') AS features, p.probability, p.decision
-    FROM predictions p JOIN requests r ON r.seq = p.request"""]
+    probability REAL NOT NULL, decision INTEGER NOT NULL)"""]
+# one line per scored row: `scored` holds the rows answered (by the champion, or the challenger on the canary), what the
+# monitoring side reads; `shadow_scored` the rows the challenger scored in the shadow of an answer (never returned)
+_LOG_VIEW = """CREATE VIEW {name} AS SELECT p.seq, r.ts, r.request_id, r.model, r.version, r.path, p.row,
+    json_extract(r.features, '$[' || p.row || ']') AS features, p.probability, p.decision, r.role
+    FROM predictions p JOIN requests r ON r.seq = p.request WHERE r.role {test} 'shadow'"""
+
+def _log_schema(con) -> None:
+    "Create the log's tables and views, or bring an older log up to date (the `role` column; views recreated)."
+    for stmt in _LOG_SCHEMA: con.execute(stmt)
+    if "role" not in {r[1] for r in con.execute("PRAGMA table_info(requests)")}:
+        con.execute("ALTER TABLE requests ADD COLUMN role TEXT NOT NULL DEFAULT 'champion'")
+    for name, test in (("scored", "!="), ("shadow_scored", "=")):
+        con.execute(f"DROP VIEW IF EXISTS {name}"); con.execute(_LOG_VIEW.format(name=name, test=test))
 
 class PredictionLog:
     "Append scored rows to a SQLite file (WAL) off the request path; `close` writes everything queued."
@@ -397,16 +480,16 @@ class PredictionLog:
         con = sqlite3.connect(self.path)
         try:
             con.execute("PRAGMA journal_mode=WAL")
-            for stmt in _LOG_SCHEMA: con.execute(stmt)
+            _log_schema(con)
             con.commit()
         finally: con.close()
         self._q, self.written = queue.SimpleQueue(), 0
         self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions) -> None:
-        "Queue one request's rows (returns at once)."
-        self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, probabilities, decisions))
+    def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions, role: str = "champion") -> None:
+        "Queue one request's rows (returns at once); `role`: champion, challenger (canary) or shadow."
+        self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, probabilities, decisions, role))
 
     def _write(self):
         import itertools, orjson, sqlite3
@@ -418,9 +501,9 @@ class PredictionLog:
             if batch[-1] is None: batch.pop(); done = True
             if batch:
                 with con:     # one transaction: whole requests, or nothing after a crash
-                    for ts, rid, name, v, path, rows, probs, decs in batch:
-                        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                          (ts, rid, name, v, path, len(rows), orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode())).lastrowid
+                    for ts, rid, name, v, path, rows, probs, decs, role in batch:
+                        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                          (ts, rid, name, v, path, len(rows), orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode(), role)).lastrowid
                         con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
                                         zip(itertools.repeat(seq), range(len(rows)), np.asarray(probs, dtype=float).tolist(), np.asarray(decs).tolist()))
                         self.written += len(rows)

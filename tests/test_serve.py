@@ -101,8 +101,8 @@ def test_endpoints(server, project):
     assert (v["path"], v["threshold_source"], v["onnx"]["converted"]) == ("onnx", "pipeline.yaml: evaluate_model.threshold", True)
     assert v["onnx"]["max_abs_diff"] <= 1e-6
     m = httpx.get(server.url + "/metrics", headers=AUTH).text
-    assert 'mlopsnb_requests_total{status="200",version="1"}' in m and "mlopsnb_request_seconds_bucket" in m
-    assert "mlopsnb_batch_rows_bucket" in m and "mlopsnb_score_bucket" in m and 'mlopsnb_model_info{name="churn",path="onnx",version="1"} 1.0' in m
+    assert 'mlopsnb_requests_total{role="champion",status="200",version="1"}' in m and "mlopsnb_request_seconds_bucket" in m
+    assert "mlopsnb_batch_rows_bucket" in m and "mlopsnb_score_bucket" in m and 'mlopsnb_model_info{name="churn",path="onnx",role="champion",version="1"} 1.0' in m
     spec = httpx.get(server.url + "/openapi.json", headers=AUTH).json()
     schema = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["anyOf"][0]
     assert "tenure" in schema["required"] and "rownames" in schema["properties"]
@@ -244,7 +244,7 @@ def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(serve
     from mlopsnb.registry import load_version
     want = load_version(Project.load(project, environ={}).store, "churn", two).predict_proba(rows.head(5).drop(columns=["rownames"]))[:, 1]
     np.testing.assert_allclose([p["probability"] for p in before["predictions"]], want, rtol=0, atol=1e-12)
-    assert 'mlopsnb_model_info{name="churn",path="sklearn",version="%s"} 1.0' % two in httpx.get(server.url + "/metrics", headers=AUTH).text
+    assert 'mlopsnb_model_info{name="churn",path="sklearn",role="champion",version="%s"} 1.0' % two in httpx.get(server.url + "/metrics", headers=AUTH).text
     r = cli(project, "rollback", "churn", "--reason", "test rollback")
     assert r.returncode == 0, r.stderr
     wait_version(server, "1")
@@ -253,7 +253,7 @@ def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(serve
     time.sleep(4)                                                                    # several polls
     assert httpx.get(server.url + "/version", headers=AUTH).json()["version"] == "1"  # the old one kept
     assert predict(server, body).status_code == 200
-    assert 'mlopsnb_reloads_total{result="refused"}' in httpx.get(server.url + "/metrics", headers=AUTH).text
+    assert 'mlopsnb_reloads_total{result="refused",role="champion"}' in httpx.get(server.url + "/metrics", headers=AUTH).text
     # a service starting on the tampered champion refuses to start, with one line
     s = Server(project)
     try: code = s.proc.wait(120)
@@ -340,3 +340,63 @@ def test_prediction_log_after_kill_9_holds_only_complete_requests(project, tmp_p
     from mlopsnb.serve import Scorer
     again.append("after", Scorer("churn", "1", None, [], set(), set(), set()), [{"a": 1}], np.array([0.5]), [1]); again.close()
     assert logged(db)[-1][0] == "after" and len(logged(db)) == len(log) + 1
+
+
+def test_canary_split_stickiness_shadow_and_a_challenger_appearing_and_moving(project, tmp_path):
+    from mlopsnb.config import Project
+    from mlopsnb.promotion import move_alias
+    from mlopsnb.serve import key_position
+    st = Project.load(project, environ={}).store
+    st.client().delete_registered_model_alias("churn", "challenger")       # no @challenger yet
+    rows, _ = raw_test_rows(project)
+    recs = records(rows)
+    db = tmp_path / "predictions.db"
+    s = Server(project, "--canary", "0.3", "--shadow", "--reload-interval", "1", "--log", str(db))
+    try:
+        s.wait()
+        http = httpx.Client(base_url=s.url, timeout=30)
+        early = [http.post("/predict", json=recs[k], headers={"x-request-key": f"e{k}"}).json() for k in range(10)]
+        assert {(r["version"], r["role"]) for r in early} == {("1", "champion")}     # no challenger: the champion answers all
+        assert httpx.get(s.url + "/version").json()["challenger"] is None
+        new = _new_version(project)
+        move_alias(st, "churn", "challenger", new, "test canary")
+        deadline = time.time() + 30
+        while (httpx.get(s.url + "/version").json()["challenger"] or {}).get("version") != new:
+            assert time.time() < deadline, "the new @challenger was not picked up"; time.sleep(0.3)
+        # the split: 400 keyed requests; each goes where its key's position says, and the fraction is binomial(400, 0.3)
+        keys = [f"customer-{k}" for k in range(400)]
+        answered = {k: http.post("/predict", json=recs[i % len(recs)], headers={"x-request-key": k}).json() for i, k in enumerate(keys)}
+        to_challenger = sum(a["role"] == "challenger" for a in answered.values())
+        assert abs(to_challenger - 120) <= 4 * (400 * 0.3 * 0.7) ** 0.5, to_challenger        # within 4 sigma (about 37)
+        assert all((a["role"], a["version"]) == (("challenger", new) if key_position(k) < 0.3 else ("champion", "1")) for k, a in answered.items())
+        # sticky: the same key, the same version; without a header, a one-record request is keyed by its id column
+        for k in keys[:20]:
+            again = {http.post("/predict", json=recs[0], headers={"x-request-key": k}).json()["version"] for _ in range(3)}
+            assert again == {answered[k]["version"]}, k
+        by_id = [http.post("/predict", json=recs[5]).json()["version"] for _ in range(10)]
+        assert len(set(by_id)) == 1 and by_id[0] == (new if key_position(str(recs[5]["rownames"])) < 0.3 else "1")
+        m = httpx.get(s.url + "/metrics").text
+        assert f'mlopsnb_requests_total{{role="challenger",status="200",version="{new}"}}' in m
+        assert f'mlopsnb_model_info{{name="churn",path="onnx",role="challenger",version="{new}"}} 1.0' in m
+        # the challenger moves (here to the champion's version): followed like the champion
+        move_alias(st, "churn", "challenger", "1", "test challenger move")
+        deadline = time.time() + 30
+        while httpx.get(s.url + "/version").json()["challenger"]["version"] != "1":
+            assert time.time() < deadline, "the @challenger move was not followed"; time.sleep(0.3)
+        http.close()
+    finally: s.stop()
+    assert "warning: churn has no @challenger: every request goes to @champion" in s.proc.stderr.read()
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        scored = con.execute("SELECT request_id, version, role FROM scored").fetchall()
+        shadow = con.execute("SELECT request_id, version, probability FROM shadow_scored").fetchall()
+        answered_p = dict(con.execute("SELECT request_id, probability FROM scored").fetchall())
+    finally: con.close()
+    assert len(scored) == 10 + 400 + 60 + 10 and {r[2] for r in scored} == {"champion", "challenger"}
+    assert {r[1] for r in scored if r[2] == "challenger"} == {new}
+    champion_answered = {r[0] for r in scored if r[2] == "champion"}
+    # shadow: every champion-answered request scored by the challenger of the time (none before it existed), never a challenger-answered one
+    assert {r[0] for r in shadow} <= champion_answered and len(shadow) >= len(champion_answered) - 10 - 5   # early ones, and a few racing the last move
+    assert all(abs(p - answered_p[rid]) < 1e-6 for rid, _, p in shadow)                   # the same model registered twice
+    assert {r[1] for r in shadow} <= {new, "1"} and new in {r[1] for r in shadow}
