@@ -20,11 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .core import ENV_FILE, PIPELINE_FILE, ConfigError
 
 # %% auto #0
-__all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'FairnessConfig',
-           'parse_overrides', 'read_yaml', 'load_env', 'notebook_code', 'task_signature', 'task_parameters',
-           'param_types', 'param_type', 'check_param', 'resolve_placeholders', 'resolve_params', 'params_of_type',
-           'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'as_store',
-           'Project']
+__all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'ScoringConfig',
+           'FairnessConfig', 'parse_overrides', 'read_yaml', 'load_env', 'notebook_code', 'task_signature',
+           'task_parameters', 'param_types', 'param_type', 'check_param', 'resolve_placeholders', 'resolve_params',
+           'params_of_type', 'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri',
+           'Store', 'as_store', 'Project']
 
 # %% ../notebooks/api/01_config.ipynb #47cb2ff8
 class _Strict(BaseModel):
@@ -68,6 +68,13 @@ class PromotionPolicy(_Strict):
     max_fairness_gap: float | None = Field(None, ge=0, le=1)  # largest selection-rate/TPR/FPR gap between groups
     require_contract: bool = True                 # the data contract must have passed
     max_latency_ms: float | None = Field(None, gt=0)           # single-row prediction latency (median)
+
+class ScoringConfig(_Strict):
+    "What a batch-scoring task scores, with which registered version: the file and the version it resolves to are tracked as inputs."
+    input: str                                    # a CSV or Parquet file of raw records (relative to the project)
+    model_name: str = "churn"                     # registered model name
+    version: str = "@champion"                    # version number or @alias
+    chunk_rows: int = Field(50_000, ge=1)         # rows read and scored at a time (memory stays bounded)
 
 # %% ../notebooks/api/01_config.ipynb #0def1734
 from pydantic import field_validator

@@ -17,13 +17,13 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import DataConfig, Project, file_digest, notebook_code, params_of_type, stable_hash
+from .config import DataConfig, Project, ScoringConfig, file_digest, notebook_code, params_of_type, stable_hash
 from .core import MlopsnbError, atomic_write_text, mask_url
 
 # %% auto #0
-__all__ = ['file_state', 'embedded_file', 'source_state', 'data_inputs', 'data_digest', 'library_modules', 'library_state',
-           'state_dir', 'read_records', 'write_record', 'drop_record', 'task_states', 'why_stale', 'BuildLocked',
-           'build_lock']
+__all__ = ['file_state', 'embedded_file', 'source_state', 'data_inputs', 'model_state', 'data_digest', 'library_modules',
+           'library_state', 'state_dir', 'read_records', 'write_record', 'drop_record', 'task_states', 'why_stale',
+           'BuildLocked', 'build_lock']
 
 # %% ../notebooks/api/08a_staleness.ipynb #7aa2a2e2
 def _stat(path: Path) -> list | None:
@@ -78,7 +78,21 @@ def data_inputs(project: Project, # the loaded project
             c = cfg.contract_path(project.root)
             ckey = f"{p}.contract: {c.relative_to(project.root) if c.is_relative_to(project.root) else c}"
             out[task][ckey] = file_state(c, prev.get(ckey))
+    for task, cfgs in params_of_type(params, project.root, project.spec_file, ScoringConfig).items():
+        prev = ((previous or {}).get(task) or {}).get("inputs", {})
+        for p, cfg in cfgs.items():   # a batch scoring reads a file and a model version: a new export or an alias move makes it stale
+            key = f"{p}.source: {cfg.input}"
+            out.setdefault(task, {})[key] = {"kind": "file", **file_state(project.root / cfg.input, prev.get(key))}
+            out[task][f"{p}.model: {cfg.model_name}{cfg.version if cfg.version.startswith('@') else ' version ' + cfg.version}"] = model_state(project, cfg)
     return out
+
+def model_state(project: Project, # the loaded project (its registry)
+                cfg: ScoringConfig, # the model name and version or @alias
+               ) -> dict:
+    "Return the state of a registered model reference: the version number it resolves to now (None if there is none)."
+    from mlopsnb.registry import get_alias
+    v = get_alias(project.store, cfg.model_name, cfg.version[1:]) if cfg.version.startswith("@") else cfg.version
+    return {"kind": "model", "stat": None, "sha256": v}
 
 def data_digest(inputs: dict[str, dict[str, dict]]) -> str | None:
     "Return one digest of every data source the build reads (None when it reads none)."

@@ -342,6 +342,37 @@ def test_prediction_log_after_kill_9_holds_only_complete_requests(project, tmp_p
     assert logged(db)[-1][0] == "after" and len(logged(db)) == len(log) + 1
 
 
+def test_score_batch_task_of_pipeline_serve_yaml_records_and_follows_the_champion(project):
+    import shutil
+    from conftest import ROOT, executed, skipped, store
+    from mlopsnb.config import Project
+    from mlopsnb.registry import get_alias
+    shutil.copy(ROOT / "pipeline.serve.yaml", project / "pipeline.serve.yaml")
+    champion = get_alias(Project.load(project, environ={}).store, "churn", "champion")
+    r = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess")
+    assert r.returncode == 0 and executed(r) == ["score_batch"], r.stdout + r.stderr
+    scored = pd.read_parquet(project / "products/serving/scored.parquet")
+    pred = pd.read_parquet(project / "products/evaluation/predictions.parquet")     # the same held-out rows, scored by evaluate_model
+    assert scored["rownames"].tolist() == pred["rownames"].tolist()
+    np.testing.assert_allclose(scored["probability"], pred["probability"], rtol=0, atol=1e-6)
+    summary = json.loads((project / "products/serving/score_batch.json").read_text())
+    assert (summary["rows"], summary["version"], sum(summary["histogram"]["counts"])) == (len(pred), champion, len(pred))
+    client = store(project)
+    run = client.search_runs([client.get_experiment_by_name("mlopsnb-churn").experiment_id], "tags.`mlopsnb.task` = 'score_batch'")[0]
+    assert run.data.tags["mlopsnb.model_version"] == champion and run.data.tags["mlopsnb.pipeline"] == "pipeline.serve.yaml"
+    assert run.data.metrics["rows"] == len(pred) and 0 < run.data.metrics["score_mean"] < 1
+    again = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess")
+    assert again.returncode == 0 and executed(again) == [], again.stdout
+    new = _new_version(project)                                                  # @champion moves: score_batch is stale
+    assert cli(project, "promote", "churn", new, "--reason", "test score_batch", "--force").returncode == 0
+    st = cli(project, "status", "--pipeline", "pipeline.serve.yaml")
+    assert "input changed: churn@champion" in st.stdout, st.stdout
+    third = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess")
+    assert third.returncode == 0 and executed(third) == ["score_batch"], third.stdout + third.stderr
+    assert json.loads((project / "products/serving/score_batch.json").read_text())["version"] == new
+    assert cli(project, "rollback", "churn", "--reason", "back").returncode == 0
+
+
 def test_canary_split_stickiness_shadow_and_a_challenger_appearing_and_moving(project, tmp_path):
     from mlopsnb.config import Project
     from mlopsnb.promotion import move_alias
