@@ -63,6 +63,10 @@ class Scorer:
         "Check records against the schema; return {column: values} (numbers as floats, blanks None); RequestError naming row and field."
         allowed = set(self.inputs) | set(self.ids)
         required = [c for c in self.inputs if c not in self.dropped]
+        fast = _transpose(rows, required, allowed)
+        if fast is not None:      # every row a dict with every required column and nothing unknown: check column by column
+            return {c: _numbers(v, c, c in self.nullable, offset) if c in self.numbers else _texts(v, c, c in self.nullable, offset)
+                    for c, v in zip(required, fast)}
         need = set(required)
         for i, r in enumerate(rows, offset):   # rows are numbered from `offset` in messages (a file's chunk)
             if not isinstance(r, dict): raise RequestError(422, f"row {i}: expected a JSON object of column values")
@@ -82,14 +86,15 @@ class Scorer:
         "Count values outside the contract's categories per column (accepted: the encoder handles them)."
         out = {}
         for c, known in self.categories.items():
-            n = sum(1 for v in cols.get(c, ()) if v is not None and v not in known)
-            if n: out[c] = n
+            vals = cols.get(c, ())
+            if set(vals) - known - {None}:      # the common case (all known) costs one set, built in C
+                out[c] = sum(1 for v in vals if v is not None and v not in known)
         return out
 
     def score(self, cols: dict[str, list], n: int) -> np.ndarray:
         "Return the positive-class probability of `n` checked rows (from `columns`)."
         if self.session is not None and self._encodable(cols):
-            return self.session.run(None, onnx_feed(cols, self.kinds))[1][:, 1].astype(float)
+            return self.session.run(None, self._feed(cols))[1][:, 1].astype(float)
         import pandas as pd
         frame = pd.DataFrame({c: cols[c] if c in cols else [None] * n for c in self.inputs})
         for c in self.numbers & set(frame.columns): frame[c] = frame[c].astype(float)
@@ -97,10 +102,19 @@ class Scorer:
 
     def _encodable(self, cols: dict[str, list]) -> bool:
         "Whether every text value is a category the ONNX encoders know (an unknown or infrequent one goes the sklearn way)."
-        for c, known in self.encoded.items():
-            for v in cols.get(c, ()):
-                if v is not None and v not in known: return False
-        return True
+        return all(not (set(cols.get(c, ())) - known - {None}) for c, known in self.encoded.items())
+
+    def _feed(self, cols: dict[str, list]) -> dict:
+        "The ONNX inputs of checked columns (as `registry.onnx_feed` makes them: float32 with NaN for blanks, text with '' for blanks), built by numpy."
+        out = {}
+        for c, kind in self.kinds.items():
+            v = cols[c]
+            if kind == "number": out[c] = np.asarray(v, dtype=np.float32).reshape(-1, 1)     # None -> NaN
+            else:
+                a = np.asarray(v, dtype=object)
+                if None in v: a[np.equal(a, None)] = ""
+                out[c] = a.reshape(-1, 1)
+        return out
 
 def encoder_categories(model, # a fitted Pipeline (or any estimator)
                       ) -> dict[str, set] | None:
@@ -117,6 +131,14 @@ def encoder_categories(model, # a fitted Pipeline (or any estimator)
                 for c, cats, inf in zip(cols, e.categories_, infrequent):
                     out[str(c)] = {str(v) for v in cats} - {str(v) for v in (inf if inf is not None else [])}
     return out if mapped == sum(isinstance(e, OneHotEncoder) for e in walk_estimators(model)) else None
+
+def _transpose(rows: list, required: list[str], allowed: set[str]) -> list[tuple] | None:
+    "The values of `required` columns, column by column, when every row is a dict holding them and nothing outside `allowed`; else None."
+    from operator import itemgetter
+    if not required or set(map(type, rows)) != {dict} or not set().union(*rows) <= allowed: return None
+    try: tuples = list(map(itemgetter(*required), rows))
+    except KeyError: return None
+    return list(zip(*tuples)) if len(required) > 1 else [tuple(t for t in tuples)]
 
 MAX_NUMBER = float(np.finfo(np.float32).max)   # larger magnitudes are refused (422): they would be infinite as float32
 
@@ -143,12 +165,12 @@ def _numbers(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
 
 def _texts(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
     "Return the values as text (blanks None); RequestError naming the first bad row."
-    if set(map(type, vals)) == {str}: return vals
+    if set(map(type, vals)) == {str}: return list(vals)
     for i, v in enumerate(vals, offset):
         if v is None:
             if not nullable: raise RequestError(422, f"row {i}, field {col!r}: may not be blank (data contract)")
         elif not isinstance(v, str): raise RequestError(422, f"row {i}, field {col!r}: expected text, found {_json_type(v)}")
-    return vals
+    return list(vals)
 
 def _json_type(v) -> str:
     return {bool: "a boolean", dict: "an object", list: "a list", str: "text"}.get(type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
@@ -279,6 +301,14 @@ def _request_schema(s: Scorer) -> dict:
     rec = {"type": "object", "properties": props, "required": [c for c in s.inputs if c not in s.dropped], "additionalProperties": False}
     return {"required": True, "content": {"application/json": {"schema": {"anyOf": [rec, {"type": "array", "items": rec, "maxItems": MAX_ROWS}]}}}}
 
+def _predictions(rows: list[dict], ids: list[str], p: np.ndarray, decisions: np.ndarray) -> list[dict]:
+    "One {id columns sent, probability, decision} per row, built with as little Python per row as possible."
+    cols = [c for c in ids if any(c in r for r in rows)]
+    if cols and all(c in r for r in rows for c in cols):
+        keys = (*cols, "probability", "decision")
+        return [dict(zip(keys, t)) for t in zip(*([r[c] for r in rows] for c in cols), p.tolist(), decisions.tolist())]
+    return [{**{c: r[c] for c in ids if c in r}, "probability": x, "decision": d} for r, x, d in zip(rows, p.tolist(), decisions.tolist())]
+
 async def _read_body(request, max_body: int) -> bytes:
     "Read the body, refusing more than `max_body` bytes (413) before reading it all."
     size = request.headers.get("content-length")
@@ -394,7 +424,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         p = s.score(cols, len(rows))
         t = s.threshold
         decisions = (p >= t).astype(int)
-        preds = [{**{c: r.get(c) for c in s.ids if c in r}, "probability": float(x), "decision": int(d)} for r, x, d in zip(rows, p, decisions)]
+        preds = _predictions(rows, s.ids, p, decisions)
         if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions, role=role)
         if svc.shadow and role == "champion" and svc.challenger is not None:
             try: shadows.put_nowait((rid, rows))
