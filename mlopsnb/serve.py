@@ -55,6 +55,7 @@ class Scorer:
     kinds: dict[str, str] = field(default_factory=dict)
     onnx: dict = field(default_factory=dict)   # mlopsnb/onnx.json of the version
     encoded: dict[str, set] = field(default_factory=dict)   # ONNX path: the categories its one-hot encoders know per column
+    ranges: dict[str, tuple] = field(default_factory=dict)  # the data contract's (min, max) per number column (None: no bound); outside -> 422
 
     @property
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
@@ -65,8 +66,8 @@ class Scorer:
         required = [c for c in self.inputs if c not in self.dropped]
         fast = _transpose(rows, required, allowed)
         if fast is not None:      # every row a dict with every required column and nothing unknown: check column by column
-            return {c: _numbers(v, c, c in self.nullable, offset) if c in self.numbers else _texts(v, c, c in self.nullable, offset)
-                    for c, v in zip(required, fast)}
+            return self._in_range({c: _numbers(v, c, c in self.nullable, offset) if c in self.numbers else _texts(v, c, c in self.nullable, offset)
+                                   for c, v in zip(required, fast)}, offset)
         need = set(required)
         for i, r in enumerate(rows, offset):   # rows are numbered from `offset` in messages (a file's chunk)
             if not isinstance(r, dict): raise RequestError(422, f"row {i}: expected a JSON object of column values")
@@ -80,6 +81,20 @@ class Scorer:
         for c in required:
             vals = [r[c] for r in rows]
             cols[c] = _numbers(vals, c, c in self.nullable, offset) if c in self.numbers else _texts(vals, c, c in self.nullable, offset)
+        return self._in_range(cols, offset)
+
+    def _in_range(self, cols: dict[str, list], offset: int = 0) -> dict[str, list]:
+        "Return `cols` if every number is within the data contract's range; RequestError naming the first row and field outside it."
+        for c, (lo, hi) in self.ranges.items():
+            if c not in cols or c not in self.numbers: continue
+            a = np.asarray(cols[c], dtype=float)          # blanks are NaN: never outside a range
+            bad = np.zeros(len(a), dtype=bool)
+            if lo is not None: bad |= a < lo
+            if hi is not None: bad |= a > hi
+            if bad.any():
+                i = int(np.argmax(bad))
+                side = f"below the data contract's min {lo:g}" if lo is not None and a[i] < lo else f"above the data contract's max {hi:g}"
+                raise RequestError(422, f"row {i + offset}, field {c!r}: {side}")
         return cols
 
     def unknown(self, cols: dict[str, list]) -> dict[str, int]:
@@ -201,12 +216,14 @@ def load_scorer(store, # a Store, Project or tracking URI
     cols = (contract or {}).get("columns", {})
     nullable = {c for c in inputs if c not in cols or cols[c].get("missing", 0) > 0}
     cats = {c: set(map(str, s["values"])) for c, s in cols.items() if c in inputs and s.get("type") == "category" and "values" in s}
+    strict = lambda s: s.get("severity", (contract or {}).get("severity", "error")) != "warn"     # a `warn` rule does not refuse a request
+    ranges = {c: (s.get("min"), s.get("max")) for c, s in cols.items() if c in inputs and ("min" in s or "max" in s) and strict(s)}
     encoded = encoder_categories(model)
     if data is not None and encoded is None: data, onnx = None, {**onnx, "converted": False, "reason": "one-hot encoder outside a ColumnTransformer"}
     session = onnx_session(data) if data is not None else None
     return Scorer(name, v, model, inputs, (sig_numbers | set(coerced)) & set(inputs), set(dropped), nullable, float(threshold),
                   threshold_source, [c for c in ids if c not in inputs], cats, session, onnx_kinds(session) if session else {}, onnx,
-                  encoded or {})
+                  encoded or {}, ranges)
 
 # %% ../notebooks/api/10_serve.ipynb #317a9574
 MAX_BODY = 1 << 20          # bytes: larger request bodies get 413
