@@ -130,6 +130,8 @@ def test_bad_requests_are_4xx_naming_row_and_field(server, project):
         (with_(0, contract=3), 422, "row 0, field 'contract': expected text, found a number"),
         (with_(0, female=True), 422, "row 0, field 'female': expected a number, found a boolean"),
         (with_(1, tenure=None), 422, "row 1, field 'tenure': may not be blank (data contract)"),
+        (with_(1, tenure=1000), 422, "row 1, field 'tenure': above the data contract's max 72"),
+        (with_(0, monthly_charges=-5), 422, "row 0, field 'monthly_charges': below the data contract's min"),
         ([], 422, "empty batch"),
         (good * (MAX_ROWS // 2 + 1), 413, f"more than the {MAX_ROWS} allowed"),
         (b'[{"tenure": SECRETVALUE', 400, "malformed JSON"),
