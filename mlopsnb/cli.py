@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -308,13 +309,37 @@ def _challenger(a, project, name: str, kw: dict):
         return None, True
     return load_scorer(project.store, name, "@challenger", **kw), True
 
+@contextlib.contextmanager
+def _score_progress(src: str, every: float = 2.0):
+    "Yield a progress(done, total) callback: a rich bar on a terminal, else a plain stderr line at most every `every` seconds and at the end."
+    t0 = time.perf_counter()
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        with Progress(TextColumn(f"scoring {src}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+            task = bar.add_task("score", total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    last, state = [t0], {}
+    def plain(done: int, total: int | None):
+        state.update(done=done, total=total)
+        now = time.perf_counter()
+        if now - last[0] >= every: last[0] = now; _progress_line(src, done, total, now - t0)
+    yield plain
+    if state: _progress_line(src, state["done"], state["total"], time.perf_counter() - t0)
+
+def _progress_line(src: str, done: int, total: int | None, seconds: float) -> None:
+    pct = f" of {total:,} ({done / total:.0%})" if total else ""
+    print(f"scoring {src}: {done:,} rows{pct}, {done / max(seconds, 1e-9):,.0f} rows/s", file=sys.stderr, flush=True)
+
 def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, score_file
     project = _project(a)
     name = a.model or project.env.model_name
     scorer = load_scorer(project.store, name, a.version, **_scorer_args(a, project))
-    progress = (lambda n: print(f"  scored {n} rows", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
-    s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
+    with _score_progress(a.input) as progress:
+        s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
     run_id = record_scoring(project.store, project.experiment, s, a.input, a.output)
     print(f"scored {s['rows']} rows of {a.input} with {name} version {s['version']} ({s['path']} path) into {a.output}: "
           f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})")
