@@ -467,3 +467,28 @@ def test_canary_split_stickiness_shadow_and_a_challenger_appearing_and_moving(pr
     assert {r[0] for r in shadow} <= champion_answered and len(shadow) >= len(champion_answered) - 10 - 5   # early ones, and a few racing the last move
     assert all(abs(p - answered_p[rid]) < 1e-6 for rid, _, p in shadow)                   # the same model registered twice
     assert {r[1] for r in shadow} <= {new, "1"} and new in {r[1] for r in shadow}
+
+
+def _peak_rss_mb(project, *args: str) -> float:
+    "Run `mlopsnb ARGS` in a child process of a small wrapper; return the child's peak RSS (MB) from getrusage."
+    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "assert r.returncode == 0, r.stderr; sys.stderr.write(r.stderr); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([str(BIN / "python"), "-c", code, str(BIN / "mlopsnb"), *args], cwd=project, capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[-1]) / 1024, r.stderr
+
+
+def test_score_memory_stays_bounded_by_the_chunk_on_a_file_many_chunks_long(project, tmp_path):
+    rows, _ = raw_test_rows(project)
+    small, big = tmp_path / "small.csv", tmp_path / "big.csv"
+    rows.to_csv(small, index=False)                                                  # 120 rows: one chunk
+    reps = 40_000 // len(rows) + 1
+    pd.concat([rows] * reps, ignore_index=True).to_csv(big, index=False)            # 40,080 rows: 41 chunks of 1,000
+    one, _ = _peak_rss_mb(project, "score", str(small), str(tmp_path / "s.parquet"), "--chunk-rows", "1000")
+    many, progress = _peak_rss_mb(project, "score", str(big), str(tmp_path / "b.parquet"), "--chunk-rows", "1000")
+    whole, _ = _peak_rss_mb(project, "score", str(big), str(tmp_path / "w.parquet"), "--chunk-rows", "200000")   # the file in one chunk
+    assert len(pd.read_parquet(tmp_path / "b.parquet")) == len(rows) * reps
+    print(f"peak RSS: one chunk {one:.0f} MB, 41 chunks {many:.0f} MB, the big file as one chunk {whole:.0f} MB")
+    assert many - one < 40, (one, many)                     # bounded by the chunk, not the file...
+    assert whole - one > 3 * max(many - one, 10), (one, many, whole)   # ...which the measure would see: the whole file costs far more
+    assert progress.strip().splitlines()[-1].startswith(f"scoring {big}: {len(rows) * reps:,} rows"), progress   # plain lines off a terminal
