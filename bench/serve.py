@@ -8,7 +8,7 @@ the timed phases are interleaved (mlflow, mlopsnb, mlflow, mlopsnb, ...) so mach
 The client is a small asyncio HTTP/1.1 keep-alive client (pre-encoded requests) so it costs the
 server under test as little CPU as possible on a small machine. See bench/README.md.
 
-    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--json PATH]
+    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--micro-batch] [--json PATH]
 """
 from __future__ import annotations
 
@@ -168,6 +168,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (mlflow, mlopsnb) per phase")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--log-cost", action="store_true", help="also time mlopsnb serve --no-log (the prediction log's cost)")
+    ap.add_argument("--micro-batch", action="store_true", help="also time mlopsnb serve --micro-batch-ms 2 (adaptive micro-batching)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -201,6 +202,10 @@ def run(a, project: Path) -> int:
         pn = free_port()
         servers.append(Served("mlopsnb-nolog", [str(BIN / "mlopsnb"), "serve", "--port", str(pn), "--reload-interval", "0", "--no-log"],
                               pn, project, clean_env(), "/predict", ours_body))
+    if a.micro_batch:   # the same service, concurrent single-row requests scored together (waiting at most 2 ms)
+        pb = free_port()
+        servers.append(Served("mlopsnb-mb", [str(BIN / "mlopsnb"), "serve", "--port", str(pb), "--reload-interval", "0", "--micro-batch-ms", "2",
+                                             "--log", str(project / "bench-predictions-mb.db")], pb, project, clean_env(), "/predict", ours_body))
     try:
         servers[0].wait("/ping")
         for s in servers[1:]: s.wait("/ready")
@@ -240,12 +245,15 @@ def run(a, project: Path) -> int:
     for k, v in out.items():
         if isinstance(v, dict): print(f"{k:<16} {v['req_per_s']:>9.1f} {v['rows_per_s']:>10.0f} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f}")
     print("peak RSS: " + ", ".join(f"{s.name} {out[s.name + ' peak_rss_mb']:.0f} MB" for s in servers))
+    if a.micro_batch:
+        ratios |= {"micro-batch single": out["mlopsnb-mb single"]["req_per_s"] / out["mlopsnb single"]["req_per_s"],
+                   "micro-batch single p99": out["mlopsnb-mb single"]["p99_ms"] / out["mlopsnb single"]["p99_ms"]}
     if a.log_cost:
         ratios |= {"log cost single": out["mlopsnb single"]["req_per_s"] / out["mlopsnb-nolog single"]["req_per_s"],
                    "log cost batch": out["mlopsnb batch"]["rows_per_s"] / out["mlopsnb-nolog batch"]["rows_per_s"]}
     print(f"\n{'ratio mlopsnb / mlflow':<24} {'value':>8} {'target':>8}")
     for k, v in ratios.items():
-        if k not in TARGETS: print(f"{k:<24} {v:>8.2f}  (with log / without)"); continue
+        if k not in TARGETS: print(f"{k:<24} {v:>8.2f}  ({'with log / without' if k.startswith('log') else 'micro-batching on / off'})"); continue
         ok = v <= TARGETS[k] if k == "single p99" else v >= TARGETS[k]
         print(f"{k:<24} {v:>8.2f} {('<= ' if k == 'single p99' else '>= ') + str(TARGETS[k]):>8}  {'pass' if ok else 'FAIL'}")
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

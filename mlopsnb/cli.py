@@ -204,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--canary", type=float, default=0.0, metavar="FRACTION",
                    help="answer this fraction of requests with @challenger (sticky per X-Request-Key header, else per id of a one-record request)")
     s.add_argument("--shadow", action="store_true", help="also score every request with @challenger off the request path and log it as shadow (never returned)")
+    s.add_argument("--micro-batch-ms", type=float, default=0.0, metavar="MS",
+                   help="score concurrent single-row requests together, waiting at most MS (0 to 2) while others are in flight (default 0: off)")
     env_args(s); s.set_defaults(fn=lambda a: _serve(a))
     s = sub.add_parser("score", help="score a CSV or Parquet file with @champion (or --version) into Parquet")
     s.add_argument("input"); s.add_argument("output")
@@ -286,7 +288,7 @@ def _serve(a):
     plog = None if a.no_log else PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db")
     app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
                    reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0,
-                   challenger=challenger, canary=a.canary, shadow=a.shadow,
+                   challenger=challenger, canary=a.canary, shadow=a.shadow, micro_batch_ms=a.micro_batch_ms,
                    reload_challenger=alias_reloader(project.store, "@challenger", name, **kw) if split and a.reload_interval > 0 else None)
     print(f"serving {name} version {scorer.version} ({scorer.path} path, threshold {scorer.threshold:g} from {scorer.threshold_source}) "
           f"on http://{a.host}:{a.port}" + (f", following {a.version} every {a.reload_interval:g}s" if follow else "")

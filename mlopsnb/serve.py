@@ -283,6 +283,35 @@ class _Service:
         u = key_position(key) if key else random.random()
         return (ch, "challenger") if u < self.canary else (champ, "champion")
 
+class _MicroBatcher:
+    "Score concurrent small requests together: wait at most `wait_s` (only while other requests are in flight), one model call per scorer."
+    def __init__(self, wait_s: float, max_rows: int):
+        self.wait_s, self.max_rows, self.pending, self.rows, self.timer, self.inflight = wait_s, max_rows, [], 0, None, 0
+
+    async def score(self, s: Scorer, cols: dict, n: int) -> np.ndarray:
+        import asyncio
+        if self.inflight <= 1 or n >= self.max_rows or (s.session is not None and not s._encodable(cols)):
+            return s.score(cols, n)          # alone, large, or bound for the sklearn path: no wait
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((s, cols, n, fut)); self.rows += n
+        if self.rows >= self.max_rows: self.flush()
+        elif self.timer is None: self.timer = asyncio.get_running_loop().call_later(self.wait_s, self.flush)
+        return await fut
+
+    def flush(self) -> None:
+        if self.timer is not None: self.timer.cancel(); self.timer = None
+        jobs, self.pending, self.rows = self.pending, [], 0
+        groups: dict[int, list] = {}
+        for j in jobs: groups.setdefault(id(j[0]), []).append(j)
+        for group in groups.values():
+            s = group[0][0]
+            try: p = s.score({c: [v for j in group for v in j[1][c]] for c in group[0][1]}, sum(j[2] for j in group))
+            except Exception as e:           # handed to each waiting request, which fails as it would have alone
+                for j in group: j[3].set_exception(e)
+                continue
+            k = 0
+            for _, _, n, fut in group: fut.set_result(p[k: k + n]); k += n
+
 def key_position(key: str) -> float:
     "A stable position in [0, 1) for a request key: the same key lands on the same side of any canary split, in any process."
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0 ** 64
@@ -361,6 +390,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
              shadow: bool = False, # also score every champion-answered request with the challenger, off the request path
              reload_challenger: "callable | None" = None, # like `reload`, for the challenger (may return NO_ALIAS)
              shadow_queue: int = 1000, # requests waiting for the shadow scorer; more are dropped (counted)
+             micro_batch_ms: float = 0.0, # wait up to this long to score concurrent small requests in one call (0: off)
+             micro_batch_rows: int = 64, # flush a micro-batch at this many rows
             ):
     "Return the FastAPI scoring app (an ASGI app; wrapped for the bearer token when one is given)."
     import orjson
@@ -373,6 +404,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     svc = _Service(scorer, _Metrics(), challenger, canary, shadow)
     stop = threading.Event()
     shadows = queue.Queue(maxsize=shadow_queue)
+    if not 0 <= micro_batch_ms <= 2: raise MlopsnbError(f"micro-batch wait {micro_batch_ms} ms: expected 0 (off) to 2 ms")
+    batcher = _MicroBatcher(micro_batch_ms / 1000, micro_batch_rows) if micro_batch_ms > 0 else None
 
     def follow(role: str, fn) -> None:
         current = svc.scorer if role == "champion" else svc.challenger
@@ -428,6 +461,12 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
 
     @app.post("/predict", openapi_extra={"requestBody": _request_schema(scorer)}, summary="Score one record or a list of records")
     async def predict(request: Request):
+        if batcher is None: return await answer(request)
+        batcher.inflight += 1                  # requests in flight: a micro-batch waits only when there are others
+        try: return await answer(request)
+        finally: batcher.inflight -= 1
+
+    async def answer(request):
         t0 = time.perf_counter()
         rid = request.headers.get("x-request-id", "")
         rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
@@ -438,7 +477,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
             cols = s.columns(rows)
         except RequestError as e: return fail(e.status, str(e), rid, s.version, role)
         for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
-        p = s.score(cols, len(rows))
+        p = s.score(cols, len(rows)) if batcher is None else await batcher.score(s, cols, len(rows))
         t = s.threshold
         decisions = (p >= t).astype(int)
         preds = _predictions(rows, s.ids, p, decisions)
