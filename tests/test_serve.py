@@ -62,7 +62,7 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(project):
-    s = Server(project, "--reload-interval", "1", "--max-rows", str(MAX_ROWS), env={"MLOPSNB_TOKEN": TOKEN})
+    s = Server(project, "--reload-interval", "1", "--max-rows", str(MAX_ROWS), "--micro-batch-ms", "2", env={"MLOPSNB_TOKEN": TOKEN})
     try: yield s.wait()
     finally: s.stop()
 
@@ -217,6 +217,11 @@ def test_parity_in_process_http_and_batch(server, project, tmp_path):
     http = predict(server, records(rows)).json()["predictions"]
     assert [p["rownames"] for p in http] == pred["rownames"].tolist()
     http_p = np.array([p["probability"] for p in http])
+    from concurrent.futures import ThreadPoolExecutor                                 # concurrent single rows: micro-batched, each its own answer
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c, ThreadPoolExecutor(8) as pool:
+        single = list(pool.map(lambda r: c.post("/predict", json=r).json()["predictions"][0], records(rows)))
+    assert [p["rownames"] for p in single] == pred["rownames"].tolist()
+    np.testing.assert_allclose([p["probability"] for p in single], http_p, rtol=0, atol=1e-7)
     src = tmp_path / "rows.csv"
     rows.assign(churn=pred["churn"].to_numpy()).to_csv(src, index=False)           # a file also carries the target: ignored
     r = cli(project, "score", str(src), str(tmp_path / "scored.parquet"), "--chunk-rows", "50")   # 120 rows: three chunks
