@@ -201,6 +201,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--token-env", default="MLOPSNB_TOKEN", help="environment variable holding the bearer token (default MLOPSNB_TOKEN)")
     s.add_argument("--log", help="prediction log, a SQLite file (default: <products>/serving/predictions.db)")
     s.add_argument("--no-log", action="store_true", help="do not log predictions")
+    s.add_argument("--log-max-mb", type=float, default=0, metavar="MB",
+                   help="rotate the prediction log when it reaches MB (renamed <name>-<UTC time>.db; default 0: never)")
+    s.add_argument("--log-rotate-hours", type=float, default=0, metavar="H", help="rotate the prediction log every H hours (default 0: never)")
     s.add_argument("--canary", type=float, default=0.0, metavar="FRACTION",
                    help="answer this fraction of requests with @challenger (sticky per X-Request-Key header, else per id of a one-record request)")
     s.add_argument("--shadow", action="store_true", help="also score every request with @challenger off the request path and log it as shadow (never returned)")
@@ -285,7 +288,8 @@ def _serve(a):
     scorer = load_scorer(project.store, name, a.version, **kw)
     challenger, split = _challenger(a, project, name, kw)
     follow = a.version.startswith("@") and a.reload_interval > 0
-    plog = None if a.no_log else PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db")
+    plog = None if a.no_log else PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db",
+                                               max_bytes=int(a.log_max_mb * 2 ** 20) or None, max_age_s=a.log_rotate_hours * 3600 or None)
     app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
                    reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0,
                    challenger=challenger, canary=a.canary, shadow=a.shadow, micro_batch_ms=a.micro_batch_ms,

@@ -560,15 +560,13 @@ def _log_schema(con) -> None:
 class PredictionLog:
     "Append scored rows to a SQLite file (WAL) off the request path; `close` writes everything queued."
     def __init__(self, path: str | Path, # the SQLite file (created with its folder)
+                 max_bytes: int | None = None, # rotate when the file (with its WAL) reaches this size
+                 max_age_s: float | None = None, # rotate when the file has been written to for this long
                 ):
-        import queue, sqlite3
+        import queue
         self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-            _log_schema(con)
-            con.commit()
-        finally: con.close()
+        self.max_bytes, self.max_age_s, self.rotated = max_bytes, max_age_s, []   # rotated: (file, seconds the rotation took)
+        self._open().close()
         self._q, self.written = queue.SimpleQueue(), 0
         self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
         self._thread.start()
@@ -577,9 +575,38 @@ class PredictionLog:
         "Queue one request's rows (returns at once); `role`: champion, challenger (canary) or shadow."
         self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, probabilities, decisions, role))
 
+    def _open(self):
+        import sqlite3
+        con = sqlite3.connect(self.path)
+        con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
+        with con: _log_schema(con)
+        self.opened = time.time()
+        return con
+
+    def _due(self) -> bool:
+        "Whether the file is due for rotation (size with its WAL, or age)."
+        if self.max_age_s is not None and time.time() - self.opened >= self.max_age_s: return True
+        if self.max_bytes is None: return False
+        wal = self.path.with_name(self.path.name + "-wal")
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0) >= self.max_bytes
+
+    def _rotate(self, con):
+        "Close the file after a full checkpoint, rename it `<stem>-<UTC time><suffix>`, and start a new one; return its connection."
+        import datetime as dt, os
+        t0 = time.perf_counter()
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)"); con.close()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        dest = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
+        os.replace(self.path, dest)                       # atomic: readers see the old file whole, or the new one
+        for extra in ("-wal", "-shm"): self.path.with_name(self.path.name + extra).unlink(missing_ok=True)
+        con = self._open()
+        self.rotated.append((dest, time.perf_counter() - t0))
+        log.info("prediction log rotated to %s", dest)
+        return con
+
     def _write(self):
-        import itertools, orjson, sqlite3
-        con = sqlite3.connect(self.path); con.execute("PRAGMA synchronous=NORMAL")
+        import itertools, orjson
+        con = self._open()
         done = False
         while not done:
             batch = [self._q.get()]
@@ -593,6 +620,7 @@ class PredictionLog:
                         con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
                                         zip(itertools.repeat(seq), range(len(rows)), np.asarray(probs, dtype=float).tolist(), np.asarray(decs).tolist()))
                         self.written += len(rows)
+                if not done and self._due(): con = self._rotate(con)
         con.close()
 
     def close(self) -> None:

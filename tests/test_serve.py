@@ -169,7 +169,7 @@ def _malformed(good: list[dict], numbers: set[str], nullable: set[str]):
                          st.dictionaries(st.text(max_size=5), anyjson, max_size=3), *([st.none()] if col not in nullable else []))
     def dumps(doc) -> bytes: return json.dumps(doc).encode()
     row = st.integers(0, len(good) - 1)
-    wrong_value = st.tuples(row, st.sampled_from(cols)).flatmap(
+    wrong_value = st.tuples(row, st.sampled_from([c for c in cols if c != "rownames"])).flatmap(   # an id column takes any value
         lambda rc: bad_value(rc[1]).map(lambda v: dumps([dict(r, **{rc[1]: v}) if i == rc[0] else r for i, r in enumerate(good)])))
     missing = st.tuples(row, st.sampled_from([c for c in cols if c != "rownames"])).map(
         lambda rc: dumps([{k: v for k, v in r.items() if not (i == rc[0] and k == rc[1])} for i, r in enumerate(good)]))
@@ -221,7 +221,7 @@ def test_parity_in_process_http_and_batch(server, project, tmp_path):
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c, ThreadPoolExecutor(8) as pool:
         single = list(pool.map(lambda r: c.post("/predict", json=r).json()["predictions"][0], records(rows)))
     assert [p["rownames"] for p in single] == pred["rownames"].tolist()
-    np.testing.assert_allclose([p["probability"] for p in single], http_p, rtol=0, atol=1e-7)
+    np.testing.assert_allclose([p["probability"] for p in single], http_p, rtol=0, atol=5e-7)  # float32 sums: a few ulp with the batch's make-up
     src = tmp_path / "rows.csv"
     rows.assign(churn=pred["churn"].to_numpy()).to_csv(src, index=False)           # a file also carries the target: ignored
     r = cli(project, "score", str(src), str(tmp_path / "scored.parquet"), "--chunk-rows", "50")   # 120 rows: three chunks
