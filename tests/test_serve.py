@@ -308,20 +308,23 @@ def test_hot_reload_on_promotion_and_rollback_and_tampered_version_refused(serve
 
 
 def logged(db: Path) -> list[tuple]:
-    "Open the prediction log as the monitoring side would (SQLite recovers or drops a torn WAL tail here)."
+    "Open the prediction log as the monitoring side would (SQLite recovers or drops a torn WAL tail here), rotated files first, in time order."
     import sqlite3
-    con = sqlite3.connect(db)
-    try:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return con.execute("SELECT request_id, row, version, features, probability, decision FROM scored ORDER BY seq").fetchall()
-    finally: con.close()
+    out = []
+    for f in sorted(db.parent.glob(f"{db.stem}-*{db.suffix}")) + [db]:
+        con = sqlite3.connect(f)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            out += con.execute("SELECT request_id, row, version, features, probability, decision FROM scored ORDER BY seq").fetchall()
+        finally: con.close()
+    return out
 
 
 def test_sigterm_drains_the_request_in_flight_logs_every_answered_row_and_warns_off_loopback(project, tmp_path):
     rows, _ = raw_test_rows(project)
     body = json.dumps(records(rows.head(50))).encode()
     db = tmp_path / "predictions.db"
-    s = Server(project, "--host", "0.0.0.0", "--log", str(db))
+    s = Server(project, "--host", "0.0.0.0", "--log", str(db), "--log-max-mb", "0.05")     # rotated every few requests
     try:
         s.wait()
         answered = {}
@@ -344,6 +347,7 @@ def test_sigterm_drains_the_request_in_flight_logs_every_answered_row_and_warns_
         mine = [r for r in log if r[0] == rid]
         assert [r[1] for r in mine] == list(range(len(preds))) and [r[4] for r in mine] == [p["probability"] for p in preds]
         assert [r[5] for r in mine] == [p["decision"] for p in preds] and all(r[2] == "1" for r in mine)
+    assert len(list(tmp_path.glob("predictions-*.db"))) >= 2                 # rotated, and no row lost or doubled across the files
     first = json.loads(log[0][3])
     assert set(first) == set(rows.columns) and first["rownames"] == int(rows["rownames"].iloc[0])   # the features as sent
     assert "warning: serving on 0.0.0.0 without a bearer token (set MLOPSNB_TOKEN)" in s.proc.stderr.read()
