@@ -298,9 +298,9 @@ def _serve(a):
           f"on http://{a.host}:{a.port}" + (f", following {a.version} every {a.reload_interval:g}s" if follow else "")
           + (", bearer token required" if token else "") + (f"; predictions logged to {plog.path}" if plog else ""), flush=True)
     if split and challenger is not None:
-        print(f"challenger: {name} version {challenger.version} ({challenger.path} path)"
-              + (f" answers {a.canary:.0%} of requests (sticky per X-Request-Key, else per {'/'.join(scorer.ids) or 'id'} of a one-record request)" if a.canary else "")
-              + ("; " if a.canary and a.shadow else "") + (" scores every champion-answered request in the shadow (logged, never returned)" if a.shadow else ""), flush=True)
+        roles = ([f"answers {a.canary:.0%} of requests (sticky per X-Request-Key, else per {'/'.join(scorer.ids) or 'id'} of a one-record request)"] if a.canary else []) \
+                + (["scores every champion-answered request in the shadow (logged, never returned)"] if a.shadow else [])
+        print(f"challenger: {name} version {challenger.version} ({challenger.path} path) " + "; ".join(roles), flush=True)
     serve(app, a.host, a.port)
     return 0
 
