@@ -307,10 +307,13 @@ class _MicroBatcher:
             s = group[0][0]
             try: p = s.score({c: [v for j in group for v in j[1][c]] for c in group[0][1]}, sum(j[2] for j in group))
             except Exception as e:           # handed to each waiting request, which fails as it would have alone
-                for j in group: j[3].set_exception(e)
+                for j in group:
+                    if not j[3].done(): j[3].set_exception(e)
                 continue
             k = 0
-            for _, _, n, fut in group: fut.set_result(p[k: k + n]); k += n
+            for _, _, n, fut in group:
+                if not fut.done(): fut.set_result(p[k: k + n])     # a request whose client left was cancelled: skip it, answer the others
+                k += n
 
 def key_position(key: str) -> float:
     "A stable position in [0, 1) for a request key: the same key lands on the same side of any canary split, in any process."
