@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'LINEAGE_TAGS', 'ENV_ARTIFACT', 'UI', 'CARD_TAG', 'TOLERANCE', 'LineageError', 'ReproduceError', 'parse_ref',
-           'resolve', 'task_run', 'build_of', 'manifest_check', 'lineage', 'show_lines', 'model_card', 'card_html',
-           'log_model_card', 'read_card', 'comparable', 'compare', 'reproduce', 'add_commands']
+           'resolve', 'download_text', 'task_run', 'build_of', 'manifest_check', 'lineage', 'show_lines', 'model_card',
+           'card_html', 'log_model_card', 'read_card', 'comparable', 'compare', 'reproduce', 'add_commands']
 
 # %% ../notebooks/api/12_lineage.ipynb #6dd889b0
 class LineageError(MlopsnbError, LookupError):
@@ -70,11 +70,24 @@ def _when(ms) -> str | None:
     import datetime as dt
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
+def download_text(client, # an MlflowClient
+                  run_id: str, path: str, # the run and the artifact's path in it
+                 ) -> str:
+    "Return a text artifact of a run (no progress bar on the terminal)."
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
+    old = os.environ.get(BAR.name)
+    os.environ[BAR.name] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as d: return Path(client.download_artifacts(run_id, path, d)).read_text(encoding="utf-8")
+    finally:
+        if old is None: os.environ.pop(BAR.name, None)
+        else: os.environ[BAR.name] = old
+
 def _json_artifact(client, run_id: str, path: str):
     "Return a JSON artifact of a run, or None when the run has none at that path."
     folder, _, fname = path.rpartition("/")
     if fname not in {Path(a.path).name for a in client.list_artifacts(run_id, folder or None)}: return None
-    with tempfile.TemporaryDirectory() as d: return json.loads(Path(client.download_artifacts(run_id, path, d)).read_text())
+    return json.loads(download_text(client, run_id, path))
 
 def task_run(client, run) -> dict:
     "Return one task run: name, status, seconds, params, metrics, executed notebook (path in the store) and UI link."
@@ -181,7 +194,7 @@ def show_lines(info: dict, # from `lineage`
             out.append(f"  {'pass' if g['passed'] else 'FAIL'}  {g['gate']:<28} {_num(g['value']) if g['value'] is not None else 'not measured':<10} needs {g['rule']}")
     out.append(f"aliases   history of version {info['version']} ({len(info['history'])} entries)")
     for e in info["history"]:
-        out.append(f"  {e['seq']:>3} {e['when']} {e['who']:<10} @{e['alias']:<10} {e['from'] or '-'}->{e['to'] or '-'} {e['action']}: {_short(e['reason'], 70)}")
+        out.append(f"  {e['seq']:>3} {e['when']} {e['who']:<10} @{e['alias']:<10} {e['from'] or 'none'} -> {e['to'] or 'none'} {e['action']}: {_short(e['reason'], 70)}")
     out.append(f"manifest  {info['manifest'] or 'not checked'}")
     out.append(f"card      {info['card'] or 'none recorded'}" + (f" (mlopsnb show {info['model']}/{info['version']} --card)" if info["card"] else ""))
     return [mask_url(l) for l in out]
@@ -281,8 +294,7 @@ def read_card(store, # a Store, Project or tracking URI
     mv = resolve(store, name, version)
     path = mv.tags.get(CARD_TAG)
     if not path or not mv.run_id: raise LineageError(f"model {name!r} version {mv.version} has no model card (registered before cards existed?)")
-    with tempfile.TemporaryDirectory() as d:
-        return Path(as_store(store).client().download_artifacts(mv.run_id, path, d)).read_text(encoding="utf-8")
+    return download_text(as_store(store).client(), mv.run_id, path)
 
 # %% ../notebooks/api/12_lineage.ipynb #24ae9d7e
 TOLERANCE = 1e-9   # largest absolute difference between a recorded and a reproduced metric taken as equal
