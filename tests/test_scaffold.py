@@ -34,7 +34,7 @@ def test_new_project_from_the_wheel_runs_to_a_champion_and_tests(tmp_path):
     # a fresh virtualenv with the wheel installed (not editable); its dependencies are the test environment's, reached through
     # a plain path entry (the editable mlopsnb there is not: .pth files of that folder are not processed)
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)   # pip, too, is reached through deps.pth
     site = Path(run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip())
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run([str(venv / "bin/python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], tmp_path)
