@@ -175,6 +175,7 @@ jobs:
 """
 
 def readme(name: str) -> str:
+    "Return the new project's README (`name`: its registered model)."
     return f"""# {name}
 
 An mlopsnb project: `pipeline.yaml` (the tasks, the promotion policy and the model card),
@@ -236,10 +237,10 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
         (tmp / "tests").mkdir(); (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
         (tmp / ".github" / "workflows").mkdir(parents=True); (tmp / ".github/workflows/ci.yml").write_text(ci_workflow(__version__), encoding="utf-8")
         (tmp / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
-        (tmp / "README.md").write_text(readme(name), encoding="utf-8")
         from mlopsnb.config import check_pipeline, load_env
-        try: load_env(tmp); check_pipeline(tmp)     # what was written validates, before it is put in place
+        try: env = load_env(tmp); check_pipeline(tmp)     # what was written validates, before it is put in place
         except ConfigError as e: raise ScaffoldError(f"the new project does not validate: {e}") from None
+        (tmp / "README.md").write_text(readme(env.model_name), encoding="utf-8")
         if git: _git_commit(tmp)
     return dest
 
