@@ -1,7 +1,11 @@
 """Packaging for mlopsnb: everything is read from settings.ini (nbdev 2's single config)."""
 from configparser import ConfigParser
 
+import shutil
+from pathlib import Path
+
 import setuptools
+from setuptools.command.build_py import build_py
 
 cfg = ConfigParser(delimiters=["="])
 cfg.read("settings.ini", encoding="utf-8")
@@ -10,6 +14,20 @@ cfg = cfg["DEFAULT"]
 requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 min_python = cfg["min_python"]
+project_files = cfg.get("project_files", "").split()
+
+
+class BuildPy(build_py):
+    "Copy the reference project's files (settings.ini `project_files`) into the built package as mlopsnb/_project for `mlopsnb new`."
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False): return      # an editable install reads them from the repository
+        dest = Path(self.build_lib) / cfg["lib_path"] / "_project"
+        if dest.exists(): shutil.rmtree(dest)
+        for f in project_files:
+            if Path(f).is_dir(): shutil.copytree(f, dest / f, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc"))
+            else: (dest / f).parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(f, dest / f)
+
 
 setuptools.setup(
     name=cfg["lib_name"],
@@ -33,6 +51,7 @@ setuptools.setup(
     # extensions). Editable installs skip data_files (pypa/setuptools#3399): `make install` copies it too.
     data_files=[("etc/jupyter", ["jupyter-config/jupyter_server_config.json"]),
                 ("etc/jupyter/labconfig", ["jupyter-config/labconfig/page_config.json"])],
+    cmdclass={"build_py": BuildPy},
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

@@ -21,10 +21,10 @@ from .core import ENV_FILE, PIPELINE_FILE, ConfigError
 
 # %% auto #0
 __all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'ScoringConfig',
-           'FairnessConfig', 'parse_overrides', 'read_yaml', 'load_env', 'notebook_code', 'task_signature',
-           'task_parameters', 'param_types', 'param_type', 'check_param', 'resolve_placeholders', 'resolve_params',
-           'params_of_type', 'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri',
-           'Store', 'as_store', 'Project']
+           'FairnessConfig', 'ModelCardConfig', 'parse_overrides', 'read_yaml', 'load_env', 'notebook_code',
+           'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param', 'resolve_placeholders',
+           'resolve_params', 'params_of_type', 'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest',
+           'resolve_uri', 'Store', 'as_store', 'Project']
 
 # %% ../notebooks/api/01_config.ipynb #47cb2ff8
 class _Strict(BaseModel):
@@ -68,6 +68,7 @@ class PromotionPolicy(_Strict):
     max_fairness_gap: float | None = Field(None, ge=0, le=1)  # largest selection-rate/TPR/FPR gap between groups
     require_contract: bool = True                 # the data contract must have passed
     max_latency_ms: float | None = Field(None, gt=0)           # single-row prediction latency (median)
+    require_clean_commit: bool = False            # the build ran on a committed tree (its git.dirty tag is false)
 
 class ScoringConfig(_Strict):
     "What a batch-scoring task scores, with which registered version: the file and the version it resolves to are tracked as inputs."
@@ -97,6 +98,14 @@ class FairnessConfig(_Strict):
             elif not (isinstance(spec, int) and not isinstance(spec, bool) and spec >= 2):
                 raise ValueError(f"{col}: expected a list of bin edges or a number of quantile bins >= 2, got {spec!r}")
         return v
+
+# %% ../notebooks/api/01_config.ipynb #a6097df0
+class ModelCardConfig(_Strict):
+    "What the model card declares: owner, intended use, uses out of scope, known limitations."
+    owner: str | None = None                      # the team or person who answers for the model
+    intended_use: str | None = None               # the decision it supports, and for whom
+    out_of_scope: list[str] = []                  # uses it is not meant for
+    limitations: list[str] = []                   # known weaknesses, declared by the user
 
 # %% ../notebooks/api/01_config.ipynb #b562fde6
 def _one_line(err: ValidationError, file: str) -> str:

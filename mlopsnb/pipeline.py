@@ -177,6 +177,7 @@ class RecordingExecutor:
         rec.reconcile()
         base = lineage_tags(ctx.project.root, self.pipeline, ctx.pipeline_hash, ctx.data_digest)
         parent = rec.start_run(f"build {self.pipeline}", tags={**base, "mlopsnb.task": "(build)"})
+        if parent: rec.log_dict(parent, hide_secrets(ctx.project.env.model_dump(), "env")[0], "mlopsnb/env.json")   # what `reproduce` replays
         self.parent_run_id, self.records, finished, reports = parent, [], [], []
         try:
             for name in dag:

@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import PromotionPolicy, as_store
 from .core import RegistryError
 from .registry import is_absent, get_alias, register, registry_failure, resolve_version
-from .tracking import in_pipeline
+from .tracking import in_pipeline, reproducing
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ def evaluate_gates(policy: PromotionPolicy, # the declared policy
         v = evidence.get("latency_ms")
         gates.append(_gate("max latency ms", v, policy.max_latency_ms, v is not None and v <= policy.max_latency_ms,
                            f"single-row latency <= {policy.max_latency_ms} ms"))
+    if policy.require_clean_commit:
+        dirty = evidence.get("git_dirty")
+        v = None if dirty is None else int(bool(dirty))
+        gates.append(_gate("clean commit", v, 0, v == 0, "a build from a committed tree (git.dirty: 1 means uncommitted changes)"))
     return gates
 
 def _fmt(value, other=None) -> str:
@@ -311,11 +315,14 @@ def promote_candidate(store, # a Store, Project or URI
                       allow_interactive: bool = False, # register even from a notebook run by hand
                      ) -> dict:
     "Register a candidate, make it @challenger and promote it through the gates; run by hand, only say what the gates decide."
-    if not in_pipeline() and not (allow_interactive or os.environ.get(INTERACTIVE_REGISTRY_ENV) == "write"):
+    why = (f"reproduction of {reproducing()}, nothing registered" if reproducing() else
+           None if in_pipeline() or allow_interactive or os.environ.get(INTERACTIVE_REGISTRY_ENV) == "write" else
+           f"interactive run, nothing registered (set {INTERACTIVE_REGISTRY_ENV}=write to register)")
+    if why:
         current = get_alias(store, name, "champion")
         gates = evaluate_gates(policy, evidence, _champion_evidence(as_store(store).client(), name, current, champion))
-        return {"model": name, "version": None, "promoted": False, "dry_run": True, "gates": gates,
-                "reason": f"interactive run, nothing registered (set {INTERACTIVE_REGISTRY_ENV}=write to register): {gates_summary(gates)}"}
+        if run_id and reproducing(): as_store(store).client().set_tag(run_id, EVIDENCE_TAG, json.dumps(evidence))   # what `reproduce` compares
+        return {"model": name, "version": None, "promoted": False, "dry_run": True, "gates": gates, "reason": f"{why}: {gates_summary(gates)}"}
     version = register(store, logged["model_uri"], name, logged["manifest"], run_id=run_id,
                        tags={EVIDENCE_TAG: evidence, **({"mlopsnb.run_id": run_id} if run_id else {}), **(tags or {})})
     move_alias(store, name, "challenger", version, "newest candidate", action="challenger", run_id=run_id)

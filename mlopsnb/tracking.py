@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # nothing leaves the machine unless the user says so
 
 # %% auto #0
-__all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'STORE_TIMEOUT', 'PROGRESS_ENV', 'UI_ENV', 'in_pipeline',
-           'task_root', 'task_store', 'git_state', 'lineage_tags', 'NullRecorder', 'Recorder', 'tracking_off',
-           'recorder', 'sqlite_path', 'prepare_store', 'current_run_id', 'log_metrics', 'log_params', 'log_artifact',
-           'log_dict', 'set_tags', 'report_progress', 'ui_command']
+__all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'REPRODUCTION_ENV', 'STORE_TIMEOUT', 'PROGRESS_ENV',
+           'UI_ENV', 'in_pipeline', 'task_root', 'task_store', 'git_state', 'lineage_tags', 'reproducing',
+           'NullRecorder', 'Recorder', 'tracking_off', 'recorder', 'sqlite_path', 'prepare_store', 'current_run_id',
+           'log_metrics', 'log_params', 'log_artifact', 'log_dict', 'set_tags', 'recorded_tags', 'report_progress',
+           'ui_command']
 
 # %% ../notebooks/api/06_tracking.ipynb #3eea7a05
 RUN_ID_ENV = "MLFLOW_RUN_ID"
@@ -70,7 +71,14 @@ def lineage_tags(project: str | Path, # the project folder
             "mlopsnb.host": socket.gethostname(), "mlopsnb.user": _user()}
     if pipeline_hash: tags["mlopsnb.pipeline_hash"] = pipeline_hash
     if data_digest: tags["mlopsnb.data_digest"] = data_digest
+    if os.environ.get(REPRODUCTION_ENV): tags["mlopsnb.reproduction_of"] = os.environ[REPRODUCTION_ENV]
     return tags
+
+REPRODUCTION_ENV = "MLOPSNB_REPRODUCTION"   # set by `mlopsnb reproduce` for its build: "<model>/<version>" being reproduced
+
+def reproducing() -> str | None:
+    "Return the `<model>/<version>` this build reproduces (its runs register nothing), or None."
+    return os.environ.get(REPRODUCTION_ENV) or None
 
 def _user() -> str:
     try: return getpass.getuser()
@@ -275,6 +283,12 @@ def log_dict(obj, artifact_file: str) -> None:
 def set_tags(tags: dict | None = None, **kw) -> None:
     "Tag the current run."
     _rec().set_tags(current_run_id(), {**(tags or {}), **kw})
+
+def recorded_tags() -> dict[str, str]:
+    "Return the tags of the current run (its lineage: git.commit, git.dirty, ...); the project's lineage when tracking is off."
+    rec = _rec()
+    if not rec.enabled: return lineage_tags(task_root())
+    return dict(rec.client.get_run(current_run_id()).data.tags)
 
 # %% ../notebooks/api/06_tracking.ipynb #c2e1f215
 PROGRESS_ENV = "MLOPSNB_PROGRESS"   # the file a task reports its progress to, set by the build

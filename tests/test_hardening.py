@@ -277,6 +277,8 @@ def test_a_project_with_other_names_runs_records_and_promotes(tmp_path):
         spec = spec.replace(f"tasks/{old}.py", f"tasks/{new}.py").replace(f"{{{{products}}}}/{old}.ipynb", f"{{{{products}}}}/{new}.ipynb")
     spec = spec.replace("      data: '{{data}}'", "      table: '{{data}}'").replace("      policy:", "      rules:")
     (project / "pipeline.yaml").write_text(spec)
+    for args in (["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "renamed"]):   # require_clean_commit
+        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
     r = cli(project, "run", *FAST)
     assert r.returncode == 0, r.stdout + r.stderr
     assert executed(r) == list(names.values()), r.stdout

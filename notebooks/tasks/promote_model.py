@@ -12,15 +12,19 @@ model_name = None  # registered model name
 target = None      # the target column
 ids = None         # identifier columns, never features
 policy: "PromotionPolicy" = None  # the promotion gates, declared in pipeline.yaml and validated before any task runs
+card: "ModelCardConfig" = None    # what the model card declares: owner, intended use, out of scope, limitations
 
 # %%
 import json
 import pandas as pd
-from mlopsnb.config import PromotionPolicy
+from pathlib import Path
+from mlopsnb.config import ModelCardConfig, PromotionPolicy
+from mlopsnb.core import atomic_write_text
 from mlopsnb.data import read_frame, write_json
 from mlopsnb.promotion import latency_ms, promote_candidate
 from mlopsnb.registry import get_alias, load_logged
-from mlopsnb.tracking import current_run_id, log_dict, log_metrics, set_tags, task_store
+from mlopsnb.lineage import build_of, card_html, lineage, log_model_card, model_card
+from mlopsnb.tracking import current_run_id, log_dict, log_metrics, recorded_tags, set_tags, task_store
 
 # %%
 store, rules = task_store(), PromotionPolicy.model_validate(policy)
@@ -29,7 +33,8 @@ evaluation = json.loads(open(upstream["evaluate_model"]["metrics"]).read())
 validation = json.loads(open(upstream["validate_data"]["report"]).read())
 evidence = {"metrics": evaluation["metrics"], "fairness_max_gap": evaluation.get("fairness_max_gap"),
             "contract_violations": len(validation["violations"]), "contract_warnings": len(validation.get("warnings", [])),
-            "test_rows": evaluation["rows"], "inputs": info["features"]}
+            "test_rows": evaluation["rows"], "inputs": info["features"],
+            "git_dirty": {"true": True, "false": False}.get(recorded_tags().get("git.dirty"))}   # as the build recorded it
 if rules.max_latency_ms is not None:     # timed on the model exactly as logged (and registered below)
     test = read_frame(upstream["split_data"]["test"])
     timing = latency_ms(load_logged(store, info["model_uri"], info["manifest"]), test.drop(columns=[target, *ids]))
@@ -53,3 +58,21 @@ if version:
 log_metrics(promoted=int(decision["promoted"]), gates_failed=sum(not g["passed"] for g in decision["gates"]))
 print(f"{model_name} version {version} @{' @'.join(aliases)}: {'PROMOTED to @champion' if decision['promoted'] else 'held'} ({decision['reason']})"
       if version else decision["reason"])
+
+# %% [markdown]
+# ## The model card
+# Generated from what the build recorded (lineage, evaluation, contract check) and what `card`
+# declares; logged with the version (`mlopsnb show <model> --card`), HTML beside the evaluation report.
+
+# %%
+import pandas as pd
+run_id = current_run_id()
+facts = lineage(store, model_name, version, verify=False) if version else {"model": model_name, "version": None,
+                                                                           "build": build_of(store, run_id) if run_id else None}
+tables_dir = Path(upstream["evaluate_model"]["metrics"]).parent
+tables = {p.stem: pd.read_csv(p) for p in tables_dir.glob("*.csv")}
+md = model_card(facts, ModelCardConfig.model_validate(card or {}), evaluation, tables,
+                {"path": Path(validation["contract"]).name, "violations": len(validation["violations"]), "warnings": len(validation.get("warnings", []))})
+atomic_write_text(product["card"], md)
+atomic_write_text(product["card_html"], card_html(md, f"Model card: {model_name} version {version}"))
+print(f"model card: {product['card']} (logged as {log_model_card(store, model_name, version, run_id, product['card'], product['card_html'])})")
