@@ -24,9 +24,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # nothing leaves the
 
 # %% auto #0
 __all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'STORE_TIMEOUT', 'PROGRESS_ENV', 'UI_ENV', 'in_pipeline',
-           'task_root', 'task_store', 'git_state', 'lineage_tags', 'NullRecorder', 'Recorder', 'tracking_off',
-           'recorder', 'sqlite_path', 'prepare_store', 'current_run_id', 'log_metrics', 'log_params', 'log_artifact',
-           'log_dict', 'set_tags', 'report_progress', 'ui_command']
+           'task_root', 'task_store', 'git_state', 'lineage_tags', 'NullRecorder', 'Recorder', 'process_alive',
+           'tracking_off', 'recorder', 'sqlite_path', 'prepare_store', 'current_run_id', 'log_metrics', 'log_params',
+           'log_artifact', 'log_dict', 'set_tags', 'report_progress', 'ui_command']
 
 # %% ../notebooks/api/06_tracking.ipynb #3eea7a05
 RUN_ID_ENV = "MLFLOW_RUN_ID"
@@ -154,13 +154,14 @@ class Recorder(NullRecorder):
         runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
         for r in runs:
             pid = r.data.tags.get("mlopsnb.pid")
-            if r.data.tags.get("mlopsnb.host") != host or not pid or _alive(int(pid)): continue
+            if r.data.tags.get("mlopsnb.host") != host or not pid or process_alive(int(pid)): continue
             self.client.set_terminated(r.info.run_id, status="KILLED")
             self.client.set_tag(r.info.run_id, "mlopsnb.reconciled", "process ended without closing the run")
             n += 1
         return n
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    "Whether a process of this machine still exists."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
