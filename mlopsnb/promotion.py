@@ -20,7 +20,7 @@ from pathlib import Path
 from .config import PromotionPolicy, as_store
 from .core import RegistryError
 from .registry import is_absent, get_alias, register, registry_failure, resolve_version
-from .tracking import in_pipeline
+from .tracking import advisory_key, advisory_lock, in_pipeline, is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +181,8 @@ def lock_kind(uri: str, # the registry URI
              ) -> str:
     "Return how `registry_lock` serialises moves on this registry: file | postgres | record."
     from mlopsnb.config import uri_scheme
-    scheme = uri_scheme(uri) or "file"
-    if scheme in ("sqlite", "file"): return "file"
-    if scheme.split("+")[0] in ("postgresql", "postgres"): return "postgres"
-    return "record"
+    if (uri_scheme(uri) or "file") in ("sqlite", "file"): return "file"
+    return "postgres" if is_postgres(uri) else "record"
 
 def _lock_path(uri: str) -> Path:
     if uri.startswith("sqlite:///"): return Path(uri.removeprefix("sqlite:///").split("?")[0] + ".mlopsnb.lock")
@@ -207,24 +205,7 @@ def _file_lock(uri: str, timeout: float):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"mlopsnb registry lock").digest()[:8], "big", signed=True)
-
-@contextmanager
-def _advisory_lock(uri: str, timeout: float):
-    "Hold a PostgreSQL session advisory lock on its own connection (released by the server if the process dies)."
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
-    from mlopsnb.core import mask_url
-    engine = sa.create_engine(uri, poolclass=NullPool)
-    try:
-        with engine.connect() as con:
-            deadline = time.monotonic() + timeout
-            while not con.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar():
-                con.rollback(); _wait(deadline, f"(advisory lock {ADVISORY_KEY} in {mask_url(uri)})", timeout)
-            con.commit()
-            try: yield
-            finally: con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY}); con.commit()
-    finally: engine.dispose()
+ADVISORY_KEY = advisory_key("mlopsnb registry lock")
 
 def _abandoned(client, holder: dict, lease: float) -> bool:
     "Whether a lock record's holder is gone: its process on this host ended, or it is older than the lease."
@@ -275,7 +256,7 @@ def registry_lock(store, # the registry: a Store, Project or URI
     st = as_store(store)
     kind = lock_kind(st.registry_uri)
     if kind == "file": cm = _file_lock(st.registry_uri, timeout)
-    elif kind == "postgres": cm = _advisory_lock(st.registry_uri, timeout)
+    elif kind == "postgres": cm = advisory_lock(st.registry_uri, ADVISORY_KEY, timeout, "registry lock", RegistryError)
     else: cm = _record_lock(st, timeout, lease)
     with cm: yield
 
