@@ -228,8 +228,8 @@ def _record_lock(store, timeout: float, lease: float):
             client.create_registered_model(LOCK_MODEL, tags={**me, "since": f"{time.time():.3f}"},
                                            description="held by mlopsnb while it moves an alias; deleted after the move")
             break
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS": raise registry_failure("registry lock", e) from None
+        except MlflowException as e:   # held; or released between the store's failed insert and its look-up of the holder
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"): raise registry_failure("registry lock", e) from None
         try:
             holder = client.get_registered_model(LOCK_MODEL).tags
             if _abandoned(client, holder, lease) and client.get_registered_model(LOCK_MODEL).tags.get("token") == holder.get("token"):

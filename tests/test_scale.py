@@ -102,26 +102,46 @@ def _gone(pid: int) -> bool:
     return "\nState:\tZ" in state
 
 
-@pytest.mark.slow
-def test_killed_parallel_build_leaves_nothing_taken_as_finished(tmp_path):
-    "kill -9 of a parallel build: its task processes die with it, the next build reruns the killed task, no run stays RUNNING."
-    project = branches_project(tmp_path / "p", names=("a", "b"), rounds=5)
-    marker = tmp_path / "paused"
+def _start_paused(project: Path, marker: Path) -> tuple[subprocess.Popen, int]:
+    "Start `mlopsnb run --jobs 2` with task a paused; return the build and a's task process once a paused."
+    marker.unlink(missing_ok=True)
     proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", "--engine", "inprocess", "--jobs", "2"], cwd=project,
-                            env=clean_env({"PAUSE_IN": "a", "PAUSE_MARKER": str(marker)}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=clean_env({"PAUSE_IN": "a", "PAUSE_MARKER": str(marker)}), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 300
     while not marker.exists() or not marker.read_text():
         assert proc.poll() is None and time.time() < deadline, "the build ended before task a paused"
         time.sleep(0.2)
     task_pid = int(marker.read_text())
     assert task_pid != proc.pid
-    os.kill(proc.pid, signal.SIGKILL)                 # the build only: its task process must not outlive it
-    proc.wait()
-    deadline = time.time() + 10
-    while not _gone(task_pid):
-        assert time.time() < deadline, "the task process outlived its killed build"
+    return proc, task_pid
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> None:
+    deadline = time.time() + seconds
+    while not _gone(pid):
+        assert time.time() < deadline, f"task process {pid} outlived its build"
         time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_stopped_or_killed_parallel_build_leaves_nothing_taken_as_finished(tmp_path):
+    "SIGTERM, then kill -9, of a parallel build: task processes die with it, runs end KILLED, the next build reruns the task."
+    project = branches_project(tmp_path / "p", names=("a", "b"), rounds=5)
+    marker = tmp_path / "paused"
+    proc, task_pid = _start_paused(project, marker)
+    os.kill(proc.pid, signal.SIGTERM)                 # stopped: the build stops its tasks and ends their runs at once
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, out + err
+    _wait_gone(task_pid)
+    runs = all_runs(local_client(project), "branches")
+    assert not [x for x in runs if x.info.status == "RUNNING"]
+    stopped = [x for x in runs if x.info.run_name == "a"]
+    assert [x.info.status for x in stopped] == ["KILLED"] and "interrupted" in stopped[0].data.tags["mlopsnb.error"]
+    proc, task_pid = _start_paused(project, marker)
+    os.kill(proc.pid, signal.SIGKILL)                 # killed: the build only; its task process must not outlive it
+    proc.communicate()
+    _wait_gone(task_pid)
     status = cli(project, "status")
     row = next(l for l in status.stdout.splitlines() if l.split()[:1] == ["a"])
     assert "up to date" not in row, status.stdout
@@ -132,7 +152,7 @@ def test_killed_parallel_build_leaves_nothing_taken_as_finished(tmp_path):
     runs = all_runs(local_client(project), "branches")
     assert not [x for x in runs if x.info.status == "RUNNING"]
     killed = [x for x in runs if x.info.run_name == "a" and x.info.status == "KILLED"]
-    assert len(killed) == 1 and killed[0].data.tags.get("mlopsnb.reconciled")
+    assert len(killed) == 2 and sum(bool(x.data.tags.get("mlopsnb.reconciled")) for x in killed) == 1
 
 
 WRITER = '''
