@@ -329,12 +329,12 @@ def _check_team_store(uri: str, projects: list[Path]) -> None:
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))        # no entry overwritten by a racing move
     assert sum(e["alias"] == "challenger" for e in entries) == TEAM                  # each build's challenger move is there
     assert sum(e["alias"] == "champion" for e in entries) >= TEAM                    # and each build's champion decision
-    champion = get_alias(store, "churn", "champion")
-    assert champion == champion_stack(entries)[-1]
-    last_move = [e for e in entries if e["alias"] == "champion" and e["action"] not in ("held", "refused")][-1]
-    assert champion == last_move["to"]
-    model = load_version(store, "churn", "@champion")             # serving's verified loader (sha256 manifest), through the store
-    assert hasattr(model, "predict_proba")
+    champion, stack = get_alias(store, "churn", "champion"), champion_stack(entries)
+    moves = [e for e in entries if e["alias"] == "champion" and e["action"] not in ("held", "refused")]
+    assert champion == (stack[-1] if stack else None) == (moves[-1]["to"] if moves else None)   # every gate may have held
+    if champion:
+        model = load_version(store, "churn", "@champion")         # serving's verified loader (sha256 manifest), through the store
+        assert hasattr(model, "predict_proba")
 
 
 def _manual_moves(projects: list[Path], uri: str) -> list[subprocess.CompletedProcess]:
@@ -358,6 +358,8 @@ def _team_mode(tmp: Path, uri: str, shared: Path) -> list[Path]:
     _check_team_store(uri, projects)
     from mlopsnb.config import Store
     from mlopsnb.promotion import history
+    from mlopsnb.registry import get_alias
+    assert get_alias(Store(uri), "churn", "champion") is not None
     manual = [e for e in history(Store(uri), "churn") if re.match(r"(forced: )?race \d", e["reason"])]
     assert len(manual) == sum(m.returncode == 0 for m in moves) >= TEAM - 1      # every manual move recorded once
     return projects
