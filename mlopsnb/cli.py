@@ -72,7 +72,7 @@ def _project(a):
 
 def _run(a):
     from mlopsnb.pipeline import run
-    result = run(_project(a), engine=a.engine, force=a.force, progress=True)
+    result = run(_project(a), engine=a.engine, force=a.force, progress=True, jobs=a.jobs)
     for f in result.failures: print(f"mlopsnb: error: {f}", file=sys.stderr)
     print("\n".join(summary_lines(result)))
     return 0 if result.ok else 1
@@ -161,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
     env_args(s)
     s.add_argument("--engine", choices=["papermill", "inprocess"], default="papermill",
                    help="papermill: a kernel per task (default); inprocess: Ploomber's in-process engine")
+    s.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="run up to N independent tasks at the same time, each in its own process (default 1)")
     s.add_argument("--force", action="store_true", help="re-run every task")
     s.set_defaults(fn=_run)
     s = sub.add_parser("status", help="which tasks are up to date, and why the others are not"); env_args(s); s.set_defaults(fn=_status)
@@ -346,7 +348,7 @@ def _score(a):
     scorer = load_scorer(project.store, name, a.version, **_scorer_args(a, project))
     with _score_progress(a.input) as progress:
         s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
-    run_id = record_scoring(project.store, project.experiment, s, a.input, a.output)
+    run_id = record_scoring(project.store, project.experiment, s, a.input, a.output, project.artifact_location)
     print(f"scored {s['rows']} rows of {a.input} with {name} version {s['version']} ({s['path']} path) into {a.output}: "
           f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})")
     return 0

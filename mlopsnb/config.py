@@ -20,11 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .core import ENV_FILE, PIPELINE_FILE, ConfigError
 
 # %% auto #0
-__all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'ScoringConfig',
-           'FairnessConfig', 'ModelCardConfig', 'parse_overrides', 'read_yaml', 'load_env', 'notebook_code',
-           'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param', 'resolve_placeholders',
-           'resolve_params', 'params_of_type', 'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest',
-           'resolve_uri', 'Store', 'as_store', 'Project']
+__all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy',
+           'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'parse_overrides', 'read_yaml', 'load_env',
+           'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
+           'resolve_placeholders', 'resolve_params', 'params_of_type', 'check_pipeline', 'declared_upstream',
+           'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'uri_scheme', 'as_store', 'Project']
 
 # %% ../notebooks/api/01_config.ipynb #47cb2ff8
 class _Strict(BaseModel):
@@ -441,6 +441,19 @@ class Store:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
     @property
     def is_local(self) -> bool: return self.tracking_uri.startswith(("sqlite:", "file:", "/"))
+    @property
+    def is_server(self) -> bool:
+        "Whether the store is a tracking server (HTTP): it places and serves the artifacts itself."
+        return uri_scheme(self.tracking_uri) in SERVER_SCHEMES
+
+SERVER_SCHEMES = {"http", "https", "databricks"}
+
+def uri_scheme(uri: str, # a URI or a path
+              ) -> str | None:
+    "Return the scheme of a URI (`s3`, `mlflow-artifacts`, `postgresql+psycopg`), or None for a plain path (`C:\\x` too)."
+    import re
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)   # two characters at least: a Windows drive letter is not a scheme
+    return m.group(1).lower() if m else None
 
 def as_store(store, # a Store, a Project, or a tracking URI
             ) -> Store:
@@ -482,6 +495,6 @@ class Project:
     def artifact_location(self) -> str | None:
         "Where a new experiment keeps its artifacts: a URI as given, a local folder as a file URI, or the server's choice."
         a = self.env.artifacts
-        if "://" in a: return a
-        if not self.store.is_local: return None   # a tracking server serves (and places) the artifacts
-        return (self.root / a).resolve().as_uri()
+        if uri_scheme(a): return a                    # s3://…, mlflow-artifacts:/…, file:///…: as given
+        if self.store.is_server: return None          # a tracking server places and serves the artifacts (mlflow-artifacts:/)
+        return (self.root / a).resolve().as_uri()     # SQLite or a database named directly: a folder (shared, for a team)

@@ -141,23 +141,26 @@ def task_variables(ctx: BuildContext, rec, run_id: str | None, parent_id: str | 
     out = {PROJECT_ENV: str(ctx.project.root), "MLFLOW_DISABLE_TELEMETRY": "true", "PLOOMBER_STATS_ENABLED": "false",
            "PYTHONWARNINGS": quiet, BUILD_ENV: parent_id or "untracked", **ctx.task_env}
     if rec.enabled:
-        st = ctx.project.store
+        st = rec.store          # as the build records: a SQLite store with its busy timeout
         out |= {"MLFLOW_TRACKING_URI": st.tracking_uri, "MLFLOW_REGISTRY_URI": st.registry_uri,
                 "MLFLOW_EXPERIMENT_ID": rec.experiment_id, RUN_ID_ENV: run_id or ""}
     else: out[OFF_ENV] = "off"
     return out
 
 class RecordingExecutor:
-    "A serial Ploomber executor that records the build and each task in MLflow."
+    "A Ploomber executor that records the build and each task in MLflow; with `jobs` > 1, independent tasks run at once."
     def __init__(self, project: str | None = None, # the project folder (default: found from the cwd, for a plain `ploomber build`)
                  pipeline: str = PIPELINE_FILE, # the spec's file name, for the tags
                  products: str | None = None, # unused; kept for specs that name it
+                 jobs: int = 1, # tasks run at the same time, each in its own process (`mlopsnb run --jobs N`)
                  **store, # tracking_uri, experiment, artifacts as a plain `ploomber build` renders them from env.yaml
                 ):
         self.project, self.pipeline, self.products = project, pipeline, products
         unknown = set(store) - {"tracking_uri", "experiment", "artifacts"}
         if unknown: raise MlopsnbError(f"{pipeline}: executor: unknown setting {sorted(unknown)[0]!r}")
-        self.store = store
+        if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+            raise MlopsnbError(f"{pipeline}: executor: jobs must be a whole number of 1 or more, got {jobs!r}")
+        self.store, self.jobs = store, jobs
         self.context: BuildContext | None = None      # set by `run`; prepared from the project otherwise
         self.progress: BuildProgress = NoProgress()    # set by `run` for the command line
         self.records: list[TaskRecord] = []
@@ -180,16 +183,10 @@ class RecordingExecutor:
         if parent: rec.log_dict(parent, hide_secrets(ctx.project.env.model_dump(), "env")[0], "mlopsnb/env.json")   # what `reproduce` replays
         self.parent_run_id, self.records, finished, reports = parent, [], [], []
         try:
-            for name in dag:
-                t = dag[name]
-                if t.exec_status in (TaskStatus.Skipped, TaskStatus.Aborted):
-                    self.records.append(TaskRecord(name, "skipped" if t.exec_status == TaskStatus.Skipped else "aborted")); continue
-                record, report = self._run_task(ctx, rec, base, parent, t)
-                self.records.append(record)
-                if record.status == "executed":
-                    finished.append(name); reports.append(report)
-                    self._record_consumed(ctx, [name])      # now: a build killed later still knows what this task read
-                else: t.exec_status = TaskStatus.Errored
+            if self.jobs > 1:
+                from mlopsnb.parallel import run_parallel
+                run_parallel(self, dag, ctx, rec, base, parent, finished, reports)
+            else: self._run_serial(dag, ctx, rec, base, parent, finished, reports)
         except BaseException:
             rec.end_run(parent, "KILLED")
             raise
@@ -200,34 +197,70 @@ class RecordingExecutor:
         if failures: raise DAGBuildError("\n".join(failures))
         return reports
 
-    def _run_task(self, ctx: BuildContext, rec, base: dict, parent: str | None, t) -> tuple[TaskRecord, object]:
-        "Run one task in its own child run; return what happened (an interrupt ends the run KILLED and propagates)."
-        name = t.name
+    def _run_serial(self, dag, ctx: BuildContext, rec, base: dict, parent: str | None, finished: list, reports: list) -> None:
+        "Run the tasks one after the other, in the DAG's order."
+        from ploomber.constants import TaskStatus
+        for name in dag:
+            t = dag[name]
+            if t.exec_status in (TaskStatus.Skipped, TaskStatus.Aborted):
+                self.records.append(TaskRecord(name, "skipped" if t.exec_status == TaskStatus.Skipped else "aborted")); continue
+            record, report = self._run_task(ctx, rec, base, parent, t)
+            self.task_ended(ctx, t, record, report, finished, reports)
+
+    def task_ended(self, ctx: BuildContext, t, record: TaskRecord, report, finished: list, reports: list) -> None:
+        "Keep a task's record; when it finished, record what it consumed at once (a build killed later still knows)."
+        from ploomber.constants import TaskStatus
+        self.records.append(record)
+        if record.status == "executed":
+            finished.append(t.name); reports.append(report)
+            self._record_consumed(ctx, [t.name])
+        else: t.exec_status = TaskStatus.Errored
+
+    def task_started(self, ctx: BuildContext, rec, base: dict, parent: str | None, t) -> tuple[str | None, Path]:
+        "Before a task runs: forget that it ever finished, open its child run with its params; return the run and its progress file."
         t.product.metadata.delete()           # a killed task must never look up to date
-        drop_record(ctx.project, name)
-        run = rec.start_run(name, parent, tags={**base, "mlopsnb.task": name})
+        drop_record(ctx.project, t.name)
+        run = rec.start_run(t.name, parent, tags={**base, "mlopsnb.task": t.name})
         if run: rec.log_params(run, _params_of(t))
-        t0, status, error, report = time.perf_counter(), "FINISHED", None, None
-        progress_file = state_dir(ctx.project) / "progress" / f"{name}.json"
+        progress_file = state_dir(ctx.project) / "progress" / f"{t.name}.json"
         progress_file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self.progress.task(name, progress_file), task_boundary({**task_variables(ctx, rec, run, parent), PROGRESS_ENV: str(progress_file)}):
-                report, _ = t._build(catch_exceptions=True)
-        except Exception as e:
-            status, error = "FAILED", failure_line(name, e, _notebook_of(t))
-        except BaseException:
-            self._attach(rec, run, t, None)
-            if run: rec.set_tags(run, {"mlopsnb.error": "interrupted (Ctrl-C or SIGTERM)"}); rec.end_run(run, "KILLED")
-            self.records.append(TaskRecord(name, "killed", round(time.perf_counter() - t0, 2), run, error="interrupted"))
-            raise
-        record = TaskRecord(name, "executed" if status == "FINISHED" else "failed", round(time.perf_counter() - t0, 2), run, error=error)
+        return run, progress_file
+
+    def task_failure(self, t, e: BaseException) -> str:
+        "Return the one-line failure of a task (cell, error, partial notebook)."
+        return failure_line(t.name, e, _notebook_of(t))
+
+    def task_killed(self, rec, run: str | None, t, seconds: float) -> None:
+        "After an interrupt: attach what the task wrote so far, end its run KILLED and record it."
+        self._attach(rec, run, t, None)
+        if run: rec.set_tags(run, {"mlopsnb.error": "interrupted (Ctrl-C or SIGTERM)"}); rec.end_run(run, "KILLED")
+        self.records.append(TaskRecord(t.name, "killed", round(seconds, 2), run, error="interrupted"))
+
+    def task_finished(self, rec, run: str | None, t, seconds: float, error: str | None) -> TaskRecord:
+        "After a task ran: attach its notebook, read back its metrics, end its run FINISHED or FAILED; return its record."
+        record = TaskRecord(t.name, "failed" if error else "executed", round(seconds, 2), run, error=error)
         if run:
             self._attach(rec, run, t, error)
             data = rec.client.get_run(run).data
             record.metrics, record.tags = dict(data.metrics), {k: v for k, v in data.tags.items() if k.startswith("mlopsnb.model")}
-            rec.end_run(run, status)
+            rec.end_run(run, "FAILED" if error else "FINISHED")
         self.progress.done(record)
-        return record, report
+        return record
+
+    def _run_task(self, ctx: BuildContext, rec, base: dict, parent: str | None, t) -> tuple[TaskRecord, object]:
+        "Run one task in its own child run; return what happened (an interrupt ends the run KILLED and propagates)."
+        name = t.name
+        run, progress_file = self.task_started(ctx, rec, base, parent, t)
+        t0, error, report = time.perf_counter(), None, None
+        try:
+            with self.progress.task(name, progress_file), task_boundary({**task_variables(ctx, rec, run, parent), PROGRESS_ENV: str(progress_file)}):
+                report, _ = t._build(catch_exceptions=True)
+        except Exception as e:
+            error = self.task_failure(t, e)
+        except BaseException:
+            self.task_killed(rec, run, t, time.perf_counter() - t0)
+            raise
+        return self.task_finished(rec, run, t, time.perf_counter() - t0, error), report
 
     def _attach(self, rec, run: str | None, t, error: str | None) -> None:
         "Attach the (partially) executed notebook as .ipynb and HTML, and the error line, to the task's run."
@@ -259,7 +292,7 @@ class BuildProgress:
                  stream=None, # where to write (default sys.stderr)
                  live: bool | None = None, # a live line (default: when `stream` is a terminal)
                 ):
-        self.total, self.stream, self.n = total, stream or sys.stderr, 0
+        self.total, self.stream, self.n, self.ended = total, stream or sys.stderr, 0, 0
         self.live = self.stream.isatty() if live is None else live
         self._status = self._thread = None
 
@@ -292,15 +325,22 @@ class BuildProgress:
             if self.live: status.stop()
             progress_file.unlink(missing_ok=True)
 
+    def started(self, name: str) -> None:
+        "Say a task started (a parallel build: plain lines, as several tasks run at once)."
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {name} started", file=self.stream, flush=True)
+
     def done(self, record: "TaskRecord") -> None:
         "Say how a task ended."
-        print(f"[{self.n}/{self.total}] {record.name} {record.status} in {record.seconds:.1f}s", file=self.stream, flush=True)
+        self.ended += 1
+        print(f"[{self.ended}/{self.total}] {record.name} {record.status} in {record.seconds:.1f}s", file=self.stream, flush=True)
 
 class NoProgress(BuildProgress):
     "Show nothing (library use)."
     def __init__(self): pass
     @contextmanager
     def task(self, name, progress_file): yield
+    def started(self, name): pass
     def done(self, record): pass
 
 # %% ../notebooks/api/08_pipeline.ipynb #13e6ddf2
@@ -457,9 +497,11 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         force: bool = False, # re-run every task
         spec_file: str = PIPELINE_FILE, # the spec (with a folder)
         progress: bool = False, # show progress on stderr (a live line in a terminal, plain lines otherwise)
+        jobs: int = 1, # tasks run at the same time (independent ones), each in its own process
        ) -> BuildResult:
     "Build the pipeline incrementally, recording it in MLflow; failed tasks come back as one-line `failures`."
     t0 = time.perf_counter()
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1: raise MlopsnbError(f"--jobs {jobs!r}: a whole number of 1 or more")
     if not isinstance(project, Project): project = Project.load(project, overrides, env_file, spec_file)
     resolve_params(project.root, project.env, project.spec_file)    # a bad spec fails here, before anything is written
     with build_lock(project):
@@ -473,6 +515,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         check_data(project)
         dag = load_dag(project, engine, ctx.params)
         dag.executor.context = ctx
+        if jobs != 1: dag.executor.jobs = jobs
         if not force: _drop_stale(ctx, dag)
         if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
         result = _build(dag, force, t0, project)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,15 +20,15 @@ from pathlib import Path
 from .config import PromotionPolicy, as_store
 from .core import RegistryError
 from .registry import is_absent, get_alias, register, registry_failure, resolve_version
-from .tracking import in_pipeline, reproducing
+from .tracking import advisory_key, advisory_lock, in_pipeline, is_postgres, reproducing
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TRAINING_ROWS_FILE', 'HISTORY_PREFIX', 'EVIDENCE_TAG', 'DECISION_TAG', 'NO_MOVE', 'INTERACTIVE_REGISTRY_ENV',
-           'evaluate_gates', 'gates_summary', 'latency_ms', 'row_keys', 'comparison_rows', 'input_difference',
-           'champion_on_same_rows', 'registry_lock', 'history', 'move_alias', 'promote', 'promote_candidate',
-           'champion_stack', 'rollback']
+__all__ = ['log', 'TRAINING_ROWS_FILE', 'HISTORY_PREFIX', 'EVIDENCE_TAG', 'DECISION_TAG', 'LOCK_MODEL', 'LOCK_LEASE',
+           'ADVISORY_KEY', 'NO_MOVE', 'INTERACTIVE_REGISTRY_ENV', 'evaluate_gates', 'gates_summary', 'latency_ms',
+           'row_keys', 'comparison_rows', 'input_difference', 'champion_on_same_rows', 'lock_kind', 'registry_lock',
+           'history', 'move_alias', 'promote', 'promote_candidate', 'champion_stack', 'rollback']
 
 # %% ../notebooks/api/07a_promotion.ipynb #2c5585f8
 def _gate(name: str, value, threshold, passed: bool, rule: str) -> dict:
@@ -177,28 +178,91 @@ def champion_on_same_rows(store, # a Store, Project or URI
 # %% ../notebooks/api/07a_promotion.ipynb #dda54088
 HISTORY_PREFIX = "mlopsnb.history."
 EVIDENCE_TAG, DECISION_TAG = "mlopsnb.evidence", "mlopsnb.decision"
+LOCK_MODEL = "mlopsnb-registry-lock"     # the lock record through a tracking server (exists only while a move is under way)
+LOCK_LEASE = 300                         # seconds after which another machine's lock record is taken as abandoned
+
+def lock_kind(uri: str, # the registry URI
+             ) -> str:
+    "Return how `registry_lock` serialises moves on this registry: file | postgres | record."
+    from mlopsnb.config import uri_scheme
+    if (uri_scheme(uri) or "file") in ("sqlite", "file"): return "file"
+    return "postgres" if is_postgres(uri) else "record"
 
 def _lock_path(uri: str) -> Path:
     if uri.startswith("sqlite:///"): return Path(uri.removeprefix("sqlite:///").split("?")[0] + ".mlopsnb.lock")
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlopsnb" / "locks"
     return base / (hashlib.sha256(uri.encode()).hexdigest()[:16] + ".lock")
 
+def _wait(deadline: float, what: str, timeout: float) -> None:
+    if time.monotonic() > deadline: raise RegistryError(f"registry lock {what} still held after {timeout:.0f}s")
+    time.sleep(0.05 + random.random() * 0.1)
+
 @contextmanager
-def registry_lock(store, # the registry: a Store, Project or URI
-                  timeout: float = 120, # seconds to wait for the lock
-                 ):
-    "Hold the registry's exclusive lock for the duration of the block."
-    path = _lock_path(as_store(store).registry_uri)
+def _file_lock(uri: str, timeout: float):
+    path = _lock_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         deadline = time.monotonic() + timeout
         while True:
             try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
-            except BlockingIOError:
-                if time.monotonic() > deadline: raise RegistryError(f"registry lock {path} still held after {timeout:.0f}s") from None
-                time.sleep(0.05)
+            except BlockingIOError: _wait(deadline, str(path), timeout)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+ADVISORY_KEY = advisory_key("mlopsnb registry lock")
+
+def _abandoned(client, holder: dict, lease: float) -> bool:
+    "Whether a lock record's holder is gone: its process on this host ended, or it is older than the lease."
+    import socket
+    from mlopsnb.tracking import process_alive
+    host, pid, since = holder.get("host"), holder.get("pid"), float(holder.get("since", 0))
+    if host == socket.gethostname() and pid and not process_alive(int(pid)): return True
+    return time.time() - since > lease
+
+@contextmanager
+def _record_lock(store, timeout: float, lease: float):
+    "Hold the lock record: a registered model that the store creates atomically; take over an abandoned one."
+    import socket, uuid
+    from mlflow.exceptions import MlflowException
+    client, token = store.client(), uuid.uuid4().hex
+    me = {"host": socket.gethostname(), "pid": str(os.getpid()), "token": token}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.create_registered_model(LOCK_MODEL, tags={**me, "since": f"{time.time():.3f}"},
+                                           description="held by mlopsnb while it moves an alias; deleted after the move")
+            break
+        except MlflowException as e:   # held; or released between the store's failed insert and its look-up of the holder
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"): raise registry_failure("registry lock", e) from None
+        try:
+            holder = client.get_registered_model(LOCK_MODEL).tags
+            if _abandoned(client, holder, lease) and client.get_registered_model(LOCK_MODEL).tags.get("token") == holder.get("token"):
+                log.warning("taking over the registry lock abandoned by pid %s on %s", holder.get("pid"), holder.get("host"))
+                client.delete_registered_model(LOCK_MODEL); continue
+        except MlflowException as e:
+            if not is_absent(e): raise registry_failure("registry lock", e) from None
+            continue   # released in the meantime
+        _wait(deadline, f"{LOCK_MODEL} (held by pid {holder.get('pid')} on {holder.get('host')})", timeout)
+    try: yield
+    finally:
+        try:
+            if client.get_registered_model(LOCK_MODEL).tags.get("token") == token: client.delete_registered_model(LOCK_MODEL)
+            else: log.warning("the registry lock was taken over while this process held it")
+        except MlflowException as e:
+            if not is_absent(e): raise registry_failure("registry lock", e) from None
+
+@contextmanager
+def registry_lock(store, # the registry: a Store, Project or URI
+                  timeout: float = 120, # seconds to wait for the lock
+                  lease: float = LOCK_LEASE, # a lock record older than this is taken as abandoned (tracking server)
+                 ):
+    "Hold the registry's exclusive lock for the block: a file lock (SQLite), an advisory lock (PostgreSQL), or a lock record (server)."
+    st = as_store(store)
+    kind = lock_kind(st.registry_uri)
+    if kind == "file": cm = _file_lock(st.registry_uri, timeout)
+    elif kind == "postgres": cm = advisory_lock(st.registry_uri, ADVISORY_KEY, timeout, "registry lock", RegistryError)
+    else: cm = _record_lock(st, timeout, lease)
+    with cm: yield
 
 def _who() -> str:
     if os.environ.get("MLOPSNB_USER"): return os.environ["MLOPSNB_USER"]
@@ -236,8 +300,20 @@ def _move(store, name: str, alias: str, version: str | None, reason: str, action
     if action in NO_MOVE: version = current
     elif version is None: client.delete_registered_model_alias(name, alias)
     else: client.set_registered_model_alias(name, alias, str(version))
-    return _append(client, name, entries, alias=alias, **{"from": current, "to": None if version is None else str(version)},
-                   action=action, reason=reason, run_id=run_id, **extra)
+    e = _append(client, name, entries, alias=alias, **{"from": current, "to": None if version is None else str(version)},
+                action=action, reason=reason, run_id=run_id, **extra)
+    _check_move(store, name, alias, e)
+    return e
+
+def _check_move(store, name: str, alias: str, entry: dict) -> None:
+    "Read the alias and the history back: a writer that bypassed the lock fails the move, naming the race."
+    now, last = get_alias(store, name, alias), history(store, name)
+    mine = next((x for x in last if x["seq"] == entry["seq"]), None)
+    entry = json.loads(json.dumps(entry))
+    if now != entry["to"] or mine != entry or last[-1] != entry:
+        raise RegistryError(f"model {name}: @{alias} was changed by another writer during this move (now {now}, this move "
+                            f"set {entry['to']}, history entry {entry['seq']} {'kept' if mine == entry else 'overwritten'}); "
+                            f"see `mlopsnb history {name}`")
 
 NO_MOVE = {"held", "refused"}   # decisions recorded in the history that leave the alias where it was
 

@@ -688,12 +688,13 @@ def record_scoring(store, # a Store, Project or tracking URI
                    experiment: str, # the MLflow experiment (created if absent)
                    summary: dict, # from `score_file`
                    src: str, dst: str, # the files, recorded as params
+                   artifact_location: str | None = None, # artifact root if the experiment is created (`Project.artifact_location`)
                   ) -> str:
     "Record a batch scoring as an MLflow run (model version, row counts, score distribution); return its id."
     from mlopsnb.config import as_store
     client = as_store(store).client()
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
     run = client.create_run(exp_id, run_name="score", tags={"mlopsnb.task": "score", "mlopsnb.model_name": summary["model"],
                                                               "mlopsnb.model_version": summary["version"]})
     rid = run.info.run_id

@@ -21,13 +21,14 @@ from .core import MlopsnbError, find_project
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # nothing leaves the machine unless the user says so
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")   # no "View run at http://…" line per run on a server
 
 # %% auto #0
-__all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'REPRODUCTION_ENV', 'STORE_TIMEOUT', 'PROGRESS_ENV',
-           'UI_ENV', 'in_pipeline', 'task_root', 'task_store', 'git_state', 'lineage_tags', 'reproducing',
-           'NullRecorder', 'Recorder', 'tracking_off', 'recorder', 'sqlite_path', 'prepare_store', 'current_run_id',
-           'log_metrics', 'log_params', 'log_artifact', 'log_dict', 'set_tags', 'recorded_tags', 'report_progress',
-           'ui_command']
+__all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'REPRODUCTION_ENV', 'STORE_TIMEOUT', 'SCHEMA_KEY',
+           'PROGRESS_ENV', 'UI_ENV', 'in_pipeline', 'task_root', 'task_store', 'git_state', 'lineage_tags',
+           'reproducing', 'NullRecorder', 'Recorder', 'process_alive', 'tracking_off', 'recorder', 'sqlite_path',
+           'is_postgres', 'advisory_key', 'advisory_lock', 'prepare_store', 'current_run_id', 'log_metrics',
+           'log_params', 'log_artifact', 'log_dict', 'set_tags', 'recorded_tags', 'report_progress', 'ui_command']
 
 # %% ../notebooks/api/06_tracking.ipynb #3eea7a05
 RUN_ID_ENV = "MLFLOW_RUN_ID"
@@ -162,13 +163,14 @@ class Recorder(NullRecorder):
         runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
         for r in runs:
             pid = r.data.tags.get("mlopsnb.pid")
-            if r.data.tags.get("mlopsnb.host") != host or not pid or _alive(int(pid)): continue
+            if r.data.tags.get("mlopsnb.host") != host or not pid or process_alive(int(pid)): continue
             self.client.set_terminated(r.info.run_id, status="KILLED")
             self.client.set_tag(r.info.run_id, "mlopsnb.reconciled", "process ended without closing the run")
             n += 1
         return n
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    "Whether a process of this machine still exists."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
@@ -188,8 +190,10 @@ def recorder(project: Project, # the loaded project: its store, experiment and a
     return Recorder(store, project.experiment, project.artifact_location)
 
 # %% ../notebooks/api/06_tracking.ipynb #bfc24b58
+import random
 import sqlite3
 import sys
+from contextlib import contextmanager
 from urllib.parse import parse_qsl
 
 STORE_TIMEOUT = 30   # seconds a store connection waits for SQLite's write lock
@@ -209,12 +213,53 @@ def _init_lock(db: Path):
     fcntl.flock(f, fcntl.LOCK_EX)
     return f   # closing it releases the lock
 
+def is_postgres(uri: str) -> bool:
+    "Whether a store URI names a PostgreSQL database directly (`postgresql://`, `postgresql+psycopg://`)."
+    from mlopsnb.config import uri_scheme
+    return (uri_scheme(uri) or "").split("+")[0] in ("postgresql", "postgres")
+
+def advisory_key(name: str) -> int:
+    "Return the 64-bit PostgreSQL advisory-lock key of a name."
+    import hashlib
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+SCHEMA_KEY = advisory_key("mlopsnb schema creation")
+
+@contextmanager
+def advisory_lock(uri: str, # a PostgreSQL URI
+                  key: int, # the lock's 64-bit key
+                  timeout: float = 120, # seconds to wait for it
+                  what: str = "advisory lock", # named in the error
+                  error: type = MlopsnbError, # raised when the wait times out
+                 ):
+    "Hold a PostgreSQL session advisory lock on a connection of its own (the server releases it if this process dies)."
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+    from mlopsnb.core import mask_url
+    engine = sa.create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.connect() as con:
+            deadline = time.monotonic() + timeout
+            while not con.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                con.rollback()
+                if time.monotonic() > deadline: raise error(f"{what} ({key} in {mask_url(uri)}) still held after {timeout:.0f}s")
+                time.sleep(0.05 + random.random() * 0.1)
+            con.commit()
+            try: yield
+            finally: con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key}); con.commit()
+    finally: engine.dispose()
+
 def prepare_store(uri: str, # a tracking URI
                   timeout: float = STORE_TIMEOUT, # busy timeout added to a sqlite URI
                  ) -> str:
-    "Put a SQLite store in WAL mode with MLflow's schema created once; return the URI to use, with a busy timeout."
+    "Put a SQLite store in WAL mode with MLflow's schema created once (a PostgreSQL one: created once too); return the URI to use."
     db = sqlite_path(uri)
-    if db is None: return uri
+    if db is None:
+        if is_postgres(uri):
+            with advisory_lock(uri, SCHEMA_KEY, timeout=600):   # the first processes on an empty database: one creates the schema
+                from mlflow.tracking import MlflowClient
+                MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+        return uri
     if "timeout" not in dict(parse_qsl(uri.partition("?")[2])): uri += ("&" if "?" in uri else "?") + f"timeout={timeout:g}"
     db.parent.mkdir(parents=True, exist_ok=True)
     with _init_lock(db):
