@@ -126,8 +126,9 @@ def task_seconds(stdout: str) -> dict[str, float]:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    "Size and mtime of every file under `folder`."
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+    "Size and mtime of every product file under `folder` (not mlopsnb's own state: the build lock is rewritten by every run)."
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".mlopsnb" not in p.relative_to(folder).parts}
 
 
 def task_count(branched: bool = False) -> int:
