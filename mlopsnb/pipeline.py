@@ -424,8 +424,12 @@ def _no_shell_atexit() -> None:
     PloomberShell.__init__, PloomberShell._mlopsnb_patched = __init__, True
 
 # %% ../notebooks/api/08_pipeline.ipynb #3261bfb2
-def state_file(project: Project) -> Path: return state_dir(project) / "state.json"
+def state_file(project: Project) -> Path:
+    "Where a successful build of the project's spec leaves its fingerprint: one file per spec, so building pipeline.serve.yaml keeps pipeline.yaml's no-op."
+    spec = Path(project.spec_file).name
+    return state_dir(project) / ("state.json" if spec == PIPELINE_FILE else f"state.{Path(spec).stem}.json")
 
+# %% ../notebooks/api/08_pipeline.ipynb #6239029f
 def fingerprint(ctx: BuildContext) -> str:
     "Return one hash of what the build depends on: spec, params, env, task sources and what each task consumes."
     from mlopsnb import __version__

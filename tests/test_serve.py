@@ -397,8 +397,14 @@ def test_score_batch_task_of_pipeline_serve_yaml_records_and_follows_the_champio
     from mlopsnb.registry import get_alias
     shutil.copy(ROOT / "pipeline.serve.yaml", project / "pipeline.serve.yaml")
     champion = get_alias(Project.load(project, environ={}).store, "churn", "champion")
+    training_state = (project / "products/.mlopsnb/state.json").read_bytes()
     r = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess")
     assert r.returncode == 0 and executed(r) == ["score_batch"], r.stdout + r.stderr
+    # each spec keeps its own fingerprint: building pipeline.serve.yaml leaves the training build's no-op intact
+    assert (project / "products/.mlopsnb/state.json").read_bytes() == training_state
+    assert (project / "products/.mlopsnb/state.pipeline.serve.json").is_file()
+    noop = cli(project, "run", "--engine", "inprocess", *SAMPLE)
+    assert noop.returncode == 0 and noop.stdout.startswith("nothing to do"), noop.stdout + noop.stderr
     scored = pd.read_parquet(project / "products/serving/scored.parquet")
     pred = pd.read_parquet(project / "products/evaluation/predictions.parquet")     # the same held-out rows, scored by evaluate_model
     assert scored["rownames"].tolist() == pred["rownames"].tolist()
