@@ -192,13 +192,18 @@ def test_prediction_log_window_ab_and_labels(project, tmp_path):
 
 @pytest.mark.slow
 def test_retrain_on_drift_ends_at_the_gate(project):
-    "--retrain on drift builds on training data + the labelled window; the monitoring run records the build and the gate's decision."
+    "--retrain on drift builds on training data + the labelled window: the contract still guards it, then the gate decides; both recorded."
+    r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV, timeout=900)
+    assert r.returncode == 2, r.stdout + r.stderr
+    s = json.loads((sorted((project / "products" / "monitoring").glob("2*"))[-1] / "summary.json").read_text())
+    assert s["retrain"]["triggered"] and not s["retrain"]["ok"] and "monthly_charges" in s["retrain"]["failures"][0]   # charges above the contract's max
+    contract = project / "contracts" / "wa_churn.yaml"      # reviewed: higher charges are expected now
+    contract.write_text(contract.read_text().replace("    max: 118.75\n", "    max: 118.75\n    severity: warn\n"))
     r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV, timeout=900)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "retrain: " in r.stdout and ("promoted:" in r.stdout or "held:" in r.stdout), r.stdout
-    folder = sorted((project / "products" / "monitoring").glob("2*"))[-1]
-    s = json.loads((folder / "summary.json").read_text())
-    assert s["retrain"]["triggered"] and s["retrain"]["ok"] and s["retrain"]["rows_added"] == 1000 and s["retrain"]["version"] == "2"
+    s = json.loads((sorted((project / "products" / "monitoring").glob("2*"))[-1] / "summary.json").read_text())
+    assert s["retrain"]["ok"] and s["retrain"]["rows_added"] == 1000 and s["retrain"]["version"] == "2", s["retrain"]
     run = store(project).search_runs([store(project).get_experiment_by_name("mlopsnb-churn-monitoring").experiment_id],
                                      order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert json.loads(run.data.tags["mlopsnb.monitor_retrain"])["decision"] == s["retrain"]["decision"]
