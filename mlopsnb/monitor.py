@@ -10,54 +10,20 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from .config import MonitorConfig
 from .core import ConfigError, DataError, MlopsnbError, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REFERENCE_FILE', 'OTHER', 'PSI_EPS', 'OTHER_NEW', 'MAX_TRACKED', 'LEVELS', 'HIGHER_IS_BETTER', 'DRIFT_EXIT',
-           'MonitorConfig', 'is_numeric_column', 'reference_profile', 'psi', 'ks_from_counts', 'knot_counts',
-           'chi_square', 'category_counts', 'DriftAccumulator', 'worst', 'numeric_drift', 'categorical_drift',
-           'drift_results', 'label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'below_policy',
-           'ab_compare', 'read_log', 'read_chunks', 'encode_labels', 'read_labels', 'load_reference', 'monitor',
-           'report_html', 'summary_json', 'post_webhook', 'record_monitoring', 'monitoring_history', 'retraining_table',
-           'retrain', 'monitor_config', 'spec_threshold', 'spec_policy', 'add_commands']
-
-# %% ../notebooks/api/11_monitor.ipynb #14fbbb52
-class MonitorConfig(BaseModel):
-    "What the monitor compares, how strictly, and what it does on drift (the `monitor` section / task param)."
-    model_config = ConfigDict(extra="forbid")
-    psi_warn: float = Field(0.1, gt=0)           # population stability index: warn at or above
-    psi_drift: float = Field(0.2, gt=0)          # ... drift at or above
-    p_value: float = Field(0.01, gt=0, lt=1)     # KS / chi-square significance
-    ks_warn: float = Field(0.05, ge=0, le=1)     # KS statistic D (with p < p_value): warn
-    ks_drift: float = Field(0.1, ge=0, le=1)     # ... drift
-    v_warn: float = Field(0.05, ge=0, le=1)      # Cramér's V of the chi-square test (with p < p_value): warn
-    v_drift: float = Field(0.1, ge=0, le=1)      # ... drift
-    missing_warn: float = Field(0.05, ge=0, le=1)   # absolute change of a column's missing rate: warn
-    missing_drift: float = Field(0.1, ge=0, le=1)   # ... drift
-    new_warn: float = Field(0.01, ge=0, le=1)    # share of values in categories the reference never saw: warn
-    new_drift: float = Field(0.05, ge=0, le=1)   # ... drift
-    decay_warn: float = Field(0.02, ge=0)        # drop of a metric from the version's recorded value: warn
-    decay_drift: float = Field(0.05, ge=0)       # ... drift, when the bootstrap interval excludes no drop
-    min_rows: int = Field(100, ge=1)             # fewer current rows: status "insufficient", never drift
-    bootstrap: int = Field(200, ge=20)           # bootstrap resamples for confidence intervals
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    seed: int = 0                                # bootstrap seed
-    threshold: float | None = Field(None, ge=0, le=1)   # decision threshold (None: the training spec's `threshold` param, else 0.5)
-    value_matrix: dict[str, float] | None = None  # value per case of tp, fp, fn, tn (None: no value metric)
-    window_hours: float = Field(24 * 7, gt=0)    # prediction-log window ending now
-    chunk_rows: int = Field(50_000, ge=100)      # rows read at a time (memory stays bounded)
-    experiment: str | None = None                # MLflow experiment of monitoring runs (default: <experiment>-monitoring)
-    webhook: str | None = None                   # POST the JSON summary here on warn/drift (None: no webhook)
-    webhook_retries: int = Field(3, ge=1)        # attempts
-    webhook_backoff_s: float = Field(0.5, ge=0)  # first wait between attempts, doubled each time
-    webhook_timeout_s: float = Field(5.0, gt=0)
-    retrain_on: Literal["never", "drift"] = "never"   # start a build on training data + the labelled window on drift
+           'is_numeric_column', 'reference_profile', 'psi', 'ks_from_counts', 'knot_counts', 'chi_square',
+           'category_counts', 'DriftAccumulator', 'worst', 'numeric_drift', 'categorical_drift', 'drift_results',
+           'label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'below_policy', 'ab_compare',
+           'read_log', 'read_chunks', 'encode_labels', 'read_labels', 'load_reference', 'monitor', 'report_html',
+           'summary_json', 'post_webhook', 'record_monitoring', 'monitoring_history', 'retraining_table', 'retrain',
+           'monitor_config', 'spec_threshold', 'spec_policy', 'add_commands']
 
 # %% ../notebooks/api/11_monitor.ipynb #ca1ad351
 REFERENCE_FILE = "mlopsnb/reference.json"

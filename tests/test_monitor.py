@@ -121,6 +121,25 @@ def test_monitor_bad_input_is_one_line(project):
     assert r.returncode == 1 and "prediction log" in r.stderr and "file not found" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
+def test_monitor_drift_task_in_the_serving_pipeline(project):
+    "pipeline.serve.yaml's monitor_drift task writes the summary and report and records a monitoring run; its settings are validated."
+    from conftest import ROOT
+    shutil.copy(ROOT / "pipeline.serve.yaml", project / "pipeline.serve.yaml")
+    spec = project / "pipeline.serve.yaml"
+    spec.write_text(spec.read_text().replace("      current: null ", "      current: drifted.csv ").replace("psi_warn:", "psi_wrn:"))
+    r = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess", *SAMPLE)
+    assert r.returncode == 1 and "psi_wrn" in r.stderr and "unknown key" in r.stderr, r.stdout + r.stderr
+    spec.write_text(spec.read_text().replace("psi_wrn:", "psi_warn:"))
+    r = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess", *SAMPLE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads((project / "products" / "monitoring" / "summary.json").read_text())
+    assert s["status"] == "drift" and "contract" in s["drifted"] and (project / "products" / "monitoring" / "report.html").is_file()
+    runs = store(project).search_runs([store(project).get_experiment_by_name("mlopsnb-churn-monitoring").experiment_id],
+                                      "tags.`mlopsnb.monitor_source` LIKE '%drifted.csv'")
+    assert runs
+
+
 def chromium() -> str | None:
     "Return the chromium binary, installing it with apt-get when missing (root); None if that is impossible."
     if Path("/usr/bin/chromium").exists(): return "/usr/bin/chromium"
