@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REFERENCE_FILE', 'OTHER', 'PSI_EPS', 'OTHER_NEW', 'MAX_TRACKED', 'LEVELS', 'HIGHER_IS_BETTER', 'DRIFT_EXIT',
-           'is_numeric_column', 'reference_profile', 'psi', 'ks_from_counts', 'knot_counts', 'chi_square',
-           'category_counts', 'DriftAccumulator', 'worst', 'numeric_drift', 'categorical_drift', 'drift_results',
+           'category_counts', 'is_numeric_column', 'reference_profile', 'psi', 'ks_from_counts', 'knot_counts',
+           'chi_square', 'DriftAccumulator', 'worst', 'numeric_drift', 'categorical_drift', 'drift_results',
            'label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'below_policy', 'ab_compare',
            'read_log', 'read_chunks', 'encode_labels', 'read_labels', 'load_reference', 'monitor', 'report_html',
            'summary_json', 'post_webhook', 'record_monitoring', 'monitoring_history', 'retraining_table', 'retrain',
@@ -29,15 +29,17 @@ __all__ = ['log', 'REFERENCE_FILE', 'OTHER', 'PSI_EPS', 'OTHER_NEW', 'MAX_TRACKE
 REFERENCE_FILE = "mlopsnb/reference.json"
 OTHER = "__other__"       # categories pooled beyond `max_categories`
 
-def _cat_keys(s, numeric: bool):
-    "Return a column's values as category keys (numbers as `%g` text, so 1, 1.0 and '1' agree), missing as None."
+def category_counts(s, # a column
+                    numbers: bool, # compare as numbers (0/1 flags): 1, 1.0 and "1" are one category
+                   ) -> tuple[dict, int]:
+    "Return ({category key: count}, missing count) of a column."
     import pandas as pd
     from mlopsnb.features import to_number
-    if numeric or pd.api.types.is_bool_dtype(s):
-        if pd.api.types.is_bool_dtype(s): return s.map(lambda v: None if v is None or v != v else f"{float(v):g}")
-        x = to_number(s)
-        return x.map(lambda v: None if v != v else f"{v:g}")
-    return s.map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
+    if numbers or pd.api.types.is_bool_dtype(s):
+        x = s.astype(float) if pd.api.types.is_bool_dtype(s) else to_number(s)
+        return {f"{k:g}": int(v) for k, v in x.value_counts().items()}, int(x.isna().sum())
+    miss = s.isna()
+    return {str(k): int(v) for k, v in s[~miss].astype(str).value_counts().items()}, int(miss.sum())
 
 def _numeric_profile(x, knots: int, bins: int) -> dict:
     "Profile one numeric column (floats, NaN missing): knots with exact CDF fractions, PSI bin knots."
@@ -52,14 +54,14 @@ def _numeric_profile(x, knots: int, bins: int) -> dict:
             "knots": k.tolist(), "lt": lt.tolist(), "le": le.tolist(), "bins": inner,
             "mean": float(v.mean()), "std": float(v.std()), "min": float(v[0]), "max": float(v[-1])}
 
-def _categorical_profile(keys, max_categories: int) -> dict:
-    "Profile one categorical column (keys from `_cat_keys`): counts of the most frequent categories."
-    counts = keys.dropna().value_counts()
-    top = counts.iloc[:max_categories]
-    out = {str(k): int(v) for k, v in top.items()}
-    if len(counts) > max_categories: out[OTHER] = int(counts.iloc[max_categories:].sum())
-    return {"kind": "categorical", "rows": int(len(keys)), "n": int(counts.sum()), "missing": float(keys.isna().mean()) if len(keys) else 0.0,
-            "counts": out, "complete": len(counts) <= max_categories}
+def _categorical_profile(s, numbers: bool, max_categories: int) -> dict:
+    "Profile one categorical column: counts of the most frequent categories (`category_counts` keys), missing rate."
+    counts, missing = category_counts(s, numbers)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    out = dict(ranked[:max_categories])
+    if len(ranked) > max_categories: out[OTHER] = sum(v for _, v in ranked[max_categories:])
+    return {"kind": "categorical", "rows": int(len(s)), "n": int(sum(counts.values())), "missing": missing / len(s) if len(s) else 0.0,
+            "counts": out, "complete": len(ranked) <= max_categories}
 
 def is_numeric_column(s) -> bool:
     "Whether a column is profiled as numbers: numeric (or numeric text) with more than two distinct values."
@@ -88,7 +90,7 @@ def reference_profile(X, # the training features (ids, target and dropped column
         if is_numeric_column(s): cols[str(c)] = _numeric_profile(to_number(s).to_numpy(float), knots, bins)
         else:
             numeric = _numbers_column(s)
-            cols[str(c)] = {**_categorical_profile(_cat_keys(s, numeric), max_categories), "numbers": numeric}
+            cols[str(c)] = {**_categorical_profile(s, numeric, max_categories), "numbers": numeric}
     out = {"version": 1, "rows": int(len(X)), "columns": cols}
     if scores is not None:
         p = np.asarray(scores, dtype=float)
@@ -163,18 +165,6 @@ def chi_square(ref: dict, # category -> reference count
 # %% ../notebooks/api/11_monitor.ipynb #be70460f
 OTHER_NEW = "__other_new__"   # unseen categories pooled once a column has tracked `MAX_TRACKED` of them
 MAX_TRACKED = 10_000
-
-def category_counts(s, # a column
-                    numbers: bool, # compare as numbers (0/1 flags): 1, 1.0 and "1" are one category
-                   ) -> tuple[dict, int]:
-    "Return ({category key: count}, missing count) of a column."
-    import pandas as pd
-    from mlopsnb.features import to_number
-    if numbers or pd.api.types.is_bool_dtype(s):
-        x = s.astype(float) if pd.api.types.is_bool_dtype(s) else to_number(s)
-        return {f"{k:g}": int(v) for k, v in x.value_counts().items()}, int(x.isna().sum())
-    miss = s.isna()
-    return {str(k): int(v) for k, v in s[~miss].astype(str).value_counts().items()}, int(miss.sum())
 
 def _score_edges(threshold: float):
     import numpy as np
@@ -401,12 +391,15 @@ def decay(y, p, # labelled current rows: labels and scores
 # %% ../notebooks/api/11_monitor.ipynb #61649298
 def calibrator(reference: dict, # the profile, with held-out pairs
               ):
-    "Return a function mapping scores to calibrated probabilities, fitted on the reference's held-out pairs (isotonic)."
-    from sklearn.isotonic import IsotonicRegression
+    "Return a function mapping scores to calibrated probabilities, fitted on the reference's held-out pairs (Platt scaling)."
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
     pr = reference.get("pairs")
     if not pr: raise DataError("performance estimate: the reference has no held-out (score, label) pairs")
-    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(pr["score"], pr["label"])
-    return iso.predict
+    logit = lambda s: (lambda c: np.log(c / (1 - c)))(np.clip(np.asarray(s, dtype=float), 1e-6, 1 - 1e-6)).reshape(-1, 1)
+    if len(set(pr["label"])) < 2: raise DataError("performance estimate: the reference's held-out pairs hold one class only")
+    lr = LogisticRegression(C=1e4).fit(logit(pr["score"]), pr["label"])
+    return lambda s: lr.predict_proba(logit(s))[:, 1]
 
 def estimate_performance(hist, total, sumsq, # per score bin: rows, sum of scores, sum of squared scores
                          edges, # the bins' edges

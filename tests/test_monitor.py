@@ -229,6 +229,29 @@ def test_retrain_on_drift_ends_at_the_gate(project):
     assert store(project).get_model_version("churn", "2").tags["mlopsnb.run_id"]
 
 
+@pytest.mark.slow
+def test_performance_estimate_against_labelled_windows(project):
+    "CBPE without labels vs the true metrics on 20 labelled windows of rows the sampled build never saw: mean absolute error small."
+    from mlopsnb.config import Store
+    from mlopsnb.monitor import DriftAccumulator, calibrator, estimate_performance, label_metrics, load_reference
+    ref = load_reference(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", "1", with_model=True)
+    seen = pd.concat([pd.read_parquet(project / "products" / "data" / f"{s}.parquet") for s in ("train", "val", "test")])["rownames"]
+    df = reference_data()
+    unseen = df[~df["rownames"].isin(seen)]
+    cal, errors = calibrator(ref["reference"]), []
+    for i in range(20):
+        w = unseen.sample(500, random_state=i)
+        p = ref["model"].predict_proba(w.drop(columns=["rownames", "churn"]))[:, 1]
+        acc = DriftAccumulator(ref["reference"]); acc.update(w.iloc[:0], scores=p)
+        g = acc.versions["current"]
+        est = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, cal)
+        true = label_metrics((w["churn"] == "Yes").astype(int), p)
+        errors.append({k: est[k] - true[k] for k in ("roc_auc", "pr_auc", "brier")})
+    e = pd.DataFrame(errors)
+    print("estimate - actual over 20 windows of 500 unseen rows: mean", e.mean().round(4).to_dict(), "mean abs", e.abs().mean().round(4).to_dict())
+    assert e["roc_auc"].abs().mean() < 0.04 and e["brier"].abs().mean() < 0.02 and e["pr_auc"].abs().mean() < 0.08
+
+
 def test_false_alarms_and_detection_at_default_thresholds():
     "Over 50 undrifted resamples at most 5% raise drift; over 50 drifted ones (contract mix, charges +20%) at least 95% do."
     from mlopsnb.monitor import DriftAccumulator, MonitorConfig, drift_results, reference_profile, worst
