@@ -63,13 +63,21 @@ def _categorical_profile(s, numbers: bool, max_categories: int) -> dict:
     return {"kind": "categorical", "rows": int(len(s)), "n": int(sum(counts.values())), "missing": missing / len(s) if len(s) else 0.0,
             "counts": out, "complete": len(ranked) <= max_categories}
 
+def _text_of_numbers(s) -> bool:
+    "Whether a text column holds only numbers (blanks aside): a sample of 100 values is tried first, the whole column only if they all parse."
+    from mlopsnb.features import holds_numbers
+    head = s.dropna().head(1000).astype(str).str.strip()
+    try: [float(v) for v in head[head != ""].head(100)]
+    except ValueError: return False
+    return holds_numbers(s)
+
 def is_numeric_column(s) -> bool:
     "Whether a column is profiled as numbers: numeric (or numeric text) with more than two distinct values."
     import pandas as pd
-    from mlopsnb.features import holds_numbers, to_number
+    from mlopsnb.features import to_number
     if pd.api.types.is_bool_dtype(s): return False
     if pd.api.types.is_numeric_dtype(s): return s.nunique() > 2
-    return holds_numbers(s) and to_number(s).nunique() > 2
+    return _text_of_numbers(s) and to_number(s).nunique() > 2
 
 def reference_profile(X, # the training features (ids, target and dropped columns excluded)
                       scores=None, # the model's scores on held-out rows
@@ -105,8 +113,7 @@ def reference_profile(X, # the training features (ids, target and dropped column
 def _numbers_column(s) -> bool:
     "Whether a categorical column holds numbers (0/1 flags), so its values are compared as numbers."
     import pandas as pd
-    from mlopsnb.features import holds_numbers
-    return bool(pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)) or holds_numbers(s)
+    return bool(pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)) or (not pd.api.types.is_bool_dtype(s) and _text_of_numbers(s))
 
 # %% ../notebooks/api/11_monitor.ipynb #8441bbf5
 PSI_EPS = 1e-4
