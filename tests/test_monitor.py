@@ -103,11 +103,7 @@ def test_monitor_file_flags_drift_alerts_and_records(project):
     assert {r.data.tags["mlopsnb.monitor_status"] for r in runs} == {"drift", runs[-1].data.tags["mlopsnb.monitor_status"]}
     h = cli(project, "monitor", "--history", *MONITOR_ENV)
     assert h.returncode == 0 and h.stdout.count("\n") == 3 and "drift" in h.stdout, h.stdout
-    srv, url = hook_server(fail=1)         # fails once, then takes it: delivered on the second attempt
-    try: r = cli(project, "monitor", "--current", "drifted.csv", "--webhook", url, *MONITOR_ENV)
-    finally: srv.shutdown()
-    assert r.returncode == 2 and "webhook: delivered after 2 attempt(s)" in r.stdout, r.stdout + r.stderr
-    assert srv.got[0]["status"] == "drift" and "contract" in srv.got[0]["drifted"]
+    # delivery after a failure (503 then 204) is covered by 11_monitor.ipynb's post_webhook tests, against a real local server
 
 
 @pytest.mark.slow
