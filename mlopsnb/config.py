@@ -21,8 +21,8 @@ from .core import ENV_FILE, PIPELINE_FILE, ConfigError
 
 # %% auto #0
 __all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy',
-           'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'parse_overrides', 'read_yaml', 'load_env',
-           'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
+           'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides', 'read_yaml',
+           'load_env', 'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
            'resolve_placeholders', 'resolve_params', 'params_of_type', 'check_pipeline', 'declared_upstream',
            'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'uri_scheme', 'as_store', 'Project']
 
@@ -106,6 +106,39 @@ class ModelCardConfig(_Strict):
     intended_use: str | None = None               # the decision it supports, and for whom
     out_of_scope: list[str] = []                  # uses it is not meant for
     limitations: list[str] = []                   # known weaknesses, declared by the user
+
+# %% ../notebooks/api/01_config.ipynb #5b003ca4
+from typing import Literal
+
+class MonitorConfig(_Strict):
+    "What `mlopsnb monitor` compares, how strictly, and what it does on drift (defaults documented in 11_monitor)."
+    psi_warn: float = Field(0.1, gt=0)           # population stability index: warn at or above
+    psi_drift: float = Field(0.2, gt=0)          # ... drift at or above
+    p_value: float = Field(0.01, gt=0, lt=1)     # KS / chi-square significance
+    ks_warn: float = Field(0.05, ge=0, le=1)     # KS statistic D (with p < p_value): warn
+    ks_drift: float = Field(0.1, ge=0, le=1)     # ... drift
+    v_warn: float = Field(0.05, ge=0, le=1)      # Cramér's V of the chi-square test (with p < p_value): warn
+    v_drift: float = Field(0.1, ge=0, le=1)      # ... drift
+    missing_warn: float = Field(0.05, ge=0, le=1)   # absolute change of a column's missing rate: warn
+    missing_drift: float = Field(0.1, ge=0, le=1)   # ... drift
+    new_warn: float = Field(0.01, ge=0, le=1)    # share of values in categories the reference never saw: warn
+    new_drift: float = Field(0.05, ge=0, le=1)   # ... drift
+    decay_warn: float = Field(0.02, ge=0)        # drop of a metric from the version's recorded value: warn
+    decay_drift: float = Field(0.05, ge=0)       # ... drift, when the bootstrap interval excludes no drop
+    min_rows: int = Field(100, ge=1)             # fewer current rows: status "insufficient", never drift
+    bootstrap: int = Field(200, ge=20)           # bootstrap resamples for confidence intervals
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0                                # bootstrap seed
+    threshold: float | None = Field(None, ge=0, le=1)   # decision threshold (None: the training spec's `threshold` param, else 0.5)
+    value_matrix: dict[str, float] | None = None  # value per case of tp, fp, fn, tn (None: no value metric)
+    window_hours: float = Field(24 * 7, gt=0)    # prediction-log window ending now
+    chunk_rows: int = Field(50_000, ge=100)      # rows read at a time (memory stays bounded)
+    experiment: str | None = None                # MLflow experiment of monitoring runs (default: <experiment>-monitoring)
+    webhook: str | None = None                   # POST the JSON summary here on warn/drift (None: no webhook)
+    webhook_retries: int = Field(3, ge=1)        # attempts
+    webhook_backoff_s: float = Field(0.5, ge=0)  # first wait between attempts, doubled each time
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    retrain_on: Literal["never", "drift"] = "never"   # start a build on training data + the labelled window on drift
 
 # %% ../notebooks/api/01_config.ipynb #b562fde6
 def _one_line(err: ValidationError, file: str) -> str:

@@ -399,7 +399,10 @@ def test_score_batch_task_of_pipeline_serve_yaml_records_and_follows_the_champio
     champion = get_alias(Project.load(project, environ={}).store, "churn", "champion")
     training_state = (project / "products/.mlopsnb/state.json").read_bytes()
     r = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess")
-    assert r.returncode == 0 and executed(r) == ["score_batch"], r.stdout + r.stderr
+    assert r.returncode == 0 and executed(r) == ["score_batch", "monitor_drift"], r.stdout + r.stderr
+    # monitor_drift compared the batch score_batch scored with the reference of the version that scored it
+    monitored = json.loads((project / "products/monitoring/summary.json").read_text())
+    assert monitored["version"] == champion and monitored["rows"] == len(pd.read_parquet(project / "products/data/test.parquet")), monitored
     # each spec keeps its own fingerprint: building pipeline.serve.yaml leaves the training build's no-op intact
     assert (project / "products/.mlopsnb/state.json").read_bytes() == training_state
     assert (project / "products/.mlopsnb/state.pipeline.serve.json").is_file()
@@ -420,7 +423,7 @@ def test_score_batch_task_of_pipeline_serve_yaml_records_and_follows_the_champio
     st = cli(project, "status", "--pipeline", "pipeline.serve.yaml")
     assert "input changed: churn@champion" in st.stdout, st.stdout
     third = cli(project, "run", "--pipeline", "pipeline.serve.yaml", "--engine", "inprocess")
-    assert third.returncode == 0 and executed(third) == ["score_batch"], third.stdout + third.stderr
+    assert third.returncode == 0 and executed(third) == ["score_batch", "monitor_drift"], third.stdout + third.stderr
     assert json.loads((project / "products/serving/score_batch.json").read_text())["version"] == new
     assert cli(project, "rollback", "churn", "--reason", "back").returncode == 0
 

@@ -17,6 +17,8 @@ drop: list[str] = None   # columns the model drops first (data.drop)
 # %%
 import numpy as np
 from mlopsnb.data import read_frame, write_json
+from mlopsnb.evaluate import classification_metrics
+from mlopsnb.monitor import REFERENCE_FILE, reference_profile
 from mlopsnb.promotion import TRAINING_ROWS_FILE, row_keys
 from mlopsnb.registry import log_model
 from mlopsnb.tracking import current_run_id, log_artifact, log_metrics, log_params, task_store
@@ -37,8 +39,14 @@ log_params(best_candidate=best["candidate"], best_family=best["family"], candida
 log_metrics({f"val_{metric}": float(best[metric]), "candidates": len(candidates)})
 # the rows the model saw (training and selection), shipped inside the model so a later build compares it only on others
 np.save(product["rows"], np.concatenate([row_keys(train, ids), row_keys(val, ids)]), allow_pickle=False)
+# the reference monitoring compares new data with: training features (ids, target, dropped columns excluded) and the
+# model's scores on the held-out test rows (never used to fit or select), shipped inside the model under its manifest
+test = read_frame(upstream["split_data"]["test"])
+held_out = model.predict_proba(test.drop(columns=[target, *ids]))[:, 1]
+write_json(reference_profile(X_train.drop(columns=[c for c in drop or [] if c in X_train.columns]), held_out, test[target],
+                             classification_metrics(test[target], held_out)), product["reference"])
 # hashed, then uploaded as is: the model that is evaluated, timed and registered is these bytes
-logged = log_model(task_store(), model, X_train.head(20), current_run_id(), extra_files={TRAINING_ROWS_FILE: product["rows"]},
+logged = log_model(task_store(), model, X_train.head(20), current_run_id(), extra_files={TRAINING_ROWS_FILE: product["rows"], REFERENCE_FILE: product["reference"]},
                    local_copy=product["model"], X_check=X_val)   # X_val: the ONNX copy's parity check
 write_json({**logged, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
             "features": list(X_train.columns)}, product["info"])
