@@ -253,7 +253,9 @@ def _new_version(project, tamper: bool = False, onnx: bool = True) -> str:
     rows, _ = raw_test_rows(project)
     X = rows.drop(columns=["rownames"])
     run = client.create_run(client.get_experiment_by_name("mlopsnb-churn").experiment_id).info.run_id
-    logged = log_model(st, model, X.head(20), run, X_check=X if onnx else None)
+    from mlopsnb.monitor import REFERENCE_FILE                                   # the same model carries the same reference
+    logged = log_model(st, model, X.head(20), run, X_check=X if onnx else None,
+                       extra_files={REFERENCE_FILE: project / "products/model/reference.json"})
     from mlopsnb.promotion import EVIDENCE_TAG
     evidence = json.loads(client.get_model_version("churn", "1").tags[EVIDENCE_TAG])   # the same model: the same evidence
     version = register(st, logged["model_uri"], "churn", logged["manifest"], tags={EVIDENCE_TAG: evidence}, run_id=run)
