@@ -27,9 +27,9 @@ install: $(STAMP)  ## create .venv and install the project with its dev extras
 run: $(STAMP)  ## build the reference pipeline on the embedded default data
 	$(BIN)/mlopsnb run
 
-test: $(STAMP)  ## run every test: nbdev_test (library notebooks) and pytest (tests/)
+test: $(STAMP)  ## run every test: nbdev_test (library notebooks) and pytest (tests/, two workers: one per core)
 	$(BIN)/nbdev_test --path notebooks/api --do_print --flags slow
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile
 
 test-fast: $(STAMP)  ## library notebook tests and the fast pytest subset
 	$(BIN)/nbdev_test --path notebooks/api
