@@ -207,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default="@champion", help="version number or @alias (default @champion)")
     s.add_argument("--threshold", type=float, help="decision threshold (default: the spec's evaluation threshold)")
     s.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
+    s.add_argument("--dask", action="store_true", help="score partition by partition on Dask (a LocalCluster unless --scheduler)")
+    s.add_argument("--workers", type=int, help="with --dask: LocalCluster worker processes (default: one per core)")
+    s.add_argument("--scheduler", help="with --dask: address of an existing Dask scheduler (tcp://host:port)")
     env_args(s); s.set_defaults(fn=lambda a: _score(a))
     for name in COMMAND_MODULES:      # verbs defined beside their library code: `add_commands(sub, env_args)`
         import importlib
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("mlopsnb").setLevel(logging.DEBUG if a.debug else logging.INFO)
     if not a.debug: os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for name in ("papermill", "ploomber", "ploomber_engine", "traitlets", "alembic", "mlflow"):
+    for name in ("papermill", "ploomber", "ploomber_engine", "traitlets", "alembic", "mlflow", "distributed"):
         # Ploomber logs each failing task's traceback; mlopsnb prints one line instead (--debug shows it)
         logging.getLogger(name).setLevel(logging.DEBUG if a.debug else logging.CRITICAL if name.startswith("ploomber") else logging.WARNING)
     try: return a.fn(a) or 0
@@ -290,10 +293,19 @@ def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, score_file
     project = _project(a)
     name = a.model or project.env.model_name
-    scorer = load_scorer(project.store, name, a.version, **_scorer_args(a, project))
+    if (a.workers is not None or a.scheduler) and not a.dask: raise MlopsnbError("--workers and --scheduler go with --dask")
+    kw = _scorer_args(a, project)
+    scorer = load_scorer(project.store, name, a.version, **kw)
     progress = (lambda n: print(f"  scored {n} rows", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
-    s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
-    run_id = record_scoring(project.store, project.experiment, s, a.input, a.output)
+    if a.dask:
+        from mlopsnb.distributed import record_dask_scoring, score_file_dask
+        s = score_file_dask(scorer, project.store, a.input, a.output, scorer_kw=kw, chunk_rows=a.chunk_rows, workers=a.workers,
+                            scheduler=a.scheduler, progress=progress)
+        run_id = record_dask_scoring(project.store, project.experiment, s, a.input, a.output)
+    else:
+        s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
+        run_id = record_scoring(project.store, project.experiment, s, a.input, a.output)
     print(f"scored {s['rows']} rows of {a.input} with {name} version {s['version']} ({s['path']} path) into {a.output}: "
-          f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})")
+          f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})"
+          + (f"; on Dask: {s['workers']} workers, {s['partitions']} partitions" if a.dask else ""))
     return 0
