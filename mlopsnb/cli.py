@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("mlopsnb").setLevel(logging.DEBUG if a.debug else logging.INFO)
     if not a.debug: os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    for name in ("papermill", "ploomber", "ploomber_engine", "traitlets", "alembic", "mlflow", "distributed"):
+    for name in ("papermill", "ploomber", "ploomber_engine", "traitlets", "alembic", "mlflow"):
         # Ploomber logs each failing task's traceback; mlopsnb prints one line instead (--debug shows it)
         logging.getLogger(name).setLevel(logging.DEBUG if a.debug else logging.CRITICAL if name.startswith("ploomber") else logging.WARNING)
     try: return a.fn(a) or 0
@@ -298,7 +298,9 @@ def _score(a):
     scorer = load_scorer(project.store, name, a.version, **kw)
     progress = (lambda n: print(f"  scored {n} rows", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     if a.dask:
+        import distributed    # importing it sets its loggers to INFO: quiet them after (one line on error, no cluster chatter)
         from mlopsnb.distributed import record_dask_scoring, score_file_dask
+        logging.getLogger("distributed").setLevel(logging.DEBUG if a.debug else logging.ERROR)
         s = score_file_dask(scorer, project.store, a.input, a.output, scorer_kw=kw, chunk_rows=a.chunk_rows, workers=a.workers,
                             scheduler=a.scheduler, progress=progress)
         run_id = record_dask_scoring(project.store, project.experiment, s, a.input, a.output)

@@ -155,7 +155,7 @@ def cluster_client(workers: int | None = None, # LocalCluster worker processes (
     with dask.config.set({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0", worker_dashboard_address=None, scheduler_kwargs={"dashboard": False},
-                               silence_logs=logging.ERROR, env=threads)
+                               silence_logs=logging.CRITICAL, env=threads)   # a failed partition reaches the client as its exception
     client = Client(cluster, set_as_default=False)
     client._mlopsnb_cluster = cluster            # closed with the client (see `score_file_dask`)
     return client
