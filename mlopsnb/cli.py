@@ -218,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default="@champion", help="version number or @alias (default @champion)")
     s.add_argument("--threshold", type=float, help="decision threshold (default: the spec's evaluation threshold)")
     s.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
+    s.add_argument("--dask", action="store_true", help="score partition by partition on Dask (a LocalCluster unless --scheduler)")
+    s.add_argument("--workers", type=int, help="with --dask: LocalCluster worker processes (default: one per core)")
+    s.add_argument("--scheduler", help="with --dask: address of an existing Dask scheduler (tcp://host:port)")
     env_args(s); s.set_defaults(fn=lambda a: _score(a))
     for name in COMMAND_MODULES:      # verbs defined beside their library code: `add_commands(sub, env_args)`
         import importlib
@@ -345,10 +348,21 @@ def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, score_file
     project = _project(a)
     name = a.model or project.env.model_name
-    scorer = load_scorer(project.store, name, a.version, **_scorer_args(a, project))
+    if (a.workers is not None or a.scheduler) and not a.dask: raise MlopsnbError("--workers and --scheduler go with --dask")
+    kw = _scorer_args(a, project)
+    scorer = load_scorer(project.store, name, a.version, **kw)
     with _score_progress(a.input) as progress:
-        s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
-    run_id = record_scoring(project.store, project.experiment, s, a.input, a.output, project.artifact_location)
+        if a.dask:
+            import distributed    # importing it sets its loggers to INFO: quiet them after (one line on error, no cluster chatter)
+            from mlopsnb.distributed import record_dask_scoring, score_file_dask
+            logging.getLogger("distributed").setLevel(logging.DEBUG if a.debug else logging.ERROR)
+            s = score_file_dask(scorer, project.store, a.input, a.output, scorer_kw=kw, chunk_rows=a.chunk_rows, workers=a.workers,
+                                scheduler=a.scheduler, progress=lambda done: progress(done, None))
+            run_id = record_dask_scoring(project.store, project.experiment, s, a.input, a.output, project.artifact_location)
+        else:
+            s = score_file(scorer, a.input, a.output, chunk_rows=a.chunk_rows, progress=progress)
+            run_id = record_scoring(project.store, project.experiment, s, a.input, a.output, project.artifact_location)
     print(f"scored {s['rows']} rows of {a.input} with {name} version {s['version']} ({s['path']} path) into {a.output}: "
-          f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})")
+          f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})"
+          + (f"; on Dask: {s['workers']} workers, {s['partitions']} partitions" if a.dask else ""))
     return 0
