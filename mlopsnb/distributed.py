@@ -161,10 +161,11 @@ def cluster_client(workers: int | None = None, # LocalCluster worker processes (
     return client
 
 # %% ../notebooks/api/10a_dask.ipynb #a7374864
-def _assemble(parts: list[Path], tmp: Path) -> np.ndarray:
-    "Copy the part files' row groups, in order, into one Parquet at `tmp`; return all probabilities (for the summary)."
+def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
+    "Copy the part files' row groups (one per chunk), in order, into one Parquet at `tmp`; return the score totals as `score_file` keeps them."
     import pyarrow.parquet as pq
-    writer, scores = None, []
+    from mlopsnb.serve import SCORE_BINS
+    writer, total, positives, hist = None, 0.0, 0, np.zeros(SCORE_BINS, dtype=np.int64)
     try:
         for path in parts:
             f = pq.ParquetFile(path)
@@ -172,10 +173,12 @@ def _assemble(parts: list[Path], tmp: Path) -> np.ndarray:
                 t = f.read_row_group(g)
                 writer = writer or pq.ParquetWriter(tmp, t.schema)
                 writer.write_table(t)
-                scores.append(t.column("probability").to_numpy())
+                p = t.column("probability").to_numpy()       # summed chunk by chunk in file order, as score_file does
+                total += float(p.sum()); positives += int((p >= threshold).sum())
+                hist += np.bincount(np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1), minlength=SCORE_BINS)
     finally:
         if writer is not None: writer.close()
-    return np.concatenate(scores)
+    return {"total": total, "positives": positives, "hist": hist}
 
 def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client; workers load the same version)
                     store, # a Store, Project or tracking URI (what workers load the version from)
@@ -210,15 +213,18 @@ def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client
             r = f.result(); done += r["rows"]
             if progress: progress(done)
         with atomic_path(dst) as tmp:
-            s = _assemble([parts_dir / f"part-{i:06d}.parquet" for i in range(len(layout))], tmp)
+            s = _assemble([parts_dir / f"part-{i:06d}.parquet" for i in range(len(layout))], tmp, scorer.threshold)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
         cluster = getattr(client, "_mlopsnb_cluster", None)
         client.close()
         if cluster is not None: cluster.close()
+    from mlopsnb.serve import SCORE_BINS
+    cum = np.cumsum(s["hist"])
+    quantile = lambda q: float((np.searchsorted(cum, q * done) + 0.5) / SCORE_BINS)   # score_file's histogram quantiles
     return {"rows": done, "model": scorer.name, "version": scorer.version, "path": scorer.path, "threshold": scorer.threshold,
-            "score_mean": float(s.mean()), "score_p50": float(np.quantile(s, .5)), "score_p90": float(np.quantile(s, .9)),
-            "positive_rate": float((s >= scorer.threshold).mean()), "workers": n_workers, "partitions": len(layout)}
+            "score_mean": s["total"] / done, "score_p50": quantile(.5), "score_p90": quantile(.9),
+            "positive_rate": s["positives"] / done, "workers": n_workers, "partitions": len(layout)}
 
 def record_dask_scoring(store, # a Store, Project or tracking URI
                         experiment: str, # the MLflow experiment
