@@ -33,7 +33,7 @@ test: $(STAMP)  ## run every test: nbdev_test (library notebooks) and pytest (te
 
 test-fast: $(STAMP)  ## library notebook tests and the fast pytest subset
 	$(BIN)/nbdev_test --path notebooks/api
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not slow" -n 2
 
 sync: $(STAMP)  ## export the library from notebooks/api and clean notebook metadata
 	$(BIN)/nbdev_export
