@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import as_store
 from .core import MlopsnbError, atomic_path
-from .serve import RequestError, Scorer, load_scorer, record_scoring
+from .serve import SCORE_BINS, Scorer, load_scorer, record_scoring, score_chunk, score_histogram, score_summary
 
 log = logging.getLogger(__name__)
 
@@ -111,26 +111,16 @@ def score_partition(job: dict, # store, model name/version, scorer settings, src
                     part: dict, # from `plan`
                    ) -> dict:
     "Score one partition into `<parts>/part-<index>.parquet` exactly as `score_file` scores those chunks; return its row count."
-    import pandas as pd
-    import pyarrow as pa
     import pyarrow.parquet as pq
     scorer, src, n = _scorer(job), Path(job["src"]), part["start"]
-    keep = set(scorer.inputs) | set(scorer.ids)
     out_path = Path(job["parts"]) / f"part-{index:06d}.parquet"
     writer = None
     try:
         for df in _partition_chunks(src, part, job["chunk_rows"]):
-            df = df.drop(columns=[c for c in df.columns if c not in keep])
-            recs = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in df.to_dict("records")]
-            try: cols = scorer.columns(recs, offset=n)
-            except RequestError as e: raise MlopsnbError(f"{src}: {e} (rows counted from 0, header excluded)") from None
-            p = scorer.score(cols, len(recs))
-            out = pd.DataFrame({c: df[c].to_numpy() for c in scorer.ids if c in df.columns}) \
-                    .assign(probability=p, decision=(p >= scorer.threshold).astype(int))
-            table = pa.Table.from_pandas(out, preserve_index=False)
+            table, p = score_chunk(scorer, df, src, n)        # exactly score_file's chunk
             writer = writer or pq.ParquetWriter(out_path, table.schema)
             writer.write_table(table)
-            n += len(df)
+            n += len(p)
     finally:
         if writer is not None: writer.close()
     if n - part["start"] != part["rows"]:
@@ -164,7 +154,6 @@ def cluster_client(workers: int | None = None, # LocalCluster worker processes (
 def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
     "Copy the part files' row groups (one per chunk), in order, into one Parquet at `tmp`; return the score totals as `score_file` keeps them."
     import pyarrow.parquet as pq
-    from mlopsnb.serve import SCORE_BINS
     writer, total, positives, hist = None, 0.0, 0, np.zeros(SCORE_BINS, dtype=np.int64)
     try:
         for path in parts:
@@ -175,7 +164,7 @@ def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
                 writer.write_table(t)
                 p = t.column("probability").to_numpy()       # summed chunk by chunk in file order, as score_file does
                 total += float(p.sum()); positives += int((p >= threshold).sum())
-                hist += np.bincount(np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1), minlength=SCORE_BINS)
+                hist += score_histogram(p)
     finally:
         if writer is not None: writer.close()
     return {"total": total, "positives": positives, "hist": hist}
@@ -219,12 +208,7 @@ def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client
         cluster = getattr(client, "_mlopsnb_cluster", None)
         client.close()
         if cluster is not None: cluster.close()
-    from mlopsnb.serve import SCORE_BINS
-    cum = np.cumsum(s["hist"])
-    quantile = lambda q: float((np.searchsorted(cum, q * done) + 0.5) / SCORE_BINS)   # score_file's histogram quantiles
-    return {"rows": done, "model": scorer.name, "version": scorer.version, "path": scorer.path, "threshold": scorer.threshold,
-            "score_mean": s["total"] / done, "score_p50": quantile(.5), "score_p90": quantile(.9),
-            "positive_rate": s["positives"] / done, "workers": n_workers, "partitions": len(layout)}
+    return score_summary(scorer, done, s["total"], s["positives"], s["hist"]) | {"workers": n_workers, "partitions": len(layout)}
 
 def record_dask_scoring(store, # a Store, Project or tracking URI
                         experiment: str, # the MLflow experiment

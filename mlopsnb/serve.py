@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'NO_ALIAS', 'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories',
            'load_scorer', 'key_position', 'request_key', 'make_app', 'alias_reloader', 'serve', 'PredictionLog',
-           'score_file', 'record_scoring']
+           'score_chunk', 'score_histogram', 'score_summary', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -641,6 +641,35 @@ def _chunks(path: Path, rows: int):
         for b in pq.ParquetFile(path).iter_batches(batch_size=rows): yield b.to_pandas()
     else: raise MlopsnbError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
 
+def score_chunk(scorer: Scorer, # from `load_scorer`
+                df, # a DataFrame of raw records (other columns, e.g. the target, are dropped)
+                src: str | Path, # the file, for the error line
+                offset: int, # rows of the file before this chunk (for the row number in errors)
+               ):
+    "Check and score one chunk of a file; return the Arrow table to write (ids, probability, decision) and the probabilities."
+    import pandas as pd
+    import pyarrow as pa
+    keep = set(scorer.inputs) | set(scorer.ids)
+    df = df.drop(columns=[c for c in df.columns if c not in keep])
+    recs = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in df.to_dict("records")]
+    try: cols = scorer.columns(recs, offset=offset)
+    except RequestError as e: raise MlopsnbError(f"{src}: {e} (rows counted from 0, header excluded)") from None
+    p = scorer.score(cols, len(recs))
+    out = pd.DataFrame({c: df[c].to_numpy() for c in scorer.ids if c in df.columns}) \
+            .assign(probability=p, decision=(p >= scorer.threshold).astype(int))
+    return pa.Table.from_pandas(out, preserve_index=False), p
+
+def score_histogram(p) -> np.ndarray:
+    "Counts of the probabilities in SCORE_BINS equal bins (what the score distribution is kept as)."
+    return np.bincount(np.minimum((np.asarray(p) * SCORE_BINS).astype(int), SCORE_BINS - 1), minlength=SCORE_BINS)
+
+def score_summary(scorer: Scorer, n: int, total_p: float, positives: int, hist) -> dict:
+    "The summary of a scored file from its totals: rows, the version, mean, p50/p90 (from the histogram) and positive rate."
+    cum = np.cumsum(hist)
+    quantile = lambda q: float((np.searchsorted(cum, q * n) + 0.5) / SCORE_BINS)   # the middle of the bin holding it: within 1/(2*SCORE_BINS)
+    return {"rows": n, "model": scorer.name, "version": scorer.version, "path": scorer.path, "threshold": scorer.threshold,
+            "score_mean": total_p / n, "score_p50": quantile(.5), "score_p90": quantile(.9), "positive_rate": positives / n}
+
 def score_file(scorer: Scorer, # from `load_scorer`
                src: str | Path, # CSV or Parquet of raw records
                dst: str | Path, # Parquet to write: ids, probability, decision
@@ -648,39 +677,25 @@ def score_file(scorer: Scorer, # from `load_scorer`
                progress=None, # called as progress(rows done, total rows or None) after each chunk
               ) -> dict:
     "Score a file chunk by chunk (memory bounded by the chunk); return rows, the version and the score distribution."
-    import pandas as pd
-    import pyarrow as pa
     import pyarrow.parquet as pq
     from mlopsnb.core import atomic_path
     src, n, hist, total_p, positives = Path(src), 0, np.zeros(SCORE_BINS, dtype=np.int64), 0.0, 0
     if not src.is_file(): raise MlopsnbError(f"{src}: file not found")
     total = pq.ParquetFile(src).metadata.num_rows if src.suffix.lower() in {".parquet", ".pq"} else None
-    keep = set(scorer.inputs) | set(scorer.ids)
     with atomic_path(dst) as tmp:
         writer = None
         try:
             for df in _chunks(src, chunk_rows):
-                extra = [c for c in df.columns if c not in keep]
-                df = df.drop(columns=extra)   # a file may carry other columns (the target): not scored, not written
-                recs = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in df.to_dict("records")]
-                try: cols = scorer.columns(recs, offset=n)
-                except RequestError as e: raise MlopsnbError(f"{src}: {e} (rows counted from 0, header excluded)") from None
-                p = scorer.score(cols, len(recs))
-                out = pd.DataFrame({c: df[c].to_numpy() for c in scorer.ids if c in df.columns}) \
-                        .assign(probability=p, decision=(p >= scorer.threshold).astype(int))
-                table = pa.Table.from_pandas(out, preserve_index=False)
+                table, p = score_chunk(scorer, df, src, n)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
-                n += len(df); total_p += float(p.sum()); positives += int((p >= scorer.threshold).sum())
-                hist += np.bincount(np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1), minlength=SCORE_BINS)
+                n += len(p); total_p += float(p.sum()); positives += int((p >= scorer.threshold).sum())
+                hist += score_histogram(p)
                 if progress: progress(n, total)
             if writer is None: raise MlopsnbError(f"{src}: no rows to score")
         finally:
             if writer is not None: writer.close()
-    cum = np.cumsum(hist)
-    quantile = lambda q: float((np.searchsorted(cum, q * n) + 0.5) / SCORE_BINS)   # the middle of the bin holding it: within 1/(2*SCORE_BINS)
-    return {"rows": n, "model": scorer.name, "version": scorer.version, "path": scorer.path, "threshold": scorer.threshold,
-            "score_mean": total_p / n, "score_p50": quantile(.5), "score_p90": quantile(.9), "positive_rate": positives / n}
+    return score_summary(scorer, n, total_p, positives, hist)
 
 SCORE_BINS = 10_000   # score_file keeps a histogram of the scores, not the scores: quantiles to within 5e-5, memory independent of the file
 
