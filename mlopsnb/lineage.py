@@ -74,14 +74,9 @@ def download_text(client, # an MlflowClient
                   run_id: str, path: str, # the run and the artifact's path in it
                  ) -> str:
     "Return a text artifact of a run (no progress bar on the terminal)."
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as BAR
-    old = os.environ.get(BAR.name)
-    os.environ[BAR.name] = "false"
-    try:
-        with tempfile.TemporaryDirectory() as d: return Path(client.download_artifacts(run_id, path, d)).read_text(encoding="utf-8")
-    finally:
-        if old is None: os.environ.pop(BAR.name, None)
-        else: os.environ[BAR.name] = old
+    from mlopsnb.registry import _no_progress_bar
+    with _no_progress_bar(), tempfile.TemporaryDirectory() as d:
+        return Path(client.download_artifacts(run_id, path, d)).read_text(encoding="utf-8")
 
 def _json_artifact(client, run_id: str, path: str):
     "Return a JSON artifact of a run, or None when the run has none at that path."
