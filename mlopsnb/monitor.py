@@ -56,15 +56,20 @@ def read_log(path: str | Path, # the prediction log (SQLite)
 
 def read_chunks(path: str | Path, # a CSV or Parquet file
                 chunk_rows: int = 50_000, # rows per chunk
+                columns=None, # read only these columns (those the file has; None: all)
                ):
     "Yield DataFrames of at most `chunk_rows` rows of a CSV or Parquet file."
     import pandas as pd
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: file not found")
-    if path.suffix.lower() == ".csv": yield from pd.read_csv(path, chunksize=chunk_rows, keep_default_na=False, na_values=[""])
+    wanted = None if columns is None else set(map(str, columns))
+    if path.suffix.lower() == ".csv":
+        yield from pd.read_csv(path, chunksize=chunk_rows, keep_default_na=False, na_values=[""], usecols=None if wanted is None else lambda c: c in wanted)
     elif path.suffix.lower() in {".parquet", ".pq"}:
         import pyarrow.parquet as pq
-        for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows): yield b.to_pandas()
+        f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)   # stream pages: a row group is never buffered whole
+        names = None if wanted is None else [c for c in f.schema_arrow.names if c in wanted]
+        for b in f.iter_batches(batch_size=chunk_rows, columns=names, use_threads=False): yield b.to_pandas()
     else: raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
 
 def encode_labels(s, # a label column: 0/1, or the target's raw values
@@ -122,13 +127,14 @@ def load_reference(store, # a Store, Project or tracking URI
     recorded = (json.loads(tags[EVIDENCE_TAG]).get("metrics") if EVIDENCE_TAG in tags else None) or ref.get("metrics") or {}
     return {"version": v, "reference": ref, "recorded": recorded, "model": model}
 
-def _chunks_of(current, log, name, since, until, version, cfg, model, label_column, labels, ids, positive):
-    "Yield (frame, scores, versions, labels) from a file (scored with `model`) or the prediction log."
+def _chunks_of(current, log, name, since, until, version, cfg, model, label_column, labels, ids, positive, profiled=()):
+    "Yield (frame, scores, versions, labels) from a file (scored with `model`; only the columns the model and the profile read, unless `profiled` is None) or the prediction log."
     import numpy as np
     from mlopsnb.registry import model_parts
     if current is not None:
         inputs = model_parts(model)[0]
-        for df in read_chunks(current, cfg.chunk_rows):
+        wanted = None if profiled is None else [*inputs, *profiled, *ids, *([label_column] if label_column else [])]   # None: every column
+        for df in read_chunks(current, cfg.chunk_rows, wanted):
             missing = [c for c in inputs if c not in df.columns]
             if missing: raise DataError(f"{current}: column {missing[0]!r} is missing (the model takes {', '.join(inputs[:8])}, ...)")
             if label_column and label_column not in df.columns: raise DataError(f"{current}: no label column {label_column!r}")
@@ -168,7 +174,8 @@ def monitor(store, # a Store, Project or tracking URI
     lab = read_labels(labels, list(ids), label_column or "label", positive) if labels else None
     acc, kept = DriftAccumulator(prof, threshold), []
     for df, s, vs, y, raw in _chunks_of(current, log, name, since, until, version and v, cfg, ref["model"],
-                                        label_column if not labels else None, lab, list(ids), positive):
+                                        label_column if not labels else None, lab, list(ids), positive,
+                                        None if keep_labelled else list(prof["columns"])):
         acc.update(df, s, vs, y)
         if keep_labelled and y is not None and (~np.isnan(y)).any(): kept.append(raw[~np.isnan(y)].assign(**{"__label__": y[~np.isnan(y)]}))
     if acc.rows == 0: raise DataError(f"no current rows for model {name}" + (f" in {current}" if current else f" in the prediction log's window ({log})"))

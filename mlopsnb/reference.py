@@ -5,35 +5,57 @@
 # %% ../notebooks/api/11a_reference.ipynb #3ad47d7a
 from __future__ import annotations
 
+from pathlib import Path
+
+from .core import DataError
+
 # %% auto #0
-__all__ = ['REFERENCE_FILE', 'OTHER', 'category_counts', 'is_numeric_column', 'reference_profile']
+__all__ = ['REFERENCE_FILE', 'OTHER', 'numbers_of', 'category_counts', 'is_numeric_column', 'column_profile', 'reference_profile']
 
 # %% ../notebooks/api/11a_reference.ipynb #db389030
 REFERENCE_FILE = "mlopsnb/reference.json"
 OTHER = "__other__"       # categories pooled beyond `max_categories`
 
+def numbers_of(s, # a column
+              ):
+    "Return a column's values as a float array (NaN missing); text goes through `mlopsnb.features.to_number`."
+    import numpy as np
+    import pandas as pd
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s): return s.to_numpy(dtype=float, na_value=np.nan)
+    if pd.api.types.is_bool_dtype(s): return s.astype(float).to_numpy(dtype=float, na_value=np.nan)
+    from mlopsnb.features import to_number   # imports scikit-learn: only text that holds numbers needs it
+    return to_number(s).to_numpy(float)
+
 def category_counts(s, # a column
                     numbers: bool, # compare as numbers (0/1 flags): 1, 1.0 and "1" are one category
                    ) -> tuple[dict, int]:
     "Return ({category key: count}, missing count) of a column."
+    import numpy as np
     import pandas as pd
-    from mlopsnb.features import to_number
     if numbers or pd.api.types.is_bool_dtype(s):
-        x = s.astype(float) if pd.api.types.is_bool_dtype(s) else to_number(s)
-        return {f"{k:g}": int(v) for k, v in x.value_counts().items()}, int(x.isna().sum())
-    miss = s.isna()
-    return {str(k): int(v) for k, v in s[~miss].astype(str).value_counts().items()}, int(miss.sum())
+        x = numbers_of(s); ok = ~np.isnan(x)
+        k, n = np.unique(x[ok], return_counts=True)
+        return {f"{a:g}": int(b) for a, b in zip(k.tolist(), n.tolist())}, int((~ok).sum())
+    miss = int(s.isna().sum())
+    if pd.api.types.is_string_dtype(s) and s.dtype != object:    # pandas' str dtype: its values are text already
+        return {str(k): int(v) for k, v in s.value_counts().items()}, miss
+    return {str(k): int(v) for k, v in s[s.notna()].astype(str).value_counts().items()}, miss
 
 def _numeric_profile(x, knots: int, bins: int) -> dict:
     "Profile one numeric column (floats, NaN missing): knots with exact CDF fractions, PSI bin knots."
     import numpy as np
-    v = np.sort(x[~np.isnan(x)])
-    if len(v) == 0: return {"kind": "numeric", "rows": int(len(x)), "n": 0, "missing": 1.0, "knots": [], "lt": [], "le": [], "bins": []}
-    k = np.unique(np.quantile(v, np.linspace(0, 1, knots), method="inverted_cdf"))
+    return _sorted_profile(np.sort(x[~np.isnan(x)]), len(x), knots, bins)
+
+def _sorted_profile(v, rows: int, knots: int, bins: int) -> dict:
+    "Profile the sorted non-missing values `v` of a numeric column of `rows` rows."
+    import numpy as np
+    if len(v) == 0: return {"kind": "numeric", "rows": int(rows), "n": 0, "missing": 1.0, "knots": [], "lt": [], "le": [], "bins": []}
+    q = np.linspace(0, 1, knots)
+    k = np.unique(v[np.clip(np.ceil(len(v) * q).astype(np.int64) - 1, 0, len(v) - 1)])   # np.quantile(v, q, method="inverted_cdf"), v sorted
     lt, le = np.searchsorted(v, k, "left") / len(v), np.searchsorted(v, k, "right") / len(v)
     targets = np.linspace(0, 1, bins + 1)[1:-1]
     inner = sorted({int(np.argmin(np.abs(lt - t))) for t in targets} - {0})   # bin b: [knot inner[b-1], knot inner[b])
-    return {"kind": "numeric", "rows": int(len(x)), "n": int(len(v)), "missing": float(1 - len(v) / len(x)),
+    return {"kind": "numeric", "rows": int(rows), "n": int(len(v)), "missing": float(1 - len(v) / rows),
             "knots": k.tolist(), "lt": lt.tolist(), "le": le.tolist(), "bins": inner,
             "mean": float(v.mean()), "std": float(v.std()), "min": float(v[0]), "max": float(v[-1])}
 
@@ -48,21 +70,53 @@ def _categorical_profile(s, numbers: bool, max_categories: int) -> dict:
 
 def _text_of_numbers(s) -> bool:
     "Whether a text column holds only numbers (blanks aside): a sample of 100 values is tried first, the whole column only if they all parse."
-    from mlopsnb.features import holds_numbers
+    import pandas as pd
+    if not (s.dtype == object or pd.api.types.is_string_dtype(s)): return False
     head = s.dropna().head(1000).astype(str).str.strip()
     try: [float(v) for v in head[head != ""].head(100)]
     except ValueError: return False
+    from mlopsnb.features import holds_numbers
     return holds_numbers(s)
+
+def _more_than_two(v) -> bool:
+    "Whether sorted floats (NaN removed) hold more than two distinct values: one lies strictly between the first and the last."
+    import numpy as np
+    return len(v) > 0 and bool(np.searchsorted(v, v[0], "right") < np.searchsorted(v, v[-1], "left"))
 
 def is_numeric_column(s) -> bool:
     "Whether a column is profiled as numbers: numeric (or numeric text) with more than two distinct values."
+    import numpy as np
     import pandas as pd
-    from mlopsnb.features import to_number
-    if pd.api.types.is_bool_dtype(s): return False
-    if pd.api.types.is_numeric_dtype(s): return s.nunique() > 2
-    return _text_of_numbers(s) and to_number(s).nunique() > 2
+    if pd.api.types.is_bool_dtype(s) or not (pd.api.types.is_numeric_dtype(s) or _text_of_numbers(s)): return False
+    x = numbers_of(s)
+    return _more_than_two(np.sort(x[~np.isnan(x)]))
 
-def reference_profile(X, # the training features (ids, target and dropped columns excluded)
+def _numbers_column(s) -> bool:
+    "Whether a categorical column holds numbers (0/1 flags), so its values are compared as numbers."
+    import pandas as pd
+    return bool(pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)) or (not pd.api.types.is_bool_dtype(s) and _text_of_numbers(s))
+
+def column_profile(s, # one column
+                   knots: int = 1001, bins: int = 10, max_categories: int = 200, # as in `reference_profile`
+                  ) -> dict:
+    "Return the profile of one column: numeric (knots) or categorical (counts)."
+    import numpy as np
+    numeric = _numbers_column(s)
+    if numeric:
+        x = numbers_of(s); v = np.sort(x[~np.isnan(x)])            # sorted once: the distinct-value test and the knots
+        if _more_than_two(v): return _sorted_profile(v, len(x), knots, bins)
+    return {**_categorical_profile(s, numeric, max_categories), "numbers": numeric}
+
+def _columns(X):
+    "Yield (name, Series) of a DataFrame, or of a Parquet file read one column at a time (its whole table is never in memory)."
+    if isinstance(X, (str, Path)):
+        import pyarrow.parquet as pq
+        if not Path(X).is_file(): raise DataError(f"{X}: file not found")
+        f = pq.ParquetFile(X, pre_buffer=False, buffer_size=1 << 20)
+        for c in f.schema_arrow.names: yield c, f.read(columns=[c]).column(0).to_pandas()
+    else: yield from X.items()
+
+def reference_profile(X, # the training features (ids, target and dropped columns excluded): a DataFrame, or a Parquet file's path
                       scores=None, # the model's scores on held-out rows
                       labels=None, # their 0/1 labels
                       metrics: dict | None = None, # evaluation metrics on those rows
@@ -72,17 +126,12 @@ def reference_profile(X, # the training features (ids, target and dropped column
                       max_pairs: int = 20_000, # held-out (score, label) pairs kept
                       seed: int = 0, # which pairs are kept when there are more
                      ) -> dict:
-    "Return the reference profile of training features and held-out scores, as JSON-ready dicts."
+    "Return the reference profile of training features and held-out scores, as JSON-ready dicts; one column at a time."
     import numpy as np
-    from mlopsnb.features import to_number
-    cols = {}
-    for c in X.columns:
-        s = X[c]
-        if is_numeric_column(s): cols[str(c)] = _numeric_profile(to_number(s).to_numpy(float), knots, bins)
-        else:
-            numeric = _numbers_column(s)
-            cols[str(c)] = {**_categorical_profile(s, numeric, max_categories), "numbers": numeric}
-    out = {"version": 1, "rows": int(len(X)), "columns": cols}
+    cols, rows = {}, 0
+    for c, s in _columns(X):
+        cols[str(c)] = column_profile(s, knots, bins, max_categories); rows = len(s)
+    out = {"version": 1, "rows": int(rows if cols else len(X) if not isinstance(X, (str, Path)) else 0), "columns": cols}
     if scores is not None:
         p = np.asarray(scores, dtype=float)
         out["scores"] = _numeric_profile(p, knots, bins)
@@ -92,8 +141,3 @@ def reference_profile(X, # the training features (ids, target and dropped column
             out["pairs"] = {"score": np.round(p[keep], 7).tolist(), "label": y[keep].tolist()}
     if metrics: out["metrics"] = {k: float(v) for k, v in metrics.items()}
     return out
-
-def _numbers_column(s) -> bool:
-    "Whether a categorical column holds numbers (0/1 flags), so its values are compared as numbers."
-    import pandas as pd
-    return bool(pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)) or (not pd.api.types.is_bool_dtype(s) and _text_of_numbers(s))
