@@ -1,6 +1,6 @@
 """Drift check: mlopsnb (reference reduced to its profile, current streamed in chunks) vs Evidently 0.7's DataDriftPreset.
 
-    .venv/bin/python bench/drift.py [--rows 100000 1000000] [--big 10000000] [--evidently-python PATH]
+    .venv/bin/python bench/drift.py [--rows 100000 1000000] [--big 1000000 3000000 10000000] [--evidently-python PATH]
 
 Evidently 0.7 does not import with pandas 3: it runs from its own virtualenv with `pandas<3`
 (`python -m venv /tmp/evenv && /tmp/evenv/bin/pip install "evidently>=0.7,<0.8" "pandas<3"`), never a
@@ -95,10 +95,13 @@ def measure(python: str, code: str, ref: Path, cur: Path, env: dict | None = Non
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--big", type=int, default=10_000_000, help="current rows for the bounded-memory run (mlopsnb only; 0 skips)")
+    ap.add_argument("--big", type=int, nargs="*", default=[10_000_000],
+                    help="current rows of the bounded-memory runs against a 1M-row reference (mlopsnb only; 0 skips), e.g. --big 1000000 3000000 10000000")
     ap.add_argument("--evidently-python", default="/tmp/evenv/bin/python")
     a = ap.parse_args()
     import os
+    sys.path.insert(0, str(ROOT))
+    from mlopsnb.config import MonitorConfig
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -113,13 +116,17 @@ def main():
                 extra = f" (profile {r['profile_s']:.1f}s + check {r['check_s']:.1f}s)" if "check_s" in r else ""
                 print(f"{n:>10}  {tool:<10} {r['seconds']:>9.1f} {r['peak_mb']:>9.0f}  {','.join(r['drifted'])}{extra}")
             print(f"{n:>10}  ratio: Evidently/mlopsnb time {e['seconds'] / m['seconds']:.1f}x, peak memory {e['peak_mb'] / m['peak_mb']:.1f}x", flush=True)
-        if a.big:
-            ref, cur = d / "ref_big.parquet", d / "cur_big.parquet"
-            write(ref, 1_000_000, 3, False); write(cur, a.big, 4, True)
-            m = measure(sys.executable, MLOPSNB, ref, cur, env)
-            print(f"{a.big:>10}  mlopsnb    {m['seconds']:>9.1f} {m['peak_mb']:>9.0f}  {','.join(m['drifted'])} "
-                  f"(reference 1M rows; current streamed in 200k-row batches)")
-
+        big = [n for n in a.big if n]
+        if big:
+            ref = d / "ref_big.parquet"
+            write(ref, 1_000_000, 3, False)
+            for n in big:                                   # bounded memory: the peak should stay flat as the current rows grow
+                cur = d / f"cur_big{n}.parquet"
+                write(cur, n, 4, True)
+                m = measure(sys.executable, MLOPSNB, ref, cur, env)
+                cur.unlink()
+                print(f"{n:>10}  mlopsnb    {m['seconds']:>9.1f} {m['peak_mb']:>9.0f}  {','.join(m['drifted'])} "
+                      f"(reference 1M rows; current read {MonitorConfig().chunk_rows:,} rows at a time)", flush=True)
 
 if __name__ == "__main__":
     main()
