@@ -27,9 +27,10 @@ from .registry import (MODEL_FILE, ONNX_FILE, ONNX_INFO, get_alias, load_model, 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE', 'SCORE_BINS', 'RequestError', 'Scorer',
-           'encoder_categories', 'load_scorer', 'key_position', 'request_key', 'make_app', 'alias_reloader', 'serve',
-           'PredictionLog', 'score_chunk', 'score_histogram', 'score_summary', 'score_file', 'record_scoring']
+__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE', 'ID_NUMBER_TYPES', 'SCORE_BINS',
+           'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'key_position', 'request_key', 'make_app',
+           'alias_reloader', 'serve', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema', 'score_histogram',
+           'score_summary', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -56,6 +57,7 @@ class Scorer:
     onnx: dict = field(default_factory=dict)   # mlopsnb/onnx.json of the version
     encoded: dict[str, set] = field(default_factory=dict)   # ONNX path: the categories its one-hot encoders know per column
     ranges: dict[str, tuple] = field(default_factory=dict)  # the data contract's (min, max) per number column (None: no bound); outside -> 422
+    id_types: dict[str, str] = field(default_factory=dict)  # the data contract's type per id column: integer, number (others: text)
 
     @property
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
@@ -230,7 +232,7 @@ def load_scorer(store, # a Store, Project or tracking URI
     session = onnx_session(data) if data is not None else None
     return Scorer(name, v, model, inputs, (sig_numbers | set(coerced)) & set(inputs), set(dropped), nullable, float(threshold),
                   threshold_source, [c for c in ids if c not in inputs], cats, session, onnx_kinds(session) if session else {}, onnx,
-                  encoded or {}, ranges)
+                  encoded or {}, ranges, {c: cols[c].get("type") for c in ids if c in cols})
 
 # %% ../notebooks/api/10_serve.ipynb #317a9574
 MAX_BODY = 1 << 20          # bytes: larger request bodies get 413
@@ -673,11 +675,15 @@ class PredictionLog:
         self._q.put(None); self._thread.join()
 
 # %% ../notebooks/api/10_serve.ipynb #79066cc2
-def _chunks(path: Path, rows: int):
-    "Yield DataFrames of at most `rows` rows from a CSV or Parquet file."
+def csv_dtypes(scorer: Scorer) -> dict[str, type]:
+    "The columns a CSV is read as text whatever a chunk's values look like: the model's text inputs and the ids the contract does not type as numbers."
+    return {c: str for c in [*scorer.inputs, *scorer.ids] if c not in scorer.numbers and scorer.id_types.get(c) not in ID_NUMBER_TYPES}
+
+def _chunks(path: Path, rows: int, dtypes: dict | None = None):
+    "Yield DataFrames of at most `rows` rows from a CSV (`dtypes`: columns read as given, not guessed per chunk) or Parquet file."
     import pandas as pd
     if path.suffix.lower() == ".csv":
-        yield from pd.read_csv(path, chunksize=rows)
+        yield from pd.read_csv(path, chunksize=rows, dtype=dtypes)
     elif path.suffix.lower() in {".parquet", ".pq"}:
         import pyarrow.parquet as pq
         for b in pq.ParquetFile(path).iter_batches(batch_size=rows): yield b.to_pandas()
@@ -688,8 +694,7 @@ def score_chunk(scorer: Scorer, # from `load_scorer`
                 src: str | Path, # the file, for the error line
                 offset: int, # rows of the file before this chunk (for the row number in errors)
                ):
-    "Check and score one chunk of a file; return the Arrow table to write (ids, probability, decision) and the probabilities."
-    import pandas as pd
+    "Check and score one chunk of a file; return the Arrow table to write (ids, probability, decision: `output_schema`, whatever the chunk) and the probabilities."
     import pyarrow as pa
     keep = set(scorer.inputs) | set(scorer.ids)
     df = df.drop(columns=[c for c in df.columns if c not in keep])
@@ -697,9 +702,33 @@ def score_chunk(scorer: Scorer, # from `load_scorer`
     try: cols = scorer.columns(recs, offset=offset)
     except RequestError as e: raise MlopsnbError(f"{src}: {e} (rows counted from 0, header excluded)") from None
     p = scorer.score(cols, len(recs))
-    out = pd.DataFrame({c: df[c].to_numpy() for c in scorer.ids if c in df.columns}) \
-            .assign(probability=p, decision=(p >= scorer.threshold).astype(int))
-    return pa.Table.from_pandas(out, preserve_index=False), p
+    ids = [c for c in scorer.ids if c in df.columns]
+    arrays = [_id_array(df[c], c, scorer.id_types.get(c), src, offset) for c in ids]
+    return pa.Table.from_arrays(arrays + [pa.array(p, pa.float64()), pa.array((p >= scorer.threshold).astype(np.int64))],
+                                schema=output_schema(scorer, ids)), p
+
+ID_NUMBER_TYPES = {"integer": "int64", "number": "float64"}   # the contract's id types written as numbers; any other id is text
+
+def output_schema(scorer: Scorer, # from `load_scorer`
+                  ids: list[str], # the id columns the file holds
+                 ):
+    "The Arrow schema of a scored file, the same for every chunk: the ids typed by the data contract (integer, number, else text), probability, decision."
+    import pyarrow as pa
+    return pa.schema([(c, pa.type_for_alias(ID_NUMBER_TYPES.get(scorer.id_types.get(c), "string"))) for c in ids]
+                     + [("probability", pa.float64()), ("decision", pa.int64())])
+
+def _id_array(s, col: str, kind: str | None, src, offset: int):
+    "One chunk's id column as its output type (blanks null); MlopsnbError naming the first row that does not fit it."
+    import pandas as pd
+    import pyarrow as pa
+    if kind not in ID_NUMBER_TYPES:
+        return pa.array([None if v is None or (isinstance(v, float) and v != v) else str(v) for v in s], type=pa.string())
+    v = pd.to_numeric(s, errors="coerce")
+    bad = (s.notna() & (v.isna() | ((v % 1 != 0) if kind == "integer" else False))).to_numpy()
+    if bad.any():
+        what = "an integer" if kind == "integer" else "a number"
+        raise MlopsnbError(f"{src}: row {int(np.argmax(bad)) + offset}, id column {col!r}: expected {what} (data contract) (rows counted from 0, header excluded)")
+    return pa.array(pd.array(v, dtype="Int64") if kind == "integer" else v.to_numpy(dtype=float), type=pa.type_for_alias(ID_NUMBER_TYPES[kind]))
 
 def score_histogram(p) -> np.ndarray:
     "Counts of the probabilities in SCORE_BINS equal bins (what the score distribution is kept as)."
@@ -727,7 +756,7 @@ def score_file(scorer: Scorer, # from `load_scorer`
     with atomic_path(dst) as tmp:
         writer = None
         try:
-            for df in _chunks(src, chunk_rows):
+            for df in _chunks(src, chunk_rows, csv_dtypes(scorer)):
                 table, p = score_chunk(scorer, df, src, n)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
