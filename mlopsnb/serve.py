@@ -27,10 +27,10 @@ from .registry import (MODEL_FILE, ONNX_FILE, ONNX_INFO, get_alias, load_model, 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE', 'ID_NUMBER_TYPES', 'SCORE_BINS',
-           'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'key_position', 'request_key', 'make_app',
-           'alias_reloader', 'serve', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema', 'score_histogram',
-           'score_summary', 'score_file', 'record_scoring']
+__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'OFF_LOOP_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE', 'ID_NUMBER_TYPES',
+           'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'key_position', 'request_key',
+           'make_app', 'alias_reloader', 'serve', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema',
+           'score_histogram', 'score_summary', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -237,6 +237,7 @@ def load_scorer(store, # a Store, Project or tracking URI
 # %% ../notebooks/api/10_serve.ipynb #317a9574
 MAX_BODY = 1 << 20          # bytes: larger request bodies get 413
 MAX_ROWS = 10_000           # rows per request: more get 413
+OFF_LOOP_ROWS = 256         # requests this large are scored in a worker thread: the model call (GIL released) overlaps the next request's checks
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 class _Metrics:
@@ -408,6 +409,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
              micro_batch_rows: int = 64, # flush a micro-batch at this many rows
             ):
     "Return the FastAPI scoring app (an ASGI app; wrapped for the bearer token when one is given)."
+    import asyncio
     import orjson
     import queue
     from contextlib import asynccontextmanager
@@ -420,6 +422,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     shadows = queue.Queue(maxsize=shadow_queue)
     if not 0 <= micro_batch_ms <= 2: raise MlopsnbError(f"micro-batch wait {micro_batch_ms} ms: expected 0 (off) to 2 ms")
     batcher = _MicroBatcher(micro_batch_ms / 1000, micro_batch_rows) if micro_batch_ms > 0 else None
+    from concurrent.futures import ThreadPoolExecutor
+    scoring = ThreadPoolExecutor(2, thread_name_prefix="mlopsnb-score")
 
     def follow(role: str, fn) -> None:
         current = svc.scorer if role == "champion" else svc.challenger
@@ -462,6 +466,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         finally:
             stop.set()
             if shadow: shadows.put(None); threads[-1].join()      # finish the shadow rows queued (they go to the log)
+            scoring.shutdown()
             if prediction_log is not None: prediction_log.close()   # after uvicorn drained the requests in flight
 
     app = FastAPI(title=f"mlopsnb: {scorer.name}", version=scorer.version, lifespan=lifespan,
@@ -492,7 +497,9 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
             cols = s.columns(rows)
         except RequestError as e: return fail(e.status, str(e), rid, s.version, role)
         for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
-        p = s.score(cols, len(rows)) if batcher is None else await batcher.score(s, cols, len(rows))
+        if batcher is not None: p = await batcher.score(s, cols, len(rows))
+        elif len(rows) >= OFF_LOOP_ROWS: p = await asyncio.get_running_loop().run_in_executor(scoring, s.score, cols, len(rows))
+        else: p = s.score(cols, len(rows))
         t = s.threshold
         decisions = (p >= t).astype(int)
         preds = _predictions(rows, s.ids, p, decisions)
