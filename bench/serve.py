@@ -8,7 +8,7 @@ the timed phases are interleaved (mlflow, mlopsnb, mlflow, mlopsnb, ...) so mach
 The client is a small asyncio HTTP/1.1 keep-alive client (pre-encoded requests) so it costs the
 server under test as little CPU as possible on a small machine. See bench/README.md.
 
-    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--micro-batch] [--json PATH]
+    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--micro-batch] [--baseline DIR] [--json PATH]
 """
 from __future__ import annotations
 
@@ -183,6 +183,7 @@ def main() -> int:
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--log-cost", action="store_true", help="also time mlopsnb serve --no-log (the prediction log's cost)")
     ap.add_argument("--micro-batch", action="store_true", help="also time mlopsnb serve --micro-batch-ms 2 (adaptive micro-batching)")
+    ap.add_argument("--baseline", help="also time `mlopsnb serve` imported from this folder (e.g. an older checkout): the change, side by side")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -216,6 +217,11 @@ def run(a, project: Path) -> int:
         pn = free_port()
         servers.append(Served("mlopsnb-nolog", [str(BIN / "mlopsnb"), "serve", "--port", str(pn), "--reload-interval", "0", "--no-log"],
                               pn, project, clean_env(), "/predict", ours_body))
+    if a.baseline:   # the same command and defaults, another version of the library
+        pbase = free_port()
+        servers.append(Served("mlopsnb-base", [str(BIN / "mlopsnb"), "serve", "--port", str(pbase),
+                                               "--reload-interval", "0", "--log", str(project / "bench-predictions-base.db")], pbase, project,
+                              clean_env({"PYTHONPATH": str(Path(a.baseline).resolve())}), "/predict", ours_body))
     if a.micro_batch:   # the same service, concurrent single-row requests scored together (waiting at most 2 ms)
         pb = free_port()
         servers.append(Served("mlopsnb-mb", [str(BIN / "mlopsnb"), "serve", "--port", str(pb), "--reload-interval", "0", "--micro-batch-ms", "2",
@@ -268,13 +274,16 @@ def run(a, project: Path) -> int:
     if a.micro_batch:
         ratios |= {"micro-batch single": out["mlopsnb-mb single"]["req_per_s"] / out["mlopsnb single"]["req_per_s"],
                    "micro-batch single p99": out["mlopsnb-mb single"]["p99_ms"] / out["mlopsnb single"]["p99_ms"]}
+    if a.baseline:
+        ratios |= {"vs baseline single": out["mlopsnb single"]["req_per_s"] / out["mlopsnb-base single"]["req_per_s"],
+                   "vs baseline batch": out["mlopsnb batch"]["rows_per_s"] / out["mlopsnb-base batch"]["rows_per_s"]}
     if a.log_cost:
         ratios |= {"log cost single": out["mlopsnb single"]["req_per_s"] / out["mlopsnb-nolog single"]["req_per_s"],
                    "log cost batch": out["mlopsnb batch"]["rows_per_s"] / out["mlopsnb-nolog batch"]["rows_per_s"]}
     print(f"\n{'ratio mlopsnb / mlflow':<24} {'value':>8} {'target':>8}")
     for k, v in ratios.items():
         if k not in TARGETS:
-            why = "with log / without" if k.startswith("log") else "server CPU time, mlopsnb / mlflow: load-independent" if "CPU" in k else "micro-batching on / off"
+            why = "with log / without" if k.startswith("log") else "this checkout / --baseline" if "baseline" in k else "server CPU time, mlopsnb / mlflow: load-independent" if "CPU" in k else "micro-batching on / off"
             print(f"{k:<24} {v:>8.2f}  ({why})"); continue
         ok = v <= TARGETS[k] if k == "single p99" else v >= TARGETS[k]
         print(f"{k:<24} {v:>8.2f} {('<= ' if k == 'single p99' else '>= ') + str(TARGETS[k]):>8}  {'pass' if ok else 'FAIL'}")
