@@ -667,7 +667,7 @@ class PredictionLog:
         features = _features_text(rows, body)
         seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                           (ts, rid, name, v, path, len(rows), features, role)).lastrowid
-        p, d = np.asarray(probs, dtype=float), np.asarray(decs)
+        p, d = np.ascontiguousarray(probs, dtype=float), np.asarray(decs)   # a column of predict_proba is a strided view: orjson wants it contiguous
         if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
             # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same doubles), the GIL released
             con.execute("INSERT INTO predictions (request, row, probability, decision) SELECT ?, key, value, value >= ? FROM json_each(?)",
