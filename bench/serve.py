@@ -8,7 +8,7 @@ the timed phases are interleaved (mlflow, mlopsnb, mlflow, mlopsnb, ...) so mach
 The client is a small asyncio HTTP/1.1 keep-alive client (pre-encoded requests) so it costs the
 server under test as little CPU as possible on a small machine. See bench/README.md.
 
-    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--micro-batch] [--json PATH]
+    .venv/bin/python bench/serve.py [--project DIR] [--sample N] [--concurrency 8] [--batch 1000] [--seconds 10] [--rounds 2] [--log-cost] [--micro-batch] [--baseline DIR] [--json PATH]
 """
 from __future__ import annotations
 
@@ -68,6 +68,20 @@ def tree_rss_kb(pid: int) -> int:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"): total += int(line.split()[1])
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError): pass
+    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    "CPU seconds (user + system) used so far by a process and all its live descendants, from /proc."
+    total, todo, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick        # utime, stime
             for t in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (t / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError): pass
@@ -169,6 +183,7 @@ def main() -> int:
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--log-cost", action="store_true", help="also time mlopsnb serve --no-log (the prediction log's cost)")
     ap.add_argument("--micro-batch", action="store_true", help="also time mlopsnb serve --micro-batch-ms 2 (adaptive micro-batching)")
+    ap.add_argument("--baseline", help="also time `mlopsnb serve` imported from this folder (e.g. an older checkout): the change, side by side")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -202,6 +217,11 @@ def run(a, project: Path) -> int:
         pn = free_port()
         servers.append(Served("mlopsnb-nolog", [str(BIN / "mlopsnb"), "serve", "--port", str(pn), "--reload-interval", "0", "--no-log"],
                               pn, project, clean_env(), "/predict", ours_body))
+    if a.baseline:   # the same command and defaults, another version of the library
+        pbase = free_port()
+        servers.append(Served("mlopsnb-base", [str(BIN / "mlopsnb"), "serve", "--port", str(pbase),
+                                               "--reload-interval", "0", "--log", str(project / "bench-predictions-base.db")], pbase, project,
+                              clean_env({"PYTHONPATH": str(Path(a.baseline).resolve())}), "/predict", ours_body))
     if a.micro_batch:   # the same service, concurrent single-row requests scored together (waiting at most 2 ms)
         pb = free_port()
         servers.append(Served("mlopsnb-mb", [str(BIN / "mlopsnb"), "serve", "--port", str(pb), "--reload-interval", "0", "--micro-batch-ms", "2",
@@ -218,13 +238,16 @@ def run(a, project: Path) -> int:
         print(f"check: {a.batch} rows, max |mlflow - mlopsnb| probability difference {diff:.2e}; mlopsnb path {om[1]['path']}, version {om[1]['version']}")
         if diff > 1e-6: sys.exit("the servers disagree: not timing")
         res = {s.name: {"single": ([], 0), "batch": ([], 0)} for s in servers}
+        cpu = {s.name: {"single": 0.0, "batch": 0.0} for s in servers}    # the server's CPU seconds in the timed phases
         for phase in ("single", "batch"):
             for rnd in range(a.rounds):
                 for s in servers:
                     reqs = ([request_bytes(s.port, s.path, s.body([r])) for r in rows[:200]] if phase == "single"
                             else [request_bytes(s.port, s.path, s.body(rows[: a.batch]))])
                     load(s.port, reqs[:20], a.concurrency, 1.0)                      # warm-up, untimed
+                    c0 = tree_cpu_s(s.proc.pid)
                     lat, bad = load(s.port, reqs, a.concurrency, a.seconds)
+                    cpu[s.name][phase] += tree_cpu_s(s.proc.pid) - c0
                     if bad: sys.exit(f"{s.name}: {bad} non-200 answers in the {phase} phase")
                     res[s.name][phase] = (res[s.name][phase][0] + lat, 0)
                     print(f"  round {rnd + 1} {phase:<6} {s.name:<8} {len(lat) / a.seconds:8.1f} req/s", flush=True)
@@ -236,29 +259,37 @@ def run(a, project: Path) -> int:
             lat = sorted(res[s.name][phase][0]); secs = a.seconds * a.rounds
             rps = len(lat) / secs
             out[f"{s.name} {phase}"] = {"requests": len(lat), "req_per_s": rps, "rows_per_s": rps * (1 if phase == "single" else a.batch),
-                                        "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
+                                        "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+                                        "cpu_ms_per_req": 1000 * cpu[s.name][phase] / max(1, len(lat))}
         out[f"{s.name} peak_rss_mb"] = s.peak_kb / 1024
     ratios = {"single throughput": out["mlopsnb single"]["req_per_s"] / out["mlflow single"]["req_per_s"],
               "single p99": out["mlopsnb single"]["p99_ms"] / out["mlflow single"]["p99_ms"],
-              "batch rows/s": out["mlopsnb batch"]["rows_per_s"] / out["mlflow batch"]["rows_per_s"]}
-    print(f"\n{'variant':<16} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+              "batch rows/s": out["mlopsnb batch"]["rows_per_s"] / out["mlflow batch"]["rows_per_s"],
+              "single CPU/request": out["mlopsnb single"]["cpu_ms_per_req"] / out["mlflow single"]["cpu_ms_per_req"],
+              "batch CPU/request": out["mlopsnb batch"]["cpu_ms_per_req"] / out["mlflow batch"]["cpu_ms_per_req"]}
+    print(f"\n{'variant':<16} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10}")
     for k, v in out.items():
-        if isinstance(v, dict): print(f"{k:<16} {v['req_per_s']:>9.1f} {v['rows_per_s']:>10.0f} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f}")
+        if isinstance(v, dict): print(f"{k:<16} {v['req_per_s']:>9.1f} {v['rows_per_s']:>10.0f} {v['p50_ms']:>8.2f} {v['p99_ms']:>8.2f} {v['cpu_ms_per_req']:>10.2f}")
     print("peak RSS: " + ", ".join(f"{s.name} {out[s.name + ' peak_rss_mb']:.0f} MB" for s in servers))
     if a.micro_batch:
         ratios |= {"micro-batch single": out["mlopsnb-mb single"]["req_per_s"] / out["mlopsnb single"]["req_per_s"],
                    "micro-batch single p99": out["mlopsnb-mb single"]["p99_ms"] / out["mlopsnb single"]["p99_ms"]}
+    if a.baseline:
+        ratios |= {"vs baseline single": out["mlopsnb single"]["req_per_s"] / out["mlopsnb-base single"]["req_per_s"],
+                   "vs baseline batch": out["mlopsnb batch"]["rows_per_s"] / out["mlopsnb-base batch"]["rows_per_s"]}
     if a.log_cost:
         ratios |= {"log cost single": out["mlopsnb single"]["req_per_s"] / out["mlopsnb-nolog single"]["req_per_s"],
                    "log cost batch": out["mlopsnb batch"]["rows_per_s"] / out["mlopsnb-nolog batch"]["rows_per_s"]}
     print(f"\n{'ratio mlopsnb / mlflow':<24} {'value':>8} {'target':>8}")
     for k, v in ratios.items():
-        if k not in TARGETS: print(f"{k:<24} {v:>8.2f}  ({'with log / without' if k.startswith('log') else 'micro-batching on / off'})"); continue
+        if k not in TARGETS:
+            why = "with log / without" if k.startswith("log") else "this checkout / --baseline" if "baseline" in k else "server CPU time, mlopsnb / mlflow: load-independent" if "CPU" in k else "micro-batching on / off"
+            print(f"{k:<24} {v:>8.2f}  ({why})"); continue
         ok = v <= TARGETS[k] if k == "single p99" else v >= TARGETS[k]
         print(f"{k:<24} {v:>8.2f} {('<= ' if k == 'single p99' else '>= ') + str(TARGETS[k]):>8}  {'pass' if ok else 'FAIL'}")
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "processor": platform.processor() or platform.machine()}
-    print(f"machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}; concurrency {a.concurrency}, "
+               "processor": platform.processor() or platform.machine(), "load_average": os.getloadavg()}
+    print(f"machine: {machine['cpus']} CPUs, load average {machine['load_average'][0]:.1f} at the end, {machine['platform']}, Python {machine['python']}; concurrency {a.concurrency}, "
           f"{a.seconds:g}s x {a.rounds} rounds per phase, batch {a.batch} rows")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -269,16 +270,24 @@ def log_model(store, # where the run lives: a Store, Project or tracking URI
     client.log_dict(run_id, digests, "model_manifest.json")
     return {"model_uri": f"models:/{lm.model_id}", "model_id": lm.model_id, "manifest": digests}
 
+_PROGRESS_BAR = {"lock": threading.Lock(), "holders": 0, "saved": None}   # one process-wide setting, shared by concurrent downloads
+
 @contextmanager
 def _no_progress_bar():
-    "Keep MLflow from drawing a download progress bar in build logs and notebooks."
+    "Keep MLflow from drawing a download progress bar in build logs and notebooks; thread-safe (the first in saves the setting, the last out restores it)."
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-    old = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+    name, st = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, _PROGRESS_BAR
+    with st["lock"]:
+        if st["holders"] == 0: st["saved"] = os.environ.get(name)
+        st["holders"] += 1
+        os.environ[name] = "false"
     try: yield
     finally:
-        if old is None: os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
-        else: os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = old
+        with st["lock"]:
+            st["holders"] -= 1
+            if st["holders"] == 0:
+                if st["saved"] is None: os.environ.pop(name, None)
+                else: os.environ[name] = st["saved"]
 
 def download(store, # a Store, Project or tracking URI
              model_uri: str, # `models:/<model_id>` or `models:/<name>/<version>`

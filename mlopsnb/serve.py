@@ -27,9 +27,10 @@ from .registry import (MODEL_FILE, ONNX_FILE, ONNX_INFO, get_alias, load_model, 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'NO_ALIAS', 'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories',
-           'load_scorer', 'key_position', 'request_key', 'make_app', 'alias_reloader', 'serve', 'PredictionLog',
-           'score_chunk', 'score_histogram', 'score_summary', 'score_file', 'record_scoring']
+__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'OFF_LOOP_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE', 'ID_NUMBER_TYPES',
+           'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'key_position', 'request_key',
+           'make_app', 'alias_reloader', 'serve', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema',
+           'score_histogram', 'score_summary', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -56,12 +57,13 @@ class Scorer:
     onnx: dict = field(default_factory=dict)   # mlopsnb/onnx.json of the version
     encoded: dict[str, set] = field(default_factory=dict)   # ONNX path: the categories its one-hot encoders know per column
     ranges: dict[str, tuple] = field(default_factory=dict)  # the data contract's (min, max) per number column (None: no bound); outside -> 422
+    id_types: dict[str, str] = field(default_factory=dict)  # the data contract's type per id column: integer, number (others: text)
 
     @property
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
 
-    def columns(self, rows: list, offset: int = 0) -> dict[str, list]:
-        "Check records against the schema; return {column: values} (numbers as floats, blanks None); RequestError naming row and field."
+    def columns(self, rows: list, offset: int = 0) -> dict[str, object]:
+        "Check records against the schema; return {column: values}: numbers a float array (blanks NaN), text a list (blanks None); RequestError naming row and field."
         allowed = set(self.inputs) | set(self.ids)
         required = [c for c in self.inputs if c not in self.dropped]
         fast = _transpose(rows, required, allowed)
@@ -147,21 +149,28 @@ def encoder_categories(model, # a fitted Pipeline (or any estimator)
                     out[str(c)] = {str(v) for v in cats} - {str(v) for v in (inf if inf is not None else [])}
     return out if mapped == sum(isinstance(e, OneHotEncoder) for e in walk_estimators(model)) else None
 
-def _transpose(rows: list, required: list[str], allowed: set[str]) -> list[tuple] | None:
-    "The values of `required` columns, column by column, when every row is a dict holding them and nothing outside `allowed`; else None."
-    from operator import itemgetter
-    if not required or set(map(type, rows)) != {dict} or not set().union(*rows) <= allowed: return None
-    try: tuples = list(map(itemgetter(*required), rows))
-    except KeyError: return None
-    return list(zip(*tuples)) if len(required) > 1 else [tuple(t for t in tuples)]
+def _transpose(rows: list, required: list[str], allowed: set[str]) -> list[list] | None:
+    "The values of `required` columns, a list per column, when every row is a dict holding them and nothing outside `allowed`; else None."
+    from itertools import repeat
+    from operator import eq, itemgetter
+    if not required or set(map(type, rows)) != {dict}: return None
+    need = set(required)
+    if not all(map(eq, map(dict.keys, rows), repeat(need))) and not all(need <= r.keys() <= allowed for r in rows): return None   # C-level when exact
+    return [list(map(itemgetter(c), rows)) for c in required]     # one C-level pass per column (a zip(*rows) transpose costs 10x more)
 
 MAX_NUMBER = float(np.finfo(np.float32).max)   # larger magnitudes are refused (422): they would be infinite as float32
 
-def _numbers(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
-    "Return the values as floats (numeric text parsed, blanks None); RequestError naming the first bad row."
-    if set(map(type, vals)) <= {int, float}:     # the common case, checked at C speed: plain JSON numbers
-        a = np.asarray(vals, dtype=float)
-        if (np.abs(a) <= MAX_NUMBER).all(): return a.tolist()     # finite, and finite as float32 (the ONNX inputs)
+_NUMBER_TYPES, _NUMBER_OR_BLANK_TYPES = {int, float}, {int, float, type(None)}
+
+def _numbers(vals: list, col: str, nullable: bool, offset: int = 0) -> np.ndarray:
+    "Return the values as a float array (numeric text parsed, blanks NaN); RequestError naming the first bad row."
+    types = set(map(type, vals))
+    if types <= _NUMBER_TYPES or (nullable and types <= _NUMBER_OR_BLANK_TYPES):   # the common case, checked at C speed: JSON numbers (and nulls)
+        try: a = np.array(vals, dtype=float)               # None -> NaN
+        except OverflowError: a = None                      # an integer beyond float: the row-by-row check names it
+        if a is not None:
+            ok = np.abs(a) <= MAX_NUMBER                    # finite, and finite as float32 (the ONNX inputs)
+            if ok.all() or (nullable and (ok | np.isnan(a)).all()): return a
     out = []
     for i, v in enumerate(vals, offset):
         if v is None or (isinstance(v, float) and v != v): x = None
@@ -176,11 +185,12 @@ def _numbers(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
         if x is None and not nullable: raise RequestError(422, f"row {i}, field {col!r}: may not be blank (data contract)")
         if x is not None and not abs(x) <= MAX_NUMBER: raise RequestError(422, f"row {i}, field {col!r}: expected a finite number of magnitude at most {MAX_NUMBER:.4g}")
         out.append(x)
-    return out
+    return np.array(out, dtype=float)
 
 def _texts(vals: list, col: str, nullable: bool, offset: int = 0) -> list:
     "Return the values as text (blanks None); RequestError naming the first bad row."
-    if set(map(type, vals)) == {str}: return list(vals)
+    types = set(map(type, vals))
+    if types == {str} or (nullable and types <= {str, type(None)}): return vals
     for i, v in enumerate(vals, offset):
         if v is None:
             if not nullable: raise RequestError(422, f"row {i}, field {col!r}: may not be blank (data contract)")
@@ -223,11 +233,12 @@ def load_scorer(store, # a Store, Project or tracking URI
     session = onnx_session(data) if data is not None else None
     return Scorer(name, v, model, inputs, (sig_numbers | set(coerced)) & set(inputs), set(dropped), nullable, float(threshold),
                   threshold_source, [c for c in ids if c not in inputs], cats, session, onnx_kinds(session) if session else {}, onnx,
-                  encoded or {}, ranges)
+                  encoded or {}, ranges, {c: cols[c].get("type") for c in ids if c in cols})
 
 # %% ../notebooks/api/10_serve.ipynb #317a9574
 MAX_BODY = 1 << 20          # bytes: larger request bodies get 413
 MAX_ROWS = 10_000           # rows per request: more get 413
+OFF_LOOP_ROWS = 256         # requests this large are scored in a worker thread: the model call (GIL released) overlaps the next request's checks
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 class _Metrics:
@@ -305,7 +316,8 @@ class _MicroBatcher:
         for j in jobs: groups.setdefault(id(j[0]), []).append(j)
         for group in groups.values():
             s = group[0][0]
-            try: p = s.score({c: [v for j in group for v in j[1][c]] for c in group[0][1]}, sum(j[2] for j in group))
+            try: p = s.score({c: np.concatenate([j[1][c] for j in group]) if isinstance(group[0][1][c], np.ndarray) else [v for j in group for v in j[1][c]]
+                              for c in group[0][1]}, sum(j[2] for j in group))
             except Exception as e:           # handed to each waiting request, which fails as it would have alone
                 for j in group:
                     if not j[3].done(): j[3].set_exception(e)
@@ -353,7 +365,8 @@ def _request_schema(s: Scorer) -> dict:
 def _predictions(rows: list[dict], ids: list[str], p: np.ndarray, decisions: np.ndarray) -> list[dict]:
     "One {id columns sent, probability, decision} per row, built with as little Python per row as possible."
     cols = [c for c in ids if any(c in r for r in rows)]
-    if cols and all(c in r for r in rows for c in cols):
+    if not cols: return [{"probability": x, "decision": d} for x, d in zip(p.tolist(), decisions.tolist())]
+    if all(c in r for r in rows for c in cols):
         keys = (*cols, "probability", "decision")
         return [dict(zip(keys, t)) for t in zip(*([r[c] for r in rows] for c in cols), p.tolist(), decisions.tolist())]
     return [{**{c: r[c] for c in ids if c in r}, "probability": x, "decision": d} for r, x, d in zip(rows, p.tolist(), decisions.tolist())]
@@ -397,6 +410,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
              micro_batch_rows: int = 64, # flush a micro-batch at this many rows
             ):
     "Return the FastAPI scoring app (an ASGI app; wrapped for the bearer token when one is given)."
+    import asyncio
     import orjson
     import queue
     from contextlib import asynccontextmanager
@@ -409,6 +423,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     shadows = queue.Queue(maxsize=shadow_queue)
     if not 0 <= micro_batch_ms <= 2: raise MlopsnbError(f"micro-batch wait {micro_batch_ms} ms: expected 0 (off) to 2 ms")
     batcher = _MicroBatcher(micro_batch_ms / 1000, micro_batch_rows) if micro_batch_ms > 0 else None
+    from concurrent.futures import ThreadPoolExecutor
+    scoring = ThreadPoolExecutor(2, thread_name_prefix="mlopsnb-score")
 
     def follow(role: str, fn) -> None:
         current = svc.scorer if role == "champion" else svc.challenger
@@ -430,7 +446,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     def shadow_worker():
         "Score queued requests with the challenger and log them as shadow rows (never answered)."
         while (job := shadows.get()) is not None:
-            rid, rows = job
+            rid, rows, body = job
             s = svc.challenger
             if s is None: continue
             try:
@@ -439,7 +455,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
             except Exception:             # the shadow never affects serving; a failure is logged and counted, not hidden
                 log.exception("shadow scoring with %s version %s failed", s.name, s.version)
                 svc.metrics.shadow.labels("failed", s.version).inc(); continue
-            if prediction_log is not None: prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow")
+            if prediction_log is not None: prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", body=body)
             svc.metrics.shadow.labels("scored", s.version).inc()
 
     @asynccontextmanager
@@ -451,6 +467,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         finally:
             stop.set()
             if shadow: shadows.put(None); threads[-1].join()      # finish the shadow rows queued (they go to the log)
+            scoring.shutdown()
             if prediction_log is not None: prediction_log.close()   # after uvicorn drained the requests in flight
 
     app = FastAPI(title=f"mlopsnb: {scorer.name}", version=scorer.version, lifespan=lifespan,
@@ -475,18 +492,21 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
         s, role = svc.scorer, "champion"        # this request keeps this scorer, whatever a reload does
         try:
-            rows = _parse(await _read_body(request, max_body), request.headers.get("content-type", ""), max_rows)
+            body = await _read_body(request, max_body)
+            rows = _parse(body, request.headers.get("content-type", ""), max_rows)
             s, role = svc.route(request_key(request.headers.get("x-request-key"), rows, svc.scorer.ids))
             cols = s.columns(rows)
         except RequestError as e: return fail(e.status, str(e), rid, s.version, role)
         for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
-        p = s.score(cols, len(rows)) if batcher is None else await batcher.score(s, cols, len(rows))
+        if batcher is not None: p = await batcher.score(s, cols, len(rows))
+        elif len(rows) >= OFF_LOOP_ROWS: p = await asyncio.get_running_loop().run_in_executor(scoring, s.score, cols, len(rows))
+        else: p = s.score(cols, len(rows))
         t = s.threshold
         decisions = (p >= t).astype(int)
         preds = _predictions(rows, s.ids, p, decisions)
-        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions, role=role)
+        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions, role=role, body=body)
         if svc.shadow and role == "champion" and svc.challenger is not None:
-            try: shadows.put_nowait((rid, rows))
+            try: shadows.put_nowait((rid, rows, body))
             except queue.Full: m.shadow.labels("dropped", svc.challenger.version).inc()
         m.requests.labels("200", s.version, role).inc(); m.batch.observe(len(rows))
         m.scores.observe_many(p)
@@ -560,38 +580,51 @@ def _log_schema(con) -> None:
     for name, test in (("scored", "!="), ("shadow_scored", "=")):
         con.execute(f"DROP VIEW IF EXISTS {name}"); con.execute(_LOG_VIEW.format(name=name, test=test))
 
+LOG_PAGE_SIZE = 32768   # bytes per SQLite page of a new prediction log
+
+def _features_text(rows: list, body: bytes | None) -> str:
+    "The JSON array of a request's records: its body as received when given (a single record wrapped), else `rows` encoded."
+    import orjson
+    if body is None: return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    text = body.decode()
+    return text if re.match(r"\s*\[", text) else f"[{text}]"
+
 class PredictionLog:
     "Append scored rows to a SQLite file (WAL) off the request path; `close` writes everything queued."
     def __init__(self, path: str | Path, # the SQLite file (created with its folder)
                  max_bytes: int | None = None, # rotate when the file (with its WAL) reaches this size
                  max_age_s: float | None = None, # rotate when the file has been written to for this long
+                 flush_s: float = 0.1, # the writer wakes at most this often: what arrived meanwhile goes in one transaction
                 ):
         import queue
         self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_bytes, self.max_age_s, self.rotated = max_bytes, max_age_s, []   # rotated: (file, seconds the rotation took)
+        self.max_bytes, self.max_age_s, self.flush_s, self.rotated = max_bytes, max_age_s, flush_s, []   # rotated: (file, seconds the rotation took)
         self._open().close()
         self._q, self.written = queue.SimpleQueue(), 0
         self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions, role: str = "champion") -> None:
+    def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions, role: str = "champion",
+               body: bytes | None = None, # the request's JSON as received (the records): logged as is instead of encoding `rows` again
+              ) -> None:
         "Queue one request's rows (returns at once); `role`: champion, challenger (canary) or shadow."
-        self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, probabilities, decisions, role))
+        self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, body, probabilities, decisions, scorer.threshold, role))
 
     def _open(self):
         import sqlite3
         con = sqlite3.connect(self.path)
+        con.execute(f"PRAGMA page_size={LOG_PAGE_SIZE}")    # a new file only: a request's features are one large value, fewer pages to write
         con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
         with con: _log_schema(con)
-        self.opened = time.time()
+        self.opened, self.pending = time.time(), 0
         return con
 
     def _due(self) -> bool:
-        "Whether the file is due for rotation (size with its WAL, or age)."
+        "Whether the file is due for rotation (size with its WAL and what the open transaction holds, or age)."
         if self.max_age_s is not None and time.time() - self.opened >= self.max_age_s: return True
         if self.max_bytes is None: return False
         wal = self.path.with_name(self.path.name + "-wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0) >= self.max_bytes
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0) + self.pending >= self.max_bytes
 
     def _rotate(self, con):
         "Close the file after a full checkpoint, rename it `<stem>-<UTC time><suffix>`, and start a new one; return its connection."
@@ -608,34 +641,57 @@ class PredictionLog:
         return con
 
     def _write(self):
-        import itertools, orjson
-        con = self._open()
-        done = False
+        import queue
+        con, done = self._open(), False
         while not done:
-            batch = [self._q.get()]
-            while not self._q.empty() and len(batch) < 1000: batch.append(self._q.get())
-            if batch[-1] is None: batch.pop(); done = True
-            if batch:
+            batch = [self._q.get()]                           # asleep until a request comes
+            if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # then let others gather: few transactions, the GIL left to the requests
+            while True:
+                try: batch.append(self._q.get_nowait())
+                except queue.Empty: break
+            done = None in batch
+            batch = [b for b in batch if b is not None]
+            k = 0
+            while k < len(batch):
                 with con:     # one transaction: whole requests, or nothing after a crash
-                    for ts, rid, name, v, path, rows, probs, decs, role in batch:
-                        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                          (ts, rid, name, v, path, len(rows), orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode(), role)).lastrowid
-                        con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
-                                        zip(itertools.repeat(seq), range(len(rows)), np.asarray(probs, dtype=float).tolist(), np.asarray(decs).tolist()))
-                        self.written += len(rows)
-                if not done and self._due(): con = self._rotate(con)
+                    while k < len(batch):
+                        self.pending += self._insert(con, *batch[k]); k += 1
+                        if self._due(): break
+                self.pending = 0                          # committed: in the file's size now
+                if self._due(): con = self._rotate(con)
         con.close()
+
+    def _insert(self, con, ts, rid, name, v, path, rows, body, probs, decs, threshold, role) -> int:
+        "Insert one request and its rows; return the bytes its features take."
+        import itertools, orjson
+        features = _features_text(rows, body)
+        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (ts, rid, name, v, path, len(rows), features, role)).lastrowid
+        p, d = np.ascontiguousarray(probs, dtype=float), np.asarray(decs)   # a column of predict_proba is a strided view: orjson wants it contiguous
+        if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
+            # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same doubles), the GIL released
+            con.execute("INSERT INTO predictions (request, row, probability, decision) SELECT ?, key, value, value >= ? FROM json_each(?)",
+                        (seq, float(threshold), orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode()))
+        else:
+            con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
+                            zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
+        self.written += len(rows)
+        return len(features) + 32 * len(rows)
 
     def close(self) -> None:
         "Write everything queued, then stop the writer."
         self._q.put(None); self._thread.join()
 
 # %% ../notebooks/api/10_serve.ipynb #79066cc2
-def _chunks(path: Path, rows: int):
-    "Yield DataFrames of at most `rows` rows from a CSV or Parquet file."
+def csv_dtypes(scorer: Scorer) -> dict[str, type]:
+    "The columns a CSV is read as text whatever a chunk's values look like: the model's text inputs and the ids the contract does not type as numbers."
+    return {c: str for c in [*scorer.inputs, *scorer.ids] if c not in scorer.numbers and scorer.id_types.get(c) not in ID_NUMBER_TYPES}
+
+def _chunks(path: Path, rows: int, dtypes: dict | None = None):
+    "Yield DataFrames of at most `rows` rows from a CSV (`dtypes`: columns read as given, not guessed per chunk) or Parquet file."
     import pandas as pd
     if path.suffix.lower() == ".csv":
-        yield from pd.read_csv(path, chunksize=rows)
+        yield from pd.read_csv(path, chunksize=rows, dtype=dtypes)
     elif path.suffix.lower() in {".parquet", ".pq"}:
         import pyarrow.parquet as pq
         for b in pq.ParquetFile(path).iter_batches(batch_size=rows): yield b.to_pandas()
@@ -646,8 +702,7 @@ def score_chunk(scorer: Scorer, # from `load_scorer`
                 src: str | Path, # the file, for the error line
                 offset: int, # rows of the file before this chunk (for the row number in errors)
                ):
-    "Check and score one chunk of a file; return the Arrow table to write (ids, probability, decision) and the probabilities."
-    import pandas as pd
+    "Check and score one chunk of a file; return the Arrow table to write (ids, probability, decision: `output_schema`, whatever the chunk) and the probabilities."
     import pyarrow as pa
     keep = set(scorer.inputs) | set(scorer.ids)
     df = df.drop(columns=[c for c in df.columns if c not in keep])
@@ -655,9 +710,33 @@ def score_chunk(scorer: Scorer, # from `load_scorer`
     try: cols = scorer.columns(recs, offset=offset)
     except RequestError as e: raise MlopsnbError(f"{src}: {e} (rows counted from 0, header excluded)") from None
     p = scorer.score(cols, len(recs))
-    out = pd.DataFrame({c: df[c].to_numpy() for c in scorer.ids if c in df.columns}) \
-            .assign(probability=p, decision=(p >= scorer.threshold).astype(int))
-    return pa.Table.from_pandas(out, preserve_index=False), p
+    ids = [c for c in scorer.ids if c in df.columns]
+    arrays = [_id_array(df[c], c, scorer.id_types.get(c), src, offset) for c in ids]
+    return pa.Table.from_arrays(arrays + [pa.array(p, pa.float64()), pa.array((p >= scorer.threshold).astype(np.int64))],
+                                schema=output_schema(scorer, ids)), p
+
+ID_NUMBER_TYPES = {"integer": "int64", "number": "float64"}   # the contract's id types written as numbers; any other id is text
+
+def output_schema(scorer: Scorer, # from `load_scorer`
+                  ids: list[str], # the id columns the file holds
+                 ):
+    "The Arrow schema of a scored file, the same for every chunk: the ids typed by the data contract (integer, number, else text), probability, decision."
+    import pyarrow as pa
+    return pa.schema([(c, pa.type_for_alias(ID_NUMBER_TYPES.get(scorer.id_types.get(c), "string"))) for c in ids]
+                     + [("probability", pa.float64()), ("decision", pa.int64())])
+
+def _id_array(s, col: str, kind: str | None, src, offset: int):
+    "One chunk's id column as its output type (blanks null); MlopsnbError naming the first row that does not fit it."
+    import pandas as pd
+    import pyarrow as pa
+    if kind not in ID_NUMBER_TYPES:
+        return pa.array([None if v is None or (isinstance(v, float) and v != v) else str(v) for v in s], type=pa.string())
+    v = pd.to_numeric(s, errors="coerce")
+    bad = (s.notna() & (v.isna() | ((v % 1 != 0) if kind == "integer" else False))).to_numpy()
+    if bad.any():
+        what = "an integer" if kind == "integer" else "a number"
+        raise MlopsnbError(f"{src}: row {int(np.argmax(bad)) + offset}, id column {col!r}: expected {what} (data contract) (rows counted from 0, header excluded)")
+    return pa.array(pd.array(v, dtype="Int64") if kind == "integer" else v.to_numpy(dtype=float), type=pa.type_for_alias(ID_NUMBER_TYPES[kind]))
 
 def score_histogram(p) -> np.ndarray:
     "Counts of the probabilities in SCORE_BINS equal bins (what the score distribution is kept as)."
@@ -685,7 +764,7 @@ def score_file(scorer: Scorer, # from `load_scorer`
     with atomic_path(dst) as tmp:
         writer = None
         try:
-            for df in _chunks(src, chunk_rows):
+            for df in _chunks(src, chunk_rows, csv_dtypes(scorer)):
                 table, p = score_chunk(scorer, df, src, n)
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)

@@ -21,7 +21,6 @@ from .core import MlopsnbError, find_project
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # nothing leaves the machine unless the user says so
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")   # no "View run at http://…" line per run on a server
 
 # %% auto #0
 __all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'REPRODUCTION_ENV', 'STORE_TIMEOUT', 'SCHEMA_KEY',

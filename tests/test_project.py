@@ -76,3 +76,12 @@ def test_the_library_turns_mlflow_telemetry_off_in_notebooks_too():
     code = "import os, mlopsnb.tracking; print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'))"
     r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, env=clean_env())
     assert r.stdout.strip() == "true", r.stderr
+
+
+def test_importing_the_library_leaves_mlflow_url_printing_alone(tmp_path):
+    "Importing the library leaves MLflow's \"View run at\" switch alone; the `mlopsnb` command turns it off (for itself and its kernels)."
+    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    code = (f"import os, mlopsnb.tracking, mlopsnb.registry, mlopsnb.pipeline, mlopsnb.serve; imported = os.environ.get({key!r}); "
+            f"from mlopsnb.cli import main; main(['status']); print(imported, os.environ.get({key!r}))")
+    r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
+    assert r.stdout.split() == ["None", "true"], r.stderr
