@@ -408,6 +408,9 @@ def check_pipeline(project: Path, # the project folder
     names = [Path(str(t.get("source", ""))).stem if isinstance(t, dict) else "" for t in tasks]
     for i, t in enumerate(tasks):
         if not isinstance(t, dict) or "source" not in t: raise ConfigError(f"{spec_file}: task #{i + 1} has no 'source'")
+    from mlopsnb.branches import expand_branches   # a group of tasks repeated per branch (executor.branches)
+    tasks = expand_branches(spec, spec_file)
+    for i, t in enumerate(tasks):
         name = t.get("name", names[i])
         where = f"{spec_file}: task {name!r}"
         for k in t:
