@@ -411,7 +411,7 @@ def check_pipeline(project: Path, # the project folder
     from mlopsnb.branches import expand_branches   # a group of tasks repeated per branch (executor.branches)
     tasks = expand_branches(spec, spec_file)
     for i, t in enumerate(tasks):
-        name = t.get("name", names[i])
+        name = t.get("name", Path(str(t["source"])).stem)
         where = f"{spec_file}: task {name!r}"
         for k in t:
             if k not in TASK_KEYS: raise ConfigError(f"{where}: unknown key {k!r}")

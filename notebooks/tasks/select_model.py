@@ -35,5 +35,7 @@ write_json({"metric": f"val_{metric}", "selected": best, "branches": rows}, prod
 log_artifact(product["selection"])
 log_params(selected_branch=best, selected_candidate=infos[best]["candidate"], branches=len(rows))
 log_metrics({f"val_{metric}_{r['branch']}": r[f"val_{metric}"] for r in rows} | {f"val_{metric}": infos[best][f"val_{metric}"]})
+chosen = evaluations[best]   # the selected branch's test metrics, recorded here too: what the build summary and promotion report
+log_metrics({**{k: v for k, v in chosen["metrics"].items() if isinstance(v, (int, float))}, "fairness_max_gap": chosen["fairness_max_gap"]})
 print(f"selected: {best} ({infos[best]['candidate']}, validation {metric} {infos[best][f'val_{metric}']:.4f}) "
       f"of {len(rows)} branches")
