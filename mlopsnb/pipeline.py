@@ -604,12 +604,14 @@ def graph(project: str | Path | None = None, spec_file: str = PIPELINE_FILE):
     import networkx as nx
     from mlopsnb.config import declared_upstream
     project = find_project(project)
+    from mlopsnb.branches import branch_wiring
     g = nx.DiGraph()
+    wiring = branch_wiring(project, read_yaml(project / spec_file), spec_file)   # None without executor.branches
     for t in check_pipeline(project, spec_file):
         src = project / str(t["source"])
         name = t.get("name", src.stem)
         g.add_node(name)
-        for u in declared_upstream(src) or []: g.add_edge(u, name)
+        for u in (wiring[name] if wiring is not None else declared_upstream(src) or []): g.add_edge(u, name)
     return g
 
 def dag_figure(g, # the task graph (`graph`)
