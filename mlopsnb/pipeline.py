@@ -669,6 +669,7 @@ def inject(project: str | Path | None = None, remove: bool = False, overrides: l
     for t in dag.values():
         if isinstance(t, NotebookRunner):
             path = Path(str(t.source.loc))
+            if str(path.relative_to(project.root)) in done: continue   # a branched task: its first branch's cell
             t.source.remove_injected_cell() if remove else t.source.save_injected_cell()
             if remove: _strip_header(path)
             done.append(str(path.relative_to(project.root)))

@@ -43,7 +43,8 @@ def test_show_tells_where_the_champion_came_from(project):
     assert f"  commit    {git(project, 'rev-parse', 'HEAD')} (clean)" in out, out
     assert f"digest {build.data.tags['mlopsnb.data_digest'][:16]}" in out and "data      data/churn.csv" in out, out
     assert "sample=600" in out and "data.target=churn" in out
-    for task in ("get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"):
+    for task in ("get_data", "validate_data", "split_data", "train_model-logistic_regression", "evaluate_model-hist_gradient_boosting",
+                 "select_model", "promote_model"):
         line = next(l for l in out.splitlines() if l.startswith(f"  {task} "))
         assert "FINISHED" in line and "http://127.0.0.1:5000/#/experiments/" in line, line
         assert f"/notebook/{task}.ipynb" in out, task
