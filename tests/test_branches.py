@@ -129,7 +129,7 @@ def test_select_model_picks_the_best_validation_metric_and_exposes_it(branched):
     assert (project / "products/evaluation/metrics.json").read_text() == (project / f"products/branches/{best}/evaluation/metrics.json").read_text()
     assert (project / "products/evaluation/fairness.csv").is_file() and (project / "products/model/reference.json").is_file()
     version = client.get_model_version("churn", "1")
-    assert version.run_id == runs[f"train_model-{best}"].info.run_id
+    assert json.loads(version.tags["mlopsnb.manifest"]) == won["manifest"]          # the winning branch's model bytes
     assert re.search(r"^metrics \(select_model\): roc_auc 0\.\d+", result.stdout, re.M), result.stdout
 
 
