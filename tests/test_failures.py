@@ -101,8 +101,8 @@ def test_failing_task_is_recorded_failed_with_its_partial_notebook_then_resumes(
     assert "select_model" not in by_task and "promote_model" not in by_task     # aborted, never started
     assert not [x for x in runs if x.info.status == "RUNNING"]
     arts = {a.path for a in client.list_artifacts(failed.info.run_id, "notebook")}
-    assert "notebook/evaluate_model-logistic_regression.ipynb" in arts
-    nb = client.download_artifacts(failed.info.run_id, "notebook/evaluate_model-logistic_regression.ipynb", str(project))
+    assert "notebook/evaluate_model.ipynb" in arts
+    nb = client.download_artifacts(failed.info.run_id, "notebook/evaluate_model.ipynb", str(project))
     assert "metric store unavailable" in open(nb).read()       # the partial notebook shows the error
     src.write_text(good)
     fixed = cli(project, "run", *SAMPLE)
