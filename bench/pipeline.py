@@ -92,6 +92,8 @@ def plain_script(project: Path, overrides: list[str], dest: Path) -> Path:
     for name in dag:
         nb = json.loads(dag[name].source.nb_str_rendered)
         out.append(f"\n# {'=' * 20} {name} {'=' * 20}")
+        out.append("import mlopsnb.tracking; mlopsnb.tracking._state['interactive'] = None   # one MLflow run per task "
+                   "(the two branches' train_model log the same param names)")
         for cell in nb["cells"]:
             if cell["cell_type"] != "code": continue
             src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
