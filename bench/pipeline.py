@@ -6,14 +6,13 @@ Five variants, in one run, each as the subprocess a user would start, in a clean
   build inprocess   `mlopsnb run --engine inprocess` in a fresh copy of the project
   build plain       the same task code as ONE plain script, `python plain_pipeline.py`, in a fresh copy
   no-op mlopsnb     `mlopsnb run` in a project already built (prints "nothing to do")
-  no-op ploomber    `ploomber build` of the same spec in the same folder (skips every task)
-  build serial      `mlopsnb run --engine inprocess` of a branched spec: train_model's grid split into two
-                    independent tasks (one per model family), so two branches can run at once
-  build parallel    the same branched spec with `--jobs 2`
+  no-op ploomber    `ploomber build` of the same spec in a copy built by `ploomber build` (skips every task;
+                    plain Ploomber sees no branches, so it needs its own built copy)
+  build parallel    `mlopsnb run --engine inprocess --jobs 2`: the two model-family branches side by side
 
 Results are ratios, measured in the same run (the machine is shared and noisy):
 in-process build / plain build (target <= 1.5), no-op mlopsnb / no-op ploomber (target <= 0.4), and
-parallel / serial build of the branched spec (no target: it depends on the free cores).
+parallel / in-process build (no target: it depends on the free cores).
 See bench/README.md for what each variant does and the recorded figures.
 
     .venv/bin/python bench/pipeline.py [--sample N] [--repeat R] [--noop-repeat R] [--omp-threads N] [--json PATH] [--keep]
@@ -38,8 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["pipeline.yaml", "env.yaml", "notebooks/tasks", "contracts"]
-BUILDS = ["papermill", "inprocess", "plain", "serial", "parallel"]
-BRANCHED = {"serial", "parallel"}     # built from the branched spec
+BUILDS = ["papermill", "inprocess", "plain", "parallel"]
 TARGETS = {"build inprocess": 1.5, "no-op mlopsnb": 0.4}   # ratio to the variant's reference, at most
 
 
@@ -57,31 +55,17 @@ def clean_env() -> dict:
 ENV = clean_env()   # taken before anything in this process imports mlopsnb or ploomber
 
 
-def make_project(dest: Path, branched: bool = False) -> Path:
+def make_project(dest: Path) -> Path:
     "Copy the reference project's spec, env, task notebooks and contracts into `dest`, as a git repository."
     dest.mkdir(parents=True)
     for f in PROJECT_FILES:
         src = ROOT / f
         if src.is_dir(): shutil.copytree(src, dest / f, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         else: shutil.copy(src, dest / f)
-    if branched: branch_spec(dest / "pipeline.yaml")
     git = lambda *a: subprocess.run(["git", *a], cwd=dest, check=True, capture_output=True)
     git("init", "-q"); git("add", "-A")
     git("-c", "user.email=bench@mlopsnb", "-c", "user.name=bench", "commit", "-qm", "project")
     return dest
-
-
-def branch_spec(path: Path) -> None:
-    "Split train_model's grid by model family: train_model keeps the first family, a new task `train_other` (same notebook) the rest."
-    import yaml
-    spec = yaml.safe_load(path.read_text())
-    i, train = next((i, t) for i, t in enumerate(spec["tasks"]) if Path(t["source"]).stem == "train_model")
-    grid = train["params"]["grid"]
-    other = {**train, "name": "train_other", "params": {**train["params"], "grid": grid[1:]},
-             "product": {k: v.replace("/model/", "/model_other/").replace("train_model", "train_other") for k, v in train["product"].items()}}
-    train["params"]["grid"] = grid[:1]
-    spec["tasks"].insert(i + 1, other)
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
@@ -108,6 +92,8 @@ def plain_script(project: Path, overrides: list[str], dest: Path) -> Path:
     for name in dag:
         nb = json.loads(dag[name].source.nb_str_rendered)
         out.append(f"\n# {'=' * 20} {name} {'=' * 20}")
+        out.append("import mlopsnb.tracking; mlopsnb.tracking._state['interactive'] = None   # one MLflow run per task "
+                   "(the two branches' train_model log the same param names)")
         for cell in nb["cells"]:
             if cell["cell_type"] != "code": continue
             src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
@@ -131,48 +117,51 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             if p.is_file() and ".mlopsnb" not in p.relative_to(folder).parts}
 
 
-def task_count(branched: bool = False) -> int:
-    "How many tasks the reference spec has (the branched spec: one more)."
+def task_count(ploomber: bool = False) -> int:
+    "How many tasks mlopsnb builds from the reference spec (branches expanded), or plain Ploomber does (no branches)."
     import yaml
-    return len(yaml.safe_load((ROOT / "pipeline.yaml").read_text())["tasks"]) + branched
+    from mlopsnb.config import check_pipeline
+    return len(yaml.safe_load((ROOT / "pipeline.yaml").read_text())["tasks"]) if ploomber else len(check_pipeline(ROOT))
 
 
 def build(variant: str, tmp: Path, i: int, env_args: list[str], overrides: list[str]) -> dict:
     "Build the pipeline from scratch in a fresh project copy with one variant; return its figures."
-    project = make_project(tmp / f"{i}-{variant}", branched=variant in BRANCHED)
+    project = make_project(tmp / f"{i}-{variant}")
     if variant == "plain":
         cmd = [str(BIN / "python"), str(plain_script(project, overrides, tmp / f"{i}-plain_pipeline.py"))]
-    elif variant in BRANCHED:
-        cmd = [str(BIN / "mlopsnb"), "run", "--engine", "inprocess", *(["--jobs", "2"] if variant == "parallel" else []), *env_args]
+    elif variant == "parallel":
+        cmd = [str(BIN / "mlopsnb"), "run", "--engine", "inprocess", "--jobs", "2", *env_args]
     else:
         cmd = [str(BIN / "mlopsnb"), "run", "--engine", variant, *env_args]
     assert not (project / "mlflow.db").exists() and not (project / "products").exists()
     seconds, p = timed(cmd, project)
-    if variant != "plain" and f"{task_count(variant in BRANCHED)} executed" not in p.stdout:
+    if variant != "plain" and f"{task_count()} executed" not in p.stdout:
         sys.exit(f"bench: {variant} build did not execute every task:\n{p.stdout}")
     metrics = project / "products" / "evaluation" / "metrics.json"
     decision = project / "products" / "promotion" / "decision.json"
     if not (metrics.exists() and decision.exists()): sys.exit(f"bench: {variant} build left no final products in {project}")
-    with open(project / "products" / "model" / "candidates.csv", newline="") as f:
-        fit = sum(float(r["fit_seconds"]) for r in csv.DictReader(f))
+    fit = 0.0
+    for grid in (project / "products" / "branches").glob("*/model/candidates.csv"):   # every branch's candidates
+        with open(grid, newline="") as f: fit += sum(float(r["fit_seconds"]) for r in csv.DictReader(f))
     return {"seconds": seconds, "project": project, "tasks": task_seconds(p.stdout), "fit_seconds": fit,
             "metrics": json.loads(metrics.read_text())["metrics"]}
 
 
-def noop_pair(project: Path, repeat: int, env_args: list[str], ploomber_args: list[str]) -> dict[str, list[float]]:
-    "Time `mlopsnb run` and `ploomber build` alternately in a built project; check that neither executes anything."
-    before = snapshot(project / "products")
+def noop_pair(project: Path, other: Path, repeat: int, env_args: list[str], ploomber_args: list[str]) -> dict[str, list[float]]:
+    "Time `mlopsnb run` in `project` and `ploomber build` in `other` (built by Ploomber) alternately; check that neither executes anything."
+    before, before_other = snapshot(project / "products"), snapshot(other / "products")
     times = {"no-op mlopsnb": [], "no-op ploomber": []}
     for _ in range(repeat):
         s, p = timed([str(BIN / "mlopsnb"), "run", *env_args], project)
         if not p.stdout.startswith("nothing to do"): sys.exit(f"bench: `mlopsnb run` was not a no-op:\n{p.stdout}")
         times["no-op mlopsnb"].append(s)
-        s, p = timed([str(BIN / "ploomber"), "build", *ploomber_args], project)
+        s, p = timed([str(BIN / "ploomber"), "build", *ploomber_args], other)
         rows = [l.split() for l in p.stdout.splitlines() if l.split()[1:2] in (["True"], ["False"])]
-        if len(rows) != task_count() or any(r[1] != "False" for r in rows):
+        if len(rows) != task_count(ploomber=True) or any(r[1] != "False" for r in rows):
             sys.exit(f"bench: `ploomber build` was not a no-op:\n{p.stdout}")
         times["no-op ploomber"].append(s)
-        if snapshot(project / "products") != before: sys.exit("bench: a no-op changed a product")
+        if snapshot(project / "products") != before or snapshot(other / "products") != before_other:
+            sys.exit("bench: a no-op changed a product")
     return times
 
 
@@ -217,11 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['tasks'] or ''}", flush=True)
         ref = runs["plain"][-1]["metrics"]
         for v in BUILDS:
-            if v in BRANCHED: continue
             if any(r["metrics"] != ref for r in runs[v]): print(f"  warning: {v} build's test metrics differ from the plain build's")
-        if any(r["metrics"] != runs["serial"][-1]["metrics"] for r in runs["parallel"]):
-            print("  warning: the parallel build's test metrics differ from the serial build's")
-        noop = noop_pair(runs["papermill"][-1]["project"], a.noop_repeat, env_args, ploomber_args)
+        other = make_project(tmp / "ploomber-built")     # plain Ploomber's view of the spec (no branches), built once by Ploomber
+        timed([str(BIN / "ploomber"), "build", *ploomber_args], other)
+        noop = noop_pair(runs["papermill"][-1]["project"], other, a.noop_repeat, env_args, ploomber_args)
         print(f"  no-op pair: mlopsnb {['%.2f' % s for s in noop['no-op mlopsnb']]}  "
               f"ploomber {['%.2f' % s for s in noop['no-op ploomber']]}", flush=True)
     finally:
@@ -232,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     times = {f"build {v}": [r["seconds"] for r in runs[v]] for v in BUILDS} | noop
     med = {k: statistics.median(v) for k, v in times.items()}
     refs = {"build papermill": "build plain", "build inprocess": "build plain", "build plain": "build plain",
-            "build serial": "build serial", "build parallel": "build serial",
+            "build parallel": "build inprocess",
             "no-op mlopsnb": "no-op ploomber", "no-op ploomber": "no-op ploomber"}
     rows = []
     for k in times:

@@ -33,7 +33,8 @@ def summary_lines(result, tracking_uri: str | None = None) -> list[str]:
     else:
         failed = f", {len(result.failures)} failed" if result.failures else ""
         out = [f"built {len(recs)} tasks in {result.seconds:.1f}s: {n_run} executed, {n_skip} skipped{failed}"]
-        out += [f"  {r.name:<18} {r.status:<9} {r.seconds:>7.1f}s" if r.status == "executed" else f"  {r.name:<18} {r.status}" for r in recs]
+        w = max([18, *(len(r.name) for r in recs)])   # branch tasks have longer names (train_model-logistic_regression)
+        out += [f"  {r.name:<{w}} {r.status:<9} {r.seconds:>7.1f}s" if r.status == "executed" else f"  {r.name:<{w}} {r.status}" for r in recs]
     with_metrics = [r for r in recs if r.metrics]
     if with_metrics:
         r = max(reversed(with_metrics), key=lambda r: sum(k in r.metrics for k in KEY_METRICS))   # the task that evaluated

@@ -398,7 +398,7 @@ _INJECTED = {"upstream", "product"}
 def check_pipeline(project: Path, # the project folder
                    spec_file: str = PIPELINE_FILE, # the spec to check
                   ) -> list[dict]:
-    "Validate pipeline.yaml's keys, sources and params; return its task entries."
+    "Validate pipeline.yaml's keys, sources and params; return its task entries (branched tasks once per branch)."
     project = Path(project)
     spec = read_yaml(project / spec_file)
     for k in spec:
@@ -408,7 +408,7 @@ def check_pipeline(project: Path, # the project folder
     names = [Path(str(t.get("source", ""))).stem if isinstance(t, dict) else "" for t in tasks]
     for i, t in enumerate(tasks):
         if not isinstance(t, dict) or "source" not in t: raise ConfigError(f"{spec_file}: task #{i + 1} has no 'source'")
-        name = t.get("name", names[i])
+        name = t.get("name", Path(str(t["source"])).stem)
         where = f"{spec_file}: task {name!r}"
         for k in t:
             if k not in TASK_KEYS: raise ConfigError(f"{where}: unknown key {k!r}")
@@ -427,7 +427,8 @@ def check_pipeline(project: Path, # the project folder
             ups = declared_upstream(src)
             for u in ups or []:
                 if u not in names: raise ConfigError(f"{where}: upstream {u!r} is not a task in {spec_file}")
-    return tasks
+    from mlopsnb.branches import expand_branches   # tasks repeated per branch (executor.branches), each branch's params a part of the task's
+    return expand_branches(spec, spec_file)
 
 def declared_upstream(path: Path) -> list[str] | None:
     "Return the literal `upstream` list of a task's parameters cell."

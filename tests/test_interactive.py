@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 from conftest import SAMPLE, cli, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
+TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "select_model", "promote_model"]   # notebooks
 pytestmark = pytest.mark.slow
 
 

@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 SHIPPED = ROOT / "jupyter-config" / "jupyter_server_config.json"
 INSTALLED = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.json"
 ASYNC_MANAGER = "jupyter_server.services.contents.largefilemanager.AsyncLargeFileManager"
-TASKS = {"get_data.py", "validate_data.py", "split_data.py", "train_model.py", "evaluate_model.py", "promote_model.py",
-         "score_batch.py", "monitor_drift.py"}   # pipeline.yaml's six, then pipeline.serve.yaml's two
+TASKS = {"get_data.py", "validate_data.py", "split_data.py", "train_model.py", "evaluate_model.py", "select_model.py", "promote_model.py",
+         "score_batch.py", "monitor_drift.py"}   # pipeline.yaml's seven, then pipeline.serve.yaml's two
 START_TIMEOUT = 40  # seconds for the server to answer; it usually takes about 5
 
 

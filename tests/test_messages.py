@@ -68,9 +68,9 @@ def test_progress_is_plain_lines_when_not_a_terminal_and_the_build_is_quiet(proj
     r = cli(project, "run", *FAST)
     assert r.returncode == 0, r.stderr
     err = r.stderr.splitlines()
-    assert err[0] == "[1/6] get_data ..." and "[4/6] train_model ..." in err, err
-    assert any(re.fullmatch(r"  train_model: step \d/6 hist_gradient_boosting-.*", l) for l in err), err
-    assert re.fullmatch(r"\[6/6\] promote_model executed in \d+\.\ds", err[-1]), err
+    assert err[0] == "[1/9] get_data ..." and "[5/9] train_model-hist_gradient_boosting ..." in err, err
+    assert any(re.fullmatch(r"  train_model-hist_gradient_boosting: step \d/4 hist_gradient_boosting-.*", l) for l in err), err
+    assert re.fullmatch(r"\[9/9\] promote_model executed in \d+\.\ds", err[-1]), err
     for noise in ("Downloading artifacts", "integer column", "Warning", "warn("):
         assert noise not in r.stderr, (noise, r.stderr)
 
@@ -91,9 +91,9 @@ def test_progress_is_a_live_line_in_a_terminal(project):
     os.close(main)
     screen = "".join(chunks)
     assert p.returncode == 0, screen[-2000:]
-    assert re.search(r"\[4/6\] train_model +\d+\.\ds +step \d/6", screen), screen[-3000:]     # live: elapsed time and grid step
+    assert re.search(r"\[5/9\] train_model-hist_gradient_boosting +\d+\.\ds +step \d/4", screen), screen[-3000:]     # live: elapsed time and grid step
     assert "\r" in screen or "\x1b[" in screen                                               # redrawn in place
-    assert out.startswith("built 6 tasks in ")                                               # the summary stays on stdout
+    assert out.startswith("built 9 tasks in ")                                               # the summary stays on stdout
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ import pytest
 
 from conftest import SAMPLE, cli, executed, make_project, skipped, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
+BRANCHES = ["logistic_regression", "hist_gradient_boosting"]   # executor.branches: train and evaluate per model family
+TASKS = ["get_data", "validate_data", "split_data", *(f"train_model-{b}" for b in BRANCHES),
+         *(f"evaluate_model-{b}" for b in BRANCHES), "select_model", "promote_model"]
 LINEAGE = {"mlopsnb.task", "mlopsnb.pipeline", "git.commit", "git.dirty", "mlopsnb.pipeline_hash",
            "mlopsnb.data_digest", "mlopsnb.version"}
 pytestmark = pytest.mark.slow
@@ -17,7 +19,7 @@ def test_build_runs_every_task_and_prints_a_summary(built):
     project, result = built
     assert executed(result) == TASKS
     out = result.stdout
-    assert re.search(r"metrics \(evaluate_model\): roc_auc 0\.\d+ +pr_auc .* f1 .* log_loss .* brier", out), out
+    assert re.search(r"metrics \(select_model\): roc_auc 0\.\d+ +pr_auc .* f1 .* log_loss .* brier", out), out
     assert "model: churn version 1 @challenger @champion" in out
     assert "  mlopsnb ui  " in out and "  mlopsnb status  " in out       # hints that work as printed (the venv is on PATH here)
     for p in ["data/raw.parquet", "data/train.parquet", "model/mlflow_model/model.skops", "evaluation/metrics.json", "promotion/decision.json"]:
@@ -42,11 +44,12 @@ def test_build_is_recorded_in_mlflow(built):
         assert run.data.tags["git.commit"] == commit and run.data.tags["git.dirty"] == "false"
         assert run.data.tags["mlopsnb.data_digest"] == digest
         arts = {a.path for a in client.list_artifacts(run.info.run_id, "notebook")}
-        assert {f"notebook/{name}.ipynb", f"notebook/{name}.html"} <= arts, (name, arts)
+        nb = name.partition("-")[0]                 # a branch task's notebook keeps its file name (products/branches/<branch>/)
+        assert {f"notebook/{nb}.ipynb", f"notebook/{nb}.html"} <= arts, (name, arts)
     assert parent.data.tags["mlopsnb.data_digest"] == digest
     assert json.loads(client.download_artifacts(parent.info.run_id, "build.json", str(project / "b")) and
                       (project / "b" / "build.json").read_text())[0]["name"] == "get_data"
-    ev = children["evaluate_model"].data
+    ev = children["evaluate_model-logistic_regression"].data
     assert {"roc_auc", "pr_auc", "f1", "log_loss", "brier"} <= set(ev.metrics) and ev.metrics["roc_auc"] > 0.75
     assert ev.params["threshold"] == "0.5"
     assert children["split_data"].data.params["seed"] == "42"
@@ -72,10 +75,10 @@ def test_noop_run_skips_everything_fast(built):
     t0 = time.perf_counter()
     again = cli(project, "run", *SAMPLE)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("nothing to do: all 6 tasks are up to date"), again.stdout
+    assert again.stdout.startswith("nothing to do: all 9 tasks are up to date"), again.stdout
     assert "model: churn version 1" in again.stdout          # the summary of the last build is kept
     status = cli(project, "status", *SAMPLE)
-    assert status.returncode == 0 and status.stdout.count("up to date") == 6, status.stdout
+    assert status.returncode == 0 and status.stdout.count("up to date") == 9, status.stdout
 
 
 def test_plain_ploomber_accepts_the_spec(built):
@@ -97,8 +100,8 @@ def test_change_one_param_or_source_reruns_that_task_and_downstream(tmp_path):
     spec.write_text(spec.read_text().replace("threshold: 0.5", "threshold: 0.4"))
     second = cli(project, "run", "--engine", "inprocess", *SAMPLE)
     assert second.returncode == 0, second.stderr
-    assert executed(second) == ["evaluate_model", "promote_model"], second.stdout
-    assert skipped(second) == TASKS[:4]
+    assert executed(second) == TASKS[5:], second.stdout          # both branches' evaluations, the selection, the promotion
+    assert skipped(second) == TASKS[:5]
     doc = json.loads((project / "products/evaluation/metrics.json").read_text())
     assert doc["threshold"] == 0.4 and doc["champion"]["version"] == "1"      # evaluated side by side with @champion
     assert set(doc["champion"]["metrics"]) == set(doc["metrics"]) and "fairness_max_gap" in doc["champion"]
@@ -132,4 +135,4 @@ def test_plot_draws_the_dag(built, tmp_path):
     assert (tmp_path / "dag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = cli(project, "plot", "-o", str(tmp_path / "dag.md"))
     text = (tmp_path / "dag.md").read_text()
-    assert "get_data --> validate_data" in text and "evaluate_model --> promote_model" in text
+    assert "get_data --> validate_data" in text and "evaluate_model-logistic_regression --> select_model" in text and "select_model --> promote_model" in text

@@ -27,7 +27,7 @@ def promoted(tmp_path_factory):
 def test_first_model_becomes_champion_weaker_one_is_held(promoted):
     project, first, second = promoted
     assert "model: churn version 1 @challenger @champion (promoted: promote_model: all" in first.stdout, first.stdout
-    assert executed(second) == ["train_model", "evaluate_model", "promote_model"]
+    assert executed(second) == ["train_model-logistic_regression", "evaluate_model-logistic_regression", "select_model", "promote_model"]
     assert "model: churn version 2 @challenger (held: promote_model: gate 'beats champion on roc_auc' failed (0." in second.stdout, second.stdout
     client = store(project)
     assert str(client.get_model_version_by_alias("churn", "champion").version) == "1"

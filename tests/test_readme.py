@@ -21,11 +21,11 @@ def test_readme_build_summary_and_walkthrough_are_what_a_build_prints(tmp_path):
     first = cli(project, "run", "--engine", "inprocess")          # all rows, as `make run` (same numbers with papermill)
     assert first.returncode == 0, first.stderr
     out = first.stdout.splitlines()
-    for prefix in ("metrics (evaluate_model):", "value per customer:", "largest fairness gap:", "model: churn version 1"):
+    for prefix in ("metrics (select_model):", "value per customer:", "largest fairness gap:", "model: churn version 1"):
         readme = quoted(prefix)
         assert len(readme) == 1, (prefix, readme)
         assert readme[0] in out, (readme[0], [l for l in out if l.startswith(prefix)])
-    assert quoted("built 6 tasks in ")[0].endswith(": 6 executed, 0 skipped") and out[0].endswith(": 6 executed, 0 skipped")
+    assert quoted("built 9 tasks in ")[0].endswith(": 9 executed, 0 skipped") and out[0].endswith(": 9 executed, 0 skipped")
     set_grid(project, WEAK_GRID)                                  # the walkthrough's edit, literally
     assert WEAK_GRID.strip() in ROOT.joinpath("README.md").read_text().replace("\n          ", "\n          ")
     second = cli(project, "run", "--engine", "inprocess")

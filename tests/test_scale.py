@@ -278,7 +278,7 @@ def mlflow_server(postgres, tmp_path_factory):
 
 
 TEAM = 8          # builds at once, and then as many manual promotions at once
-TINY_GRID = "        - family: logistic_regression\n          C: [1.0]\n"   # one candidate: 8 builds share 2 cores
+TINY_GRID = "        - family: logistic_regression\n          C: [1.0]\n"   # one candidate, one branch (7 tasks): 8 builds share 2 cores
 
 
 def _team_round(tmp: Path, uri: str, shared: Path) -> tuple[list[Path], list[subprocess.CompletedProcess]]:
@@ -315,14 +315,14 @@ def _check_team_store(uri: str, projects: list[Path]) -> None:
     builds = [r for r in runs if r.data.tags.get("mlopsnb.task") == "(build)"]
     assert len(builds) == TEAM and {b.info.status for b in builds} == {"FINISHED"}
     tasks = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(tasks) == TEAM * 6 and {r.info.status for r in tasks} == {"FINISHED"}
+    assert len(tasks) == TEAM * 7 and {r.info.status for r in tasks} == {"FINISHED"}
     by_task: dict[str, set] = {}
     for r in tasks:          # every build's task logged the same params and metrics (champion_* only when it had one to compare)
         keys = (frozenset(r.data.params), frozenset(k for k in r.data.metrics if not k.startswith("champion_")))
         by_task.setdefault(r.info.run_name, set()).add(keys)
         assert r.data.params, r.info.run_name
     assert all(len(v) == 1 for v in by_task.values()), {k: v for k, v in by_task.items() if len(v) > 1}
-    assert {"roc_auc", "pr_auc", "brier"} <= set(next(iter(by_task["evaluate_model"]))[1])
+    assert {"roc_auc", "pr_auc", "brier"} <= set(next(iter(by_task["evaluate_model-logistic_regression"]))[1])
     versions = client.search_model_versions("name='churn'")
     assert len(versions) == TEAM
     entries = history(store, "churn")

@@ -1,12 +1,12 @@
 # %% [markdown]
 # # promote_model
-# Register the trained model with its evidence (test metrics, fairness gap, data contract result,
+# Register the selected model (`select_model`) with its evidence (test metrics, fairness gap, data contract result,
 # latency), make it `@challenger`, and move `@champion` to it only when every gate of the policy
 # passes. The decision, gate by gate, is recorded on the model version, in the audit history
 # (`mlopsnb history <model>`) and in this notebook.
 
 # %% tags=["parameters"]
-upstream = ["validate_data", "split_data", "train_model", "evaluate_model"]
+upstream = ["validate_data", "split_data", "select_model"]
 product = None
 model_name = None  # registered model name
 target = None      # the target column
@@ -28,8 +28,8 @@ from mlopsnb.tracking import current_run_id, log_dict, log_metrics, recorded_tag
 
 # %%
 store, rules = task_store(), PromotionPolicy.model_validate(policy)
-info = json.loads(open(upstream["train_model"]["info"]).read())
-evaluation = json.loads(open(upstream["evaluate_model"]["metrics"]).read())
+info = json.loads(open(upstream["select_model"]["info"]).read())          # the selected branch's model
+evaluation = json.loads(open(upstream["select_model"]["metrics"]).read())   # and its evaluation
 validation = json.loads(open(upstream["validate_data"]["report"]).read())
 evidence = {"metrics": evaluation["metrics"], "fairness_max_gap": evaluation.get("fairness_max_gap"),
             "contract_violations": len(validation["violations"]), "contract_warnings": len(validation.get("warnings", [])),
@@ -69,7 +69,7 @@ import pandas as pd
 run_id = current_run_id()
 facts = lineage(store, model_name, version, verify=False) if version else {"model": model_name, "version": None,
                                                                            "build": build_of(store, run_id) if run_id else None}
-tables_dir = Path(upstream["evaluate_model"]["metrics"]).parent
+tables_dir = Path(upstream["select_model"]["metrics"]).parent
 tables = {p.stem: pd.read_csv(p) for p in tables_dir.glob("*.csv")}
 md = model_card(facts, ModelCardConfig.model_validate(card or {}), evaluation, tables,
                 {"path": Path(validation["contract"]).name, "violations": len(validation["violations"]), "warnings": len(validation.get("warnings", []))})
