@@ -169,11 +169,14 @@ def parent_run(rec, ctx, base: dict, dag_run_id: str) -> str | None:
         rec.log_dict(parent, hide_secrets(ctx.project.env.model_dump(), "env")[0], "mlopsnb/env.json")   # what `reproduce` replays
     return parent
 
+def _finished(task) -> bool:
+    "Whether a task's last run finished: its product exists and its metadata (dropped before every run) is there."
+    return task.product.exists() and task.product.metadata.timestamp is not None
+
 def _check_upstream(dag, name: str) -> None:
     "Refuse to run a task whose upstream tasks have no finished run."
     for u in sorted(dag[name].upstream):
-        p = dag[u].product
-        if not p.exists() or p.metadata.timestamp is None:
+        if not _finished(dag[u]):
             raise MlopsnbError(f"task {name!r}: upstream {u!r} has not finished (product missing or its last run failed): run it first")
 
 def _prepare(project: Project, engine: str):
@@ -240,7 +243,10 @@ def finish_airflow_run(project: Project, # the loaded project
     if rec.enabled and parent is None: raise MlopsnbError(f"no MLflow run of Airflow run {dag_run_id!r}: none of its tasks started")
     last = _last_attempts(rec, parent) if parent else {}
     ex = dag.executor
-    ex.records = [_record_of(n, last.get(n)) for n in dag]
+    if rec.enabled: ex.records = [_record_of(n, last.get(n)) for n in dag]
+    else:                                     # MLOPSNB_TRACKING=off: what the products say
+        from mlopsnb.pipeline import TaskRecord
+        ex.records = [TaskRecord(n, "executed" if _finished(dag[n]) else "aborted") for n in dag]
     ex.parent_run_id = parent
     failures = [r.error or f"task {r.name!r} {r.status}" for r in ex.records if r.status != "executed"]
     ex.finish_parent(rec, parent, ctx)
