@@ -50,7 +50,6 @@ def test_export_rejects_a_bad_airflow_setting(tmp_path):
 
 
 def test_export_writes_every_task_and_dependency(tmp_path):
-    from ploomber.spec import DAGSpec
     from mlopsnb.pipeline import graph
     project = with_airflow_settings(make_project(tmp_path, git=False))
     result = cli(project, "export", "airflow", "--out", str(tmp_path / "out"), "--dag-id", "churn_daily", "--schedule", "@daily",
@@ -68,15 +67,16 @@ def test_export_writes_every_task_and_dependency(tmp_path):
             "retry_exponential_backoff=2.0, max_retry_delay=dt.timedelta(seconds=600.0), execution_timeout=dt.timedelta(seconds=3600.0))") in src
     assert "tasks['get_data'] = mlopsnb_task('get_data', 'get_data', retries=1, retry_delay=dt.timedelta(seconds=30.0))" in src
     assert "finish = mlopsnb_task('mlopsnb_finish', '--finish', trigger_rule='all_done'" in src
-    # the section does not break a plain `ploomber build` of the same spec: Ploomber builds its DAG and executor
-    dag = DAGSpec(str(project / "pipeline.yaml")).to_dag()
-    assert type(dag.executor).__name__ == "RecordingExecutor" and dag.executor.airflow["validate_data"]["retries"] == 2
 
 
 @pytest.mark.slow
 def test_task_retry_never_takes_a_partial_product_as_finished(tmp_path):
-    project = make_project(tmp_path / "p")
+    from ploomber.spec import DAGSpec
+    project = with_airflow_settings(make_project(tmp_path / "p"))
     fail_once(project, tmp_path / "failed-once")
+    # the airflow section does not break a plain `ploomber build` of the same spec: Ploomber builds its DAG and executor
+    dag = DAGSpec(str(project / "pipeline.yaml")).to_dag()
+    assert type(dag.executor).__name__ == "RecordingExecutor" and dag.executor.airflow["validate_data"]["retries"] == 2
     task = lambda name, attempt: cli(project, "task", name, "--dag-run-id", "manual__1", "--attempt", str(attempt), "--engine", "inprocess", *SAMPLE)
     assert task("get_data", 1).returncode == 0
     first = task("validate_data", 1)
