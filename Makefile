@@ -9,7 +9,7 @@ JUPYTER_CONFIG := jupyter-config/jupyter_server_config.json
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
 
-.PHONY: install run test test-fast sync lab bench clean help
+.PHONY: install run test test-fast sync lab bench airflow clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -44,6 +44,21 @@ lab: $(STAMP)  ## open JupyterLab 4 on the project (with the setting that keeps 
 
 bench: $(STAMP)  ## run the benchmarks in bench/ (see bench/README.md)
 	$(BIN)/python bench/pipeline.py
+
+# Apache Airflow 3 in a virtualenv of its own (its pins clash with the project's): the exported DAG's tasks call
+# the project's own mlopsnb, so this environment needs none of the project's packages. tests/test_airflow.py uses it.
+AIRFLOW_VERSION := 3.3.2
+AIRFLOW_VENV    := .venv-airflow
+AIRFLOW_STAMP   := $(AIRFLOW_VENV)/.installed-$(AIRFLOW_VERSION)
+
+$(AIRFLOW_STAMP):
+	rm -rf $(AIRFLOW_VENV)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)"
+	touch $(AIRFLOW_STAMP)
+
+airflow: $(AIRFLOW_STAMP)  ## install Apache Airflow 3 into .venv-airflow (for `mlopsnb export airflow` and its test)
 
 clean:  ## remove products and the local MLflow store (keeps .venv)
 	rm -rf products mlruns mlartifacts mlflow.db .mlopsnb

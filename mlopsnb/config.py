@@ -23,8 +23,9 @@ from .core import ENV_FILE, PIPELINE_FILE, ConfigError
 __all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy',
            'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides', 'read_yaml',
            'load_env', 'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
-           'resolve_placeholders', 'resolve_params', 'params_of_type', 'check_pipeline', 'declared_upstream',
-           'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'uri_scheme', 'as_store', 'Project']
+           'resolve_placeholders', 'resolve_params', 'params_of_type', 'AirflowTaskSettings', 'airflow_settings',
+           'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'uri_scheme',
+           'as_store', 'Project']
 
 # %% ../notebooks/api/01_config.ipynb #47cb2ff8
 class _Strict(BaseModel):
@@ -385,6 +386,46 @@ def params_of_type(params: dict[str, dict[str, Any]], # from `resolve_params`
                 out.setdefault(name, {})[p] = model.model_validate(params[name][p] or {})
     return out
 
+# %% ../notebooks/api/01_config.ipynb #0762a80d
+class AirflowTaskSettings(_Strict):
+    "How Airflow runs one pipeline task: retries, their delay and backoff, a timeout (seconds)."
+    model_config = ConfigDict(extra="forbid", strict=True)
+    retries: int = Field(1, ge=0)                             # attempts after the first one
+    retry_delay: float = Field(30.0, ge=0)                    # seconds before a retry
+    retry_exponential_backoff: bool | float = False           # Airflow's multiplier (true: 2, false: 0, off)
+    max_retry_delay: float | None = Field(None, gt=0)         # seconds, the cap of a growing delay
+    execution_timeout: float | None = Field(None, gt=0)       # seconds an attempt may take before Airflow stops it
+
+    @field_validator("retry_exponential_backoff")
+    @classmethod
+    def _backoff(cls, v):
+        if not isinstance(v, bool) and v < 0: raise ValueError("must be true, false or a multiplier of 0 or more")
+        return v
+
+    @property
+    def backoff(self) -> float:
+        "The backoff multiplier Airflow takes (0: a constant delay)."
+        v = self.retry_exponential_backoff
+        return (2.0 if v else 0.0) if isinstance(v, bool) else float(v)
+
+def airflow_settings(spec: dict, # the spec as read (`read_yaml`)
+                     names: list[str], # the names of its task entries
+                     spec_file: str = PIPELINE_FILE, # for the messages
+                    ) -> dict[str, AirflowTaskSettings]:
+    "Validate the executor's `airflow` section; return the settings of every task entry (defaults where absent)."
+    ex = spec.get("executor")
+    section = ex.get("airflow") if isinstance(ex, dict) else None
+    where = f"{spec_file}: executor: airflow"
+    if section is None: section = {}
+    if not isinstance(section, dict): raise ConfigError(f"{where}: expected a mapping of task name to settings")
+    out = {}
+    for name, value in section.items():
+        if name not in names: raise ConfigError(f"{where}: {name!r} is not a task in {spec_file} ({', '.join(names)})")
+        if not isinstance(value, dict): raise ConfigError(f"{where}: task {name!r}: expected a mapping of settings")
+        try: out[name] = AirflowTaskSettings.model_validate(value)
+        except ValidationError as e: raise ConfigError(_one_line(e, f"{where}: task {name!r}")) from None
+    return {n: out.get(n, AirflowTaskSettings()) for n in names}
+
 # %% ../notebooks/api/01_config.ipynb #cff89834
 SPEC_KEYS = {"meta", "config", "clients", "tasks", "serializer", "unserializer", "executor",
              "source_loader", "on_render", "on_finish", "on_failure"}
@@ -427,6 +468,7 @@ def check_pipeline(project: Path, # the project folder
             ups = declared_upstream(src)
             for u in ups or []:
                 if u not in names: raise ConfigError(f"{where}: upstream {u!r} is not a task in {spec_file}")
+    airflow_settings(spec, [t.get("name", n) for t, n in zip(tasks, names)], spec_file)
     from mlopsnb.branches import expand_branches   # tasks repeated per branch (executor.branches), each branch's params a part of the task's
     return expand_branches(spec, spec_file)
 

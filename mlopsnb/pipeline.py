@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'ENGINES', 'JUPYTER_SETTINGS', 'quiet_ploomber', 'failure_line', 'TaskRecord', 'BuildContext', 'task_boundary',
            'task_variables', 'RecordingExecutor', 'BuildProgress', 'NoProgress', 'load_dag', 'state_file',
-           'fingerprint', 'read_state', 'is_up_to_date', 'BuildResult', 'BuildInterrupted', 'run', 'check_data',
-           'status', 'graph', 'dag_figure', 'plot', 'inject', 'lab_command']
+           'fingerprint', 'read_state', 'is_up_to_date', 'BuildResult', 'BuildInterrupted', 'sigterm_interrupts', 'run',
+           'check_data', 'write_state', 'status', 'graph', 'dag_figure', 'plot', 'inject', 'lab_command']
 
 # %% ../notebooks/api/08_pipeline.ipynb #4338d27c
 def quiet_ploomber() -> None:
@@ -153,6 +153,7 @@ class RecordingExecutor:
                  pipeline: str = PIPELINE_FILE, # the spec's file name, for the tags
                  products: str | None = None, # unused; kept for specs that name it
                  jobs: int = 1, # tasks run at the same time, each in its own process (`mlopsnb run --jobs N`)
+                 airflow: dict | None = None, # per-task Airflow settings, read by `mlopsnb export airflow` (checked by `config.check_pipeline`)
                  **store, # tracking_uri, experiment, artifacts as a plain `ploomber build` renders them from env.yaml (and branches)
                 ):
         self.project, self.pipeline, self.products = project, pipeline, products
@@ -161,7 +162,7 @@ class RecordingExecutor:
         if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
             raise MlopsnbError(f"{pipeline}: executor: jobs must be a whole number of 1 or more, got {jobs!r}")
         self.branches = store.pop("branches", None)   # the shape of the DAG, expanded by `load_dag` (mlopsnb.branches)
-        self.store, self.jobs = store, jobs
+        self.store, self.jobs, self.airflow = store, jobs, airflow
         self.context: BuildContext | None = None      # set by `run`; prepared from the project otherwise
         self.progress: BuildProgress = NoProgress()    # set by `run` for the command line
         self.records: list[TaskRecord] = []
@@ -193,7 +194,7 @@ class RecordingExecutor:
             raise
         finally: self._record_consumed(ctx, finished)     # again at the end: a later task may have written an input (the contract)
         failures = [r.error for r in self.records if r.error]
-        self._finish_parent(rec, parent, ctx)
+        self.finish_parent(rec, parent, ctx)
         rec.end_run(parent, "FAILED" if failures else "FINISHED")
         if failures: raise DAGBuildError("\n".join(failures))
         return reports
@@ -205,7 +206,7 @@ class RecordingExecutor:
             t = dag[name]
             if t.exec_status in (TaskStatus.Skipped, TaskStatus.Aborted):
                 self.records.append(TaskRecord(name, "skipped" if t.exec_status == TaskStatus.Skipped else "aborted")); continue
-            record, report = self._run_task(ctx, rec, base, parent, t)
+            record, report = self.run_task(ctx, rec, base, parent, t)
             self.task_ended(ctx, t, record, report, finished, reports)
 
     def task_ended(self, ctx: BuildContext, t, record: TaskRecord, report, finished: list, reports: list) -> None:
@@ -248,7 +249,7 @@ class RecordingExecutor:
         self.progress.done(record)
         return record
 
-    def _run_task(self, ctx: BuildContext, rec, base: dict, parent: str | None, t) -> tuple[TaskRecord, object]:
+    def run_task(self, ctx: BuildContext, rec, base: dict, parent: str | None, t) -> tuple[TaskRecord, object]:
         "Run one task in its own child run; return what happened (an interrupt ends the run KILLED and propagates)."
         name = t.name
         run, progress_file = self.task_started(ctx, rec, base, parent, t)
@@ -280,7 +281,8 @@ class RecordingExecutor:
                           ctx.states, requery=False)
         for t, state in now.items(): write_record(ctx.project, t, state)
 
-    def _finish_parent(self, rec, parent: str | None, ctx: BuildContext) -> None:
+    def finish_parent(self, rec, parent: str | None, ctx: BuildContext) -> None:
+        "At the end of a build: tag the parent run with the skipped and failed tasks and attach every task's record (build.json)."
         if not parent: return
         rec.set_tags(parent, {"mlopsnb.skipped": ",".join(r.name for r in self.records if r.status == "skipped"),
                               "mlopsnb.failed": ",".join(r.name for r in self.records if r.status == "failed")})
@@ -481,7 +483,7 @@ class BuildInterrupted(KeyboardInterrupt):
     "Raised in the build's main thread when it receives SIGTERM, so the build ends its runs KILLED at once."
 
 @contextmanager
-def _sigterm_interrupts():
+def sigterm_interrupts():
     "Turn SIGTERM into BuildInterrupted for the block (main thread only; the previous handler is restored)."
     import signal, threading
     if threading.current_thread() is not threading.main_thread(): yield; return
@@ -528,7 +530,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         if not force: _drop_stale(ctx, dag)
         if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
         result = _build(dag, force, t0, project)
-        if result.ok: _write_state(ctx, dag, result, state)
+        if result.ok: write_state(ctx, dag, result, state)
     return result
 
 def _to_run(dag, force: bool) -> int:
@@ -553,14 +555,14 @@ def check_data(project: Project) -> None:
 def _build(dag, force: bool, t0: float, project: Project) -> BuildResult:
     from ploomber.exceptions import DAGBuildError
     failures = []
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         try: dag.build(force=force, show_progress=False)
         except DAGBuildError as e:
             failures = [r.error for r in dag.executor.records if r.error] or [str(e).strip().splitlines()[0]]
     return BuildResult(dag.executor.records, seconds=time.perf_counter() - t0, parent_run_id=dag.executor.parent_run_id,
                        tracking_uri=project.store.tracking_uri, failures=failures)
 
-def _write_state(ctx: BuildContext, dag, result: BuildResult, state: dict | None) -> None:
+def write_state(ctx: BuildContext, dag, result: BuildResult, state: dict | None) -> None:
     "After a successful build: the fingerprint (recomputed: the build may have written the contract) and the products."
     ctx = BuildContext.prepare(ctx.project)
     prev = {r["name"]: r for r in (state or {}).get("records", [])}
