@@ -102,11 +102,11 @@ class KernelPool:
     record: list = field(default_factory=list)      # what `kernels.json` says
 
     def _start(self, task: str, kernel_name: str, modules: list[str], env: dict, warm: bool = True) -> _Kernel:
-        "Start a kernel for `task` with `env`, importing `modules` before it answers."
+        "Start a kernel for `task` with `env` and the watchdog, importing `modules` (when `warm`) before it answers."
         from jupyter_core.utils import run_sync
         km = PoolKernelManager(kernel_name=kernel_name)
-        args = ["--HistoryManager.hist_file=:memory:"]        # what nbclient gives the kernels it starts
-        if warm: args.append(f"--IPKernelApp.exec_lines={warm_up_code(modules, os.getpid())}")
+        args = ["--HistoryManager.hist_file=:memory:",       # what nbclient gives the kernels it starts
+                f"--IPKernelApp.exec_lines={warm_up_code(modules if warm else [], os.getpid())}"]   # the watchdog, always
         run_sync(km.start_kernel)(extra_arguments=args, cwd=self.cwd, env=dict(env))
         return _Kernel(task, km, dict(env), time.perf_counter(), warm)
 
