@@ -1,4 +1,5 @@
 """The warm kernel pool of the papermill engine: a kernel per task still, the same records as cold kernels, no kernel left behind."""
+import ast
 import json
 import os
 import signal
@@ -42,10 +43,17 @@ def recorded(project: Path) -> dict:
     return out
 
 
+def source(cell: dict, project: Path):
+    "A cell's source without the project's folder; papermill's parameters as values (Ploomber orders `upstream` as it likes)."
+    text = "".join(cell["source"]).replace(str(project), "<project>")
+    if "injected-parameters" not in cell["metadata"].get("tags", []): return text
+    return {l.split(" = ", 1)[0]: ast.literal_eval(l.split(" = ", 1)[1]) for l in text.splitlines() if " = " in l}
+
+
 def notebook_shape(project: Path, task: str) -> list:
-    "Each cell of a task's executed notebook: kind, tags, source (the project's folder left out), execution count, output types."
+    "Each cell of a task's executed notebook: kind, tags, source, execution count, output types."
     nb = json.loads((project / "products" / f"{task}.ipynb").read_text())
-    return [(c["cell_type"], c["metadata"].get("tags"), "".join(c["source"]).replace(str(project), "<project>"), c.get("execution_count"),
+    return [(c["cell_type"], c["metadata"].get("tags"), source(c, project), c.get("execution_count"),
              [o["output_type"] for o in c.get("outputs", [])]) for c in nb["cells"]]
 
 
