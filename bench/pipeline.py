@@ -1,8 +1,9 @@
 """Benchmark the reference pipeline side by side: papermill, in-process and plain Python builds; no-op checks.
 
-Five variants, in one run, each as the subprocess a user would start, in a clean environment:
+Every variant, in one run, each as the subprocess a user would start, in a clean environment:
 
-  build papermill   `mlopsnb run --engine papermill` in a fresh copy of the project
+  build papermill   `mlopsnb run --engine papermill` in a fresh copy of the project (warm kernel pool, the default)
+  build papermill-cold  the same with the pool off (MLOPSNB_WARM_KERNELS=0): papermill starts each kernel itself
   build inprocess   `mlopsnb run --engine inprocess` in a fresh copy of the project
   build plain       the same task code as ONE plain script, `python plain_pipeline.py`, in a fresh copy
   no-op mlopsnb     `mlopsnb run` in a project already built (prints "nothing to do")
@@ -37,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["pipeline.yaml", "env.yaml", "notebooks/tasks", "contracts"]
-BUILDS = ["papermill", "inprocess", "plain", "parallel"]
-TARGETS = {"build inprocess": 1.5, "no-op mlopsnb": 0.4}   # ratio to the variant's reference, at most
+BUILDS = ["papermill", "papermill-cold", "inprocess", "plain", "parallel"]
+TARGETS = {"build papermill": 2.0, "build inprocess": 1.5, "no-op mlopsnb": 0.4}   # ratio to the variant's reference, at most
 
 
 def clean_env() -> dict:
@@ -68,10 +69,10 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    "Run `cmd` in `cwd` with the clean environment; return its wall time and the finished process."
+def timed(cmd: list[str], cwd: Path, extra: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    "Run `cmd` in `cwd` with the clean environment (and `extra`); return its wall time and the finished process."
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=cwd, env={**ENV, **(extra or {})}, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if p.returncode:
         sys.exit(f"bench: {' '.join(map(str, cmd))} failed in {cwd} (exit {p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
@@ -132,9 +133,9 @@ def build(variant: str, tmp: Path, i: int, env_args: list[str], overrides: list[
     elif variant == "parallel":
         cmd = [str(BIN / "mlopsnb"), "run", "--engine", "inprocess", "--jobs", "2", *env_args]
     else:
-        cmd = [str(BIN / "mlopsnb"), "run", "--engine", variant, *env_args]
+        cmd = [str(BIN / "mlopsnb"), "run", "--engine", variant.split("-")[0], *env_args]
     assert not (project / "mlflow.db").exists() and not (project / "products").exists()
-    seconds, p = timed(cmd, project)
+    seconds, p = timed(cmd, project, {"MLOPSNB_WARM_KERNELS": "0"} if variant == "papermill-cold" else None)
     if variant != "plain" and f"{task_count()} executed" not in p.stdout:
         sys.exit(f"bench: {variant} build did not execute every task:\n{p.stdout}")
     metrics = project / "products" / "evaluation" / "metrics.json"
@@ -181,7 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--omp-threads", type=int, default=1, help="OMP_NUM_THREADS for every variant alike (default 1: "
                    "model fitting with OpenMP swings wildly on a busy 2-core machine; 0 leaves it unset)")
     p.add_argument("--keep", action="store_true", help="keep the temporary projects")
+    p.add_argument("--variants", default=",".join(BUILDS), help=f"the builds to run, comma-separated (default: all, {','.join(BUILDS)}); "
+                   "a ratio needs its reference built too; the no-op pair runs when papermill is built")
     a = p.parse_args(argv)
+    builds = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in builds if v not in BUILDS]
+    if unknown: p.error(f"--variants: unknown build {unknown[0]!r}: choose from {', '.join(BUILDS)}")
+    needs = {"papermill": "plain", "papermill-cold": "plain", "inprocess": "plain", "parallel": "inprocess"}
+    missing = [f"{v} needs {needs[v]}" for v in builds if v in needs and needs[v] not in builds]
+    if missing: p.error(f"--variants: {missing[0]} (its reference)")
     if a.omp_threads: ENV["OMP_NUM_THREADS"] = str(a.omp_threads)
     else: ENV.pop("OMP_NUM_THREADS", None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # so that the temporary projects are removed
@@ -197,29 +206,31 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="mlopsnb-bench-"))
     try:
-        runs: dict[str, list[dict]] = {v: [] for v in BUILDS}
+        runs: dict[str, list[dict]] = {v: [] for v in builds}
         for i in range(a.repeat):
-            for v in BUILDS:                     # interleaved: drift on a shared machine hits every variant alike
+            for v in builds:                     # interleaved: drift on a shared machine hits every variant alike
                 r = build(v, tmp, i, env_args, overrides)
                 runs[v].append(r)
-                print(f"  build {v:<10} run {i + 1}/{a.repeat}: {r['seconds']:6.1f}s  (fit_grid {r['fit_seconds']:.1f}s)  "
+                print(f"  build {v:<14} run {i + 1}/{a.repeat}: {r['seconds']:6.1f}s  (fit_grid {r['fit_seconds']:.1f}s)  "
                       f"{r['tasks'] or ''}", flush=True)
-        ref = runs["plain"][-1]["metrics"]
-        for v in BUILDS:
-            if any(r["metrics"] != ref for r in runs[v]): print(f"  warning: {v} build's test metrics differ from the plain build's")
-        other = make_project(tmp / "ploomber-built")     # plain Ploomber's view of the spec (no branches), built once by Ploomber
-        timed([str(BIN / "ploomber"), "build", *ploomber_args], other)
-        noop = noop_pair(runs["papermill"][-1]["project"], other, a.noop_repeat, env_args, ploomber_args)
-        print(f"  no-op pair: mlopsnb {['%.2f' % s for s in noop['no-op mlopsnb']]}  "
-              f"ploomber {['%.2f' % s for s in noop['no-op ploomber']]}", flush=True)
+        ref = runs["plain"][-1]["metrics"] if "plain" in runs else None
+        for v in builds:
+            if ref is not None and any(r["metrics"] != ref for r in runs[v]): print(f"  warning: {v} build's test metrics differ from the plain build's")
+        noop = {}
+        if "papermill" in runs and a.noop_repeat:
+            other = make_project(tmp / "ploomber-built")     # plain Ploomber's view of the spec (no branches), built once by Ploomber
+            timed([str(BIN / "ploomber"), "build", *ploomber_args], other)
+            noop = noop_pair(runs["papermill"][-1]["project"], other, a.noop_repeat, env_args, ploomber_args)
+            print(f"  no-op pair: mlopsnb {['%.2f' % s for s in noop['no-op mlopsnb']]}  "
+                  f"ploomber {['%.2f' % s for s in noop['no-op ploomber']]}", flush=True)
     finally:
         if a.keep: print(f"  projects kept in {tmp}")
         else: shutil.rmtree(tmp, ignore_errors=True)
 
     info["load_after"] = round(os.getloadavg()[0], 2)
-    times = {f"build {v}": [r["seconds"] for r in runs[v]] for v in BUILDS} | noop
+    times = {f"build {v}": [r["seconds"] for r in runs[v]] for v in builds} | noop
     med = {k: statistics.median(v) for k, v in times.items()}
-    refs = {"build papermill": "build plain", "build inprocess": "build plain", "build plain": "build plain",
+    refs = {"build papermill": "build plain", "build papermill-cold": "build plain", "build inprocess": "build plain", "build plain": "build plain",
             "build parallel": "build inprocess",
             "no-op mlopsnb": "no-op ploomber", "no-op ploomber": "no-op ploomber"}
     rows = []
@@ -229,16 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"variant": k, "seconds": round(med[k], 3), "runs": [round(s, 3) for s in times[k]],
                      "reference": refs[k], "ratio": round(ratio, 3), "target": target,
                      "pass": None if target is None else ratio <= target})
-    print(f"\n{'variant':<16} {'seconds':>8}  {'ratio':>6}  {'vs':<15} {'target':>7}  result")
+    print(f"\n{'variant':<21} {'seconds':>8}  {'ratio':>6}  {'vs':<15} {'target':>7}  result")
     for r in rows:
         tgt = f"<= {r['target']}" if r["target"] else "-"
         res = "-" if r["pass"] is None else ("pass" if r["pass"] else "FAIL")
-        print(f"{r['variant']:<16} {r['seconds']:>8.2f}  {r['ratio']:>6.2f}  {r['reference']:<15} {tgt:>7}  {res}")
+        print(f"{r['variant']:<21} {r['seconds']:>8.2f}  {r['ratio']:>6.2f}  {r['reference']:<15} {tgt:>7}  {res}")
     tasks = {v: {t: statistics.median(r["tasks"][t] for r in runs[v]) for t in runs[v][0]["tasks"]}
-             for v in BUILDS if runs[v][0]["tasks"]}
+             for v in builds if runs[v][0]["tasks"]}
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        fits = {v: [round(r["fit_seconds"], 3) for r in runs[v]] for v in BUILDS}
+        fits = {v: [round(r["fit_seconds"], 3) for r in runs[v]] for v in builds}
         Path(a.json).write_text(json.dumps({**info, "results": rows, "task_seconds": tasks, "fit_grid_seconds": fits},
                                            indent=1) + "\n")
         print(f"\nwrote {a.json}")

@@ -200,14 +200,19 @@ class RecordingExecutor:
         return reports
 
     def _run_serial(self, dag, ctx: BuildContext, rec, base: dict, parent: str | None, finished: list, reports: list) -> None:
-        "Run the tasks one after the other, in the DAG's order."
+        "Run the tasks one after the other, in the DAG's order (papermill: each in its own kernel, started ahead by the pool)."
         from ploomber.constants import TaskStatus
-        for name in dag:
-            t = dag[name]
-            if t.exec_status in (TaskStatus.Skipped, TaskStatus.Aborted):
-                self.records.append(TaskRecord(name, "skipped" if t.exec_status == TaskStatus.Skipped else "aborted")); continue
-            record, report = self.run_task(ctx, rec, base, parent, t)
-            self.task_ended(ctx, t, record, report, finished, reports)
+        from mlopsnb.kernels import build_pool
+        pool = build_pool(dag, state_dir(ctx.project) / "kernels.json", task_variables(ctx, rec, None, parent))
+        try:
+            for name in dag:
+                t = dag[name]
+                if t.exec_status in (TaskStatus.Skipped, TaskStatus.Aborted):
+                    self.records.append(TaskRecord(name, "skipped" if t.exec_status == TaskStatus.Skipped else "aborted")); continue
+                record, report = self.run_task(ctx, rec, base, parent, t, pool)
+                self.task_ended(ctx, t, record, report, finished, reports)
+        finally:
+            if pool is not None: pool.close()      # no kernel outlives the build, whatever ended it
 
     def task_ended(self, ctx: BuildContext, t, record: TaskRecord, report, finished: list, reports: list) -> None:
         "Keep a task's record; when it finished, record what it consumed at once (a build killed later still knows)."
@@ -249,14 +254,15 @@ class RecordingExecutor:
         self.progress.done(record)
         return record
 
-    def run_task(self, ctx: BuildContext, rec, base: dict, parent: str | None, t) -> tuple[TaskRecord, object]:
+    def run_task(self, ctx: BuildContext, rec, base: dict, parent: str | None, t, pool=None) -> tuple[TaskRecord, object]:
         "Run one task in its own child run; return what happened (an interrupt ends the run KILLED and propagates)."
+        from mlopsnb.kernels import kernel_for
         name = t.name
         run, progress_file = self.task_started(ctx, rec, base, parent, t)
         t0, error, report = time.perf_counter(), None, None
         try:
             with self.progress.task(name, progress_file), task_boundary({**task_variables(ctx, rec, run, parent), PROGRESS_ENV: str(progress_file)}):
-                report, _ = t._build(catch_exceptions=True)
+                with kernel_for(pool, t): report, _ = t._build(catch_exceptions=True)
         except Exception as e:
             error = self.task_failure(t, e)
         except BaseException:
