@@ -274,7 +274,8 @@ def _threshold(a, project) -> tuple[float, str]:
     if a.threshold is not None: return a.threshold, "--threshold"
     found = [(t, ps["threshold"]) for t, ps in resolve_params(project.root, project.env, project.spec_file).items()
              if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    if len(found) == 1: return float(found[0][1]), f"{project.spec_file}: {found[0][0]}.threshold"
+    entries = {(t.split("-")[0] if len({v for _, v in found}) == 1 else t) for t, _ in found}   # a task's branches share its value
+    if len(entries) == 1: return float(found[0][1]), f"{project.spec_file}: {entries.pop()}.threshold"
     return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file})" if found else "")
 
 def _scorer_args(a, project) -> dict:

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import SAMPLE, cli, executed, make_project, start_paused_build, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model", "evaluate_model", "promote_model"]
+TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
+         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 COLD = {"MLOPSNB_WARM_KERNELS": "0"}
 
 
@@ -52,7 +53,8 @@ def source(cell: dict, project: Path):
 
 def notebook_shape(project: Path, task: str) -> list:
     "Each cell of a task's executed notebook: kind, tags, source, execution count, output types."
-    nb = json.loads((project / "products" / f"{task}.ipynb").read_text())
+    name, _, branch = task.partition("-")           # a branch's notebook: products/branches/<branch>/<task>.ipynb
+    nb = json.loads((project / "products" / ("branches/" + branch if branch else "") / f"{name}.ipynb").read_text())
     return [(c["cell_type"], c["metadata"].get("tags"), source(c, project), c.get("execution_count"),
              [o["output_type"] for o in c.get("outputs", [])]) for c in nb["cells"]]
 

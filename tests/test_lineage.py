@@ -88,7 +88,7 @@ def test_reproduce_rebuilds_the_champion_and_registers_nothing(project):
     assert client.get_registered_model("churn").tags == history                       # no alias moved, nothing recorded
     exp = client.get_experiment_by_name("mlopsnb-churn-reproductions")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 7 and {r.data.tags.get("mlopsnb.reproduction_of") for r in runs} == {"churn/1"}
+    assert len(runs) == 10 and {r.data.tags.get("mlopsnb.reproduction_of") for r in runs} == {"churn/1"}
     assert git(project, "worktree", "list").count("\n") == 0                          # the temporary worktree is gone
     assert [l for l in git(project, "status", "--porcelain").splitlines() if not l.startswith("??")] == []
 
