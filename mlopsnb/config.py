@@ -553,12 +553,14 @@ class Project:
              env_file: str | Path | None = None, # another env file
              spec_file: str = PIPELINE_FILE, # the spec
              environ: dict | None = None, # where MLFLOW_TRACKING_URI may override env.yaml (default os.environ)
+             store: "Store | None" = None, # this store, whatever env.yaml and environ say (e.g. the store of another project)
             ) -> "Project":
         "Find, read and validate a project; the store is env.yaml's `tracking_uri` unless MLFLOW_TRACKING_URI is set."
         import os
         from mlopsnb.core import find_project
         root = find_project(root)
         env = load_env(root, overrides, env_file)
+        if store is not None: return cls(root, env, store, spec_file)
         environ = os.environ if environ is None else environ
         uri = environ.get("MLFLOW_TRACKING_URI") or resolve_uri(env.tracking_uri, root)
         return cls(root, env, Store(uri, environ.get("MLFLOW_REGISTRY_URI") or uri), spec_file)

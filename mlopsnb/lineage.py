@@ -378,7 +378,7 @@ def reproduce(project, # the loaded Project (its store holds the version)
             env = _recorded_env(info, project, tmp)
             overrides = {k: v2 for k, v2 in env.items() if k != "data"} | ({"data": env["data"]} if "data" in env else {})
             repro = Project.load(root, overrides, spec_file=b["tags"].get("mlopsnb.pipeline", project.spec_file),
-                                 environ={"MLFLOW_TRACKING_URI": project.store.tracking_uri, "MLFLOW_REGISTRY_URI": project.store.registry_uri})
+                                 store=project.store)
             _bring_files(repro, project.root)
             ctx = BuildContext.prepare(repro)
             want = b["tags"].get("mlopsnb.data_digest")
