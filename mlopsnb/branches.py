@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 from .config import ConfigError, declared_upstream
 
 # %% auto #0
-__all__ = ['BRANCH_KEYS', 'ALL', 'BranchNotebookRunner', 'branch_task', 'task_names', 'read_branches', 'expand_branches',
-           'branch_wiring', 'wire_branches', 'branch_products', 'select_branch', 'copy_products']
+__all__ = ['BRANCH_KEYS', 'ALL', 'branch_task', 'task_names', 'read_branches', 'expand_branches', 'branch_wiring',
+           'branch_runner', 'wire_branches', 'branch_products', 'select_branch', 'copy_products']
 
 # %% ../notebooks/api/08c_branches.ipynb #4a709e88
 BRANCH_KEYS = {"tasks", "by"}
@@ -111,7 +112,11 @@ def branch_wiring(project: Path, # the project folder
     return out
 
 # %% ../notebooks/api/08c_branches.ipynb #0ae41b66
-def _branched_runner():
+@functools.cache
+def branch_runner():
+    "The NotebookRunner subclass for branched tasks, built on first use: importing this module must not import Ploomber."
+    from mlopsnb.pipeline import quiet_ploomber
+    quiet_ploomber()   # before Ploomber's first import: skips a 3 s import it does not need
     from ploomber.tasks import NotebookRunner
 
     class BranchNotebookRunner(NotebookRunner):
@@ -125,8 +130,6 @@ def _branched_runner():
             return out
     return BranchNotebookRunner
 
-BranchNotebookRunner = _branched_runner()
-
 def wire_branches(dag, # Ploomber's DAG of the expanded tasks, without edges
                   wiring: dict[str, dict[str, tuple[str, bool]]], # from `branch_wiring`
                  ) -> None:
@@ -138,8 +141,8 @@ def wire_branches(dag, # Ploomber's DAG of the expanded tasks, without edges
             if up not in dag: raise ConfigError(f"task {name!r}: upstream {up!r} is not a task")
             t.set_upstream(dag[up], group_name=key if grouped else None)
             if not grouped and up != key:
-                dag._G.edges[up, name]["mlopsnb_alias"] = key   # read by BranchNotebookRunner at render time
-                if type(t) is NotebookRunner: t.__class__ = BranchNotebookRunner
+                dag._G.edges[up, name]["mlopsnb_alias"] = key   # read by the branch runner at render time
+                if type(t) is NotebookRunner: t.__class__ = branch_runner()
 
 # %% ../notebooks/api/08c_branches.ipynb #6e4b95f0
 def branch_products(upstream: Mapping, # the task's injected `upstream`

@@ -81,6 +81,11 @@ def _run(a):
 def _status(a):
     from mlopsnb.pipeline import status
     rows = status(_project(a))
+    if a.json:   # for scripts and CI: one object per task, the status text unpadded
+        import json
+        print(json.dumps([{**r, "up_to_date": r["status"] == "up to date", "last_run": None if r["last_run"] == "-" else r["last_run"]}
+                          for r in rows], indent=1))
+        return 0
     w, s = max(len(r["task"]) for r in rows), max(28, *(len(r["status"]) for r in rows))
     print(f"{'task':<{w}}  {'status':<{s}} {'last run':<19}  source")
     for r in rows: print(f"{r['task']:<{w}}  {r['status']:<{s}} {r['last_run']:<19}  {r['source']}")
@@ -167,6 +172,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="re-run every task")
     s.set_defaults(fn=_run)
     s = sub.add_parser("status", help="which tasks are up to date, and why the others are not"); env_args(s); s.set_defaults(fn=_status)
+    s.add_argument("--json", action="store_true", help="print the rows as JSON (task, status, up_to_date, last_run, source)")
     s = sub.add_parser("plot", help="draw the DAG (png/svg/pdf, or .md for Mermaid)",
                        description="Draw the pipeline's tasks and their dependencies, coloured by status (green: up to date).")
     s.add_argument("--output", "-o", default=None, metavar="FILE",

@@ -19,10 +19,10 @@ from .core import ConfigError, DataError
 from .features import holds_numbers, to_number
 
 # %% auto #0
-__all__ = ['OUTCOMES', 'RATES', 'MAX_LEVELS', 'TABLES', 'classification_metrics', 'metrics_table', 'calibration_table',
-           'calibration_error', 'check_matrix', 'value_curve', 'expected_value', 'best_threshold', 'fairness_config',
-           'bin_column', 'sensitive_groups', 'fairness_table', 'fairness_gaps', 'fairness_gap_ci', 'importance_table',
-           'evaluate', 'evaluation_summary', 'run_metrics', 'evaluation_tables']
+__all__ = ['OUTCOMES', 'RATES', 'MAX_LEVELS', 'PROBA_SCORERS', 'TABLES', 'classification_metrics', 'metrics_table',
+           'calibration_table', 'calibration_error', 'check_matrix', 'value_curve', 'expected_value', 'best_threshold',
+           'fairness_config', 'bin_column', 'sensitive_groups', 'fairness_table', 'fairness_gaps', 'fairness_gap_ci',
+           'importance_table', 'evaluate', 'evaluation_summary', 'run_metrics', 'evaluation_tables']
 
 # %% ../notebooks/api/05_evaluate.ipynb #e3bc086e
 def classification_metrics(y_true, # 0/1 labels
@@ -280,6 +280,27 @@ def fairness_gap_ci(y_true, # 0/1 labels
     return {a: interval(draws[:, j]) for j, a in enumerate(coded)}, interval(overall)
 
 # %% ../notebooks/api/05_evaluate.ipynb #64fd740d
+PROBA_SCORERS = {   # scorer name -> score of (labels, probability of the positive class); larger is better, as in sklearn
+    "roc_auc": skm.roc_auc_score, "average_precision": skm.average_precision_score,
+    "neg_log_loss": lambda y, p: -skm.log_loss(y, p, labels=[0, 1]), "neg_brier_score": lambda y, p: -skm.brier_score_loss(y, p)}
+
+def _stacked_importances(model, X: pd.DataFrame, y: np.ndarray, n_repeats: int, seed: int, score, max_stack: int = 200_000) -> np.ndarray:
+    "sklearn's permutation importances (same shuffles, same seeds) with the shuffled copies scored in stacked calls."
+    seed_all = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)   # as sklearn draws it: one seed for every column
+    n, per_call = len(X), max(1, max_stack // max(len(X), 1))
+    copies = []                                     # (column, shuffled copy of X), sklearn's order: each shuffle compounds the last
+    for j, c in enumerate(X.columns):
+        rs, idx, col = np.random.RandomState(seed_all), np.arange(n), X.iloc[:, j].to_numpy()
+        for _ in range(n_repeats):
+            rs.shuffle(idx); col = col[idx]
+            Xp = X.copy(); Xp[c] = col; copies.append(Xp)
+    p_all = [model.predict_proba(X)[:, 1]]
+    for i in range(0, len(copies), per_call):
+        p_all += np.split(model.predict_proba(pd.concat(copies[i:i + per_call], ignore_index=True))[:, 1], len(copies[i:i + per_call]))
+    base = score(y, p_all[0])
+    return np.array([base - score(y, p) for p in p_all[1:]]).reshape(X.shape[1], n_repeats)
+
+# %% ../notebooks/api/05_evaluate.ipynb #03c76370
 def importance_table(model, # a fitted classifier (an sklearn Pipeline taking the raw columns)
                      X: pd.DataFrame, # input columns
                      y_true, # 0/1 labels
@@ -299,9 +320,10 @@ def importance_table(model, # a fitted classifier (an sklearn Pipeline taking th
     if len(X) != len(y): raise DataError(f"importance: {len(X)} rows but {len(y)} labels")
     if max_rows and len(X) > max_rows:
         X, y = resample(X, y, n_samples=max_rows, replace=False, stratify=y, random_state=seed)
-    r = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1)
-    t = pd.DataFrame({"feature": [str(c) for c in X.columns], "importance_mean": r.importances_mean,
-                      "importance_std": r.importances_std})
+    if scoring in PROBA_SCORERS: drops = _stacked_importances(model, X, y, n_repeats, seed, PROBA_SCORERS[scoring])
+    else: drops = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1).importances
+    t = pd.DataFrame({"feature": [str(c) for c in X.columns], "importance_mean": drops.mean(axis=1),
+                      "importance_std": drops.std(axis=1)})
     return t.sort_values("importance_mean", ascending=False, ignore_index=True)
 
 # %% ../notebooks/api/05_evaluate.ipynb #a071e3ee

@@ -25,10 +25,9 @@ pytestmark = pytest.mark.slow
 
 def status_of(project, *args) -> dict[str, str]:
     "Run `mlopsnb status` and return {task: status}."
-    r = cli(project, "status", *args)
+    r = cli(project, "status", "--json", *args)
     assert r.returncode == 0, r.stderr
-    rows = [l for l in r.stdout.splitlines()[1:] if l.strip()]
-    return {l.split()[0]: l.split("  ", 1)[1].strip().rsplit("  ", 1)[0].rsplit(" 20", 1)[0].strip() for l in rows}
+    return {row["task"]: row["status"] for row in json.loads(r.stdout)}
 
 
 def churn_csv(project: Path, name="customers.csv", n=800, seed=0) -> Path:

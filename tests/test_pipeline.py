@@ -79,6 +79,9 @@ def test_noop_run_skips_everything_fast(built):
     assert "model: churn version 1" in again.stdout          # the summary of the last build is kept
     status = cli(project, "status", *SAMPLE)
     assert status.returncode == 0 and status.stdout.count("up to date") == 9, status.stdout
+    rows = json.loads(cli(project, "status", "--json", *SAMPLE).stdout)      # the same rows, for scripts
+    assert [r["task"] for r in rows] == [l.split()[0] for l in status.stdout.splitlines()[1:]]
+    assert all(r["up_to_date"] and r["status"] == "up to date" and r["last_run"].startswith("20") for r in rows), rows
 
 
 def test_plain_ploomber_accepts_the_spec(built):
