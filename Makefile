@@ -29,7 +29,7 @@ run: $(STAMP)  ## build the reference pipeline on the embedded default data
 
 test: $(STAMP)  ## run every test: nbdev_test (library notebooks) and pytest (tests/, two workers: one per core)
 	$(BIN)/nbdev_test --path notebooks/api --do_print --flags slow
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=25
 
 test-fast: $(STAMP)  ## library notebook tests and the fast pytest subset
 	$(BIN)/nbdev_test --path notebooks/api

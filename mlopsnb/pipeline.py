@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'ENGINES', 'JUPYTER_SETTINGS', 'quiet_ploomber', 'failure_line', 'TaskRecord', 'BuildContext', 'task_boundary',
-           'task_variables', 'RecordingExecutor', 'BuildProgress', 'NoProgress', 'load_dag', 'state_file',
+           'task_variables', 'RecordingExecutor', 'BuildProgress', 'NoProgress', 'warm_html', 'load_dag', 'state_file',
            'fingerprint', 'read_state', 'is_up_to_date', 'BuildResult', 'BuildInterrupted', 'sigterm_interrupts', 'run',
            'check_data', 'write_state', 'status', 'graph', 'dag_figure', 'plot', 'inject', 'lab_command']
 
@@ -184,6 +185,7 @@ class RecordingExecutor:
         parent = rec.start_run(f"build {self.pipeline}", tags={**base, "mlopsnb.task": "(build)"})
         if parent: rec.log_dict(parent, hide_secrets(ctx.project.env.model_dump(), "env")[0], "mlopsnb/env.json")   # what `reproduce` replays
         self.parent_run_id, self.records, finished, reports = parent, [], [], []
+        warm_html()   # in papermill builds this overlaps the first kernel's work
         try:
             if self.jobs > 1:
                 from mlopsnb.parallel import run_parallel
@@ -370,13 +372,26 @@ def _exporter():
     return HTMLExporter(template_name="lab", template_file="mlopsnb_self_contained.html.j2", embed_images=True,
                         extra_loaders=[DictLoader({"mlopsnb_self_contained.html.j2": _SELF_CONTAINED})])
 
+_HTML_LOCK = threading.Lock()   # one rendering at a time: the warm-up thread and the build share the exporter
+
 def _html(notebook: str) -> str | None:
     try:
-        body, _ = _exporter().from_filename(notebook)
+        with _HTML_LOCK: body, _ = _exporter().from_filename(notebook)
         return body
     except Exception as e:   # a missing template must not fail the build
         log.warning("could not render %s as HTML: %s", notebook, e)
         return None
+
+def warm_html() -> threading.Thread:
+    "Build the exporter and compile its templates in a thread (~5 s, first notebook only) while the first task runs."
+    def warm():
+        try:
+            import nbformat
+            with _HTML_LOCK: _exporter().from_notebook_node(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]))
+        except Exception as e: log.debug("HTML warm-up failed (the first notebook pays it): %s", e)
+    t = threading.Thread(target=warm, daemon=True, name="mlopsnb-html-warmup")
+    t.start()
+    return t
 
 # %% ../notebooks/api/08_pipeline.ipynb #6817b636
 ENGINES = {"papermill": "papermill", "inprocess": "ploomber-engine"}
