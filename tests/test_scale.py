@@ -277,14 +277,15 @@ def mlflow_server(postgres, tmp_path_factory):
         log.close()
 
 
-TEAM = 8          # builds at once, and then as many manual promotions at once
+TEAM = 8          # builds at once through the MLflow server (the number), then as many manual promotions at once
+DIRECT_TEAM = 4   # on PostgreSQL named directly: the advisory lock and the shared schema need a race, not eight of them
 TINY_GRID = "        - family: logistic_regression\n          C: [1.0]\n"   # one candidate, one branch (7 tasks): 8 builds share 2 cores
 
 
-def _team_round(tmp: Path, uri: str, shared: Path) -> tuple[list[Path], list[subprocess.CompletedProcess]]:
-    "Build TEAM copies of the project at once against one store, each on its own seed; return the projects and results."
+def _team_round(tmp: Path, uri: str, shared: Path, team: int) -> tuple[list[Path], list[subprocess.CompletedProcess]]:
+    "Build `team` copies of the project at once against one store, each on its own seed; return the projects and results."
     projects = []
-    for i in range(TEAM):
+    for i in range(team):
         p = make_project(tmp / f"member{i}")
         set_grid(p, TINY_GRID)
         spec = p / "pipeline.yaml"               # no permutation importance: the store's load is what is under test
@@ -294,7 +295,7 @@ def _team_round(tmp: Path, uri: str, shared: Path) -> tuple[list[Path], list[sub
     def build(i):
         return cli(projects[i], "run", "--engine", "inprocess", *SAMPLE, "--env", f"seed={i}", "--env", f"artifacts={shared}",
                    env=env, timeout=900)
-    with ThreadPoolExecutor(TEAM) as pool: results = list(pool.map(build, range(TEAM)))
+    with ThreadPoolExecutor(team) as pool: results = list(pool.map(build, range(team)))
     return projects, results
 
 
@@ -305,6 +306,7 @@ def _no_store_errors(result: subprocess.CompletedProcess) -> None:
 
 
 def _check_team_store(uri: str, projects: list[Path]) -> None:
+    team = len(projects)
     "Every build's runs are there and complete; the model versions and the history agree with the alias."
     from mlopsnb.config import Store
     from mlopsnb.promotion import champion_stack, history
@@ -313,9 +315,9 @@ def _check_team_store(uri: str, projects: list[Path]) -> None:
     client = store.client()
     runs = all_runs(client, "mlopsnb-churn")
     builds = [r for r in runs if r.data.tags.get("mlopsnb.task") == "(build)"]
-    assert len(builds) == TEAM and {b.info.status for b in builds} == {"FINISHED"}
+    assert len(builds) == team and {b.info.status for b in builds} == {"FINISHED"}
     tasks = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert len(tasks) == TEAM * 7 and {r.info.status for r in tasks} == {"FINISHED"}
+    assert len(tasks) == team * 7 and {r.info.status for r in tasks} == {"FINISHED"}
     by_task: dict[str, set] = {}
     for r in tasks:          # every build's task logged the same params and metrics (champion_* only when it had one to compare)
         keys = (frozenset(r.data.params), frozenset(k for k in r.data.metrics if not k.startswith("champion_")))
@@ -324,11 +326,11 @@ def _check_team_store(uri: str, projects: list[Path]) -> None:
     assert all(len(v) == 1 for v in by_task.values()), {k: v for k, v in by_task.items() if len(v) > 1}
     assert {"roc_auc", "pr_auc", "brier"} <= set(next(iter(by_task["evaluate_model-logistic_regression"]))[1])
     versions = client.search_model_versions("name='churn'")
-    assert len(versions) == TEAM
+    assert len(versions) == team
     entries = history(store, "churn")
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))        # no entry overwritten by a racing move
-    assert sum(e["alias"] == "challenger" for e in entries) == TEAM                  # each build's challenger move is there
-    assert sum(e["alias"] == "champion" for e in entries) >= TEAM                    # and each build's champion decision
+    assert sum(e["alias"] == "challenger" for e in entries) == team                  # each build's challenger move is there
+    assert sum(e["alias"] == "champion" for e in entries) >= team                    # and each build's champion decision
     champion, stack = get_alias(store, "churn", "champion"), champion_stack(entries)
     moves = [e for e in entries if e["alias"] == "champion" and e["action"] not in ("held", "refused")]
     assert champion == (stack[-1] if stack else None) == (moves[-1]["to"] if moves else None)   # every gate may have held
@@ -338,15 +340,15 @@ def _check_team_store(uri: str, projects: list[Path]) -> None:
 
 
 def _manual_moves(projects: list[Path], uri: str) -> list[subprocess.CompletedProcess]:
-    "TEAM people force different versions to @champion at the same moment."
+    "As many people as projects force different versions to @champion at the same moment."
     env = {"MLFLOW_TRACKING_URI": uri}
     def promote(i):
         return cli(projects[i], "promote", "churn", str(i + 1), "--force", "--reason", f"race {i}", env=env, timeout=300)
-    with ThreadPoolExecutor(TEAM) as pool: return list(pool.map(promote, range(TEAM)))
+    with ThreadPoolExecutor(len(projects)) as pool: return list(pool.map(promote, range(len(projects))))
 
 
-def _team_mode(tmp: Path, uri: str, shared: Path) -> list[Path]:
-    projects, results = _team_round(tmp, uri, shared)
+def _team_mode(tmp: Path, uri: str, shared: Path, team: int = TEAM) -> list[Path]:
+    projects, results = _team_round(tmp, uri, shared, team)
     for r in results:
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         _no_store_errors(r)
@@ -361,16 +363,16 @@ def _team_mode(tmp: Path, uri: str, shared: Path) -> list[Path]:
     from mlopsnb.registry import get_alias
     assert get_alias(Store(uri), "churn", "champion") is not None
     manual = [e for e in history(Store(uri), "churn") if re.match(r"(forced: )?race \d", e["reason"])]
-    assert len(manual) == sum(m.returncode == 0 for m in moves) >= TEAM - 1      # every manual move recorded once
+    assert len(manual) == sum(m.returncode == 0 for m in moves) >= team - 1      # every manual move recorded once
     return projects
 
 
 @pytest.mark.slow
 def test_team_store_postgresql_direct(postgres, tmp_path):
-    "8 builds and then 8 promotions at once on a PostgreSQL store named directly (schema created once, advisory lock)."
+    "4 builds and then 4 promotions at once on a PostgreSQL store named directly (schema created once, advisory lock)."
     uri = postgres("direct")
     shared = tmp_path / "team-artifacts"
-    _team_mode(tmp_path, uri, shared)
+    _team_mode(tmp_path, uri, shared, DIRECT_TEAM)
     from mlopsnb.config import Store
     exp = Store(uri).client().get_experiment_by_name("mlopsnb-churn")
     assert exp.artifact_location == shared.resolve().as_uri()                    # the configured (shared) folder
