@@ -185,7 +185,7 @@ class RecordingExecutor:
         parent = rec.start_run(f"build {self.pipeline}", tags={**base, "mlopsnb.task": "(build)"})
         if parent: rec.log_dict(parent, hide_secrets(ctx.project.env.model_dump(), "env")[0], "mlopsnb/env.json")   # what `reproduce` replays
         self.parent_run_id, self.records, finished, reports = parent, [], [], []
-        warm_html()   # in papermill builds this overlaps the first kernel's work
+        if self.jobs <= 1: warm_html()   # overlaps the first kernel's work; not before `--jobs` forks (a thread mid-import would be copied)
         try:
             if self.jobs > 1:
                 from mlopsnb.parallel import run_parallel
