@@ -115,8 +115,6 @@ def branch_wiring(project: Path, # the project folder
 @functools.cache
 def branch_runner():
     "The NotebookRunner subclass for branched tasks, built on first use: importing this module must not import Ploomber."
-    from mlopsnb.pipeline import quiet_ploomber
-    quiet_ploomber()   # before Ploomber's first import: skips a 3 s import it does not need
     from ploomber.tasks import NotebookRunner
 
     class BranchNotebookRunner(NotebookRunner):

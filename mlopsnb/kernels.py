@@ -72,8 +72,9 @@ def warm_modules(modules: list[str], # what the task's notebook imports (`task_i
 
 def warm_up_code(modules: list[str], # what to import
                  parent: int, # the build's process id: the kernel ends when it is gone
+                 store: tuple[str, str, str] | None = None, # (tracking URI, registry URI, experiment id) of the build, opened ahead
                 ) -> str:
-    "Return the one line a warm kernel runs at start: a watchdog on the build process, the imports, then the task's store opened."
+    "Return the one line a warm kernel runs at start: a watchdog on the build process, the imports, then the build's store opened."
     body = ("import importlib, os, threading, time\n"
             "def watch(parent):\n"
             "    while os.getppid() == parent: time.sleep(0.5)\n"
@@ -81,13 +82,13 @@ def warm_up_code(modules: list[str], # what to import
             f"threading.Thread(target=watch, args=({int(parent)},), daemon=True, name='mlopsnb-watchdog').start()\n"
             f"for m in {list(modules)!r}:\n"
             "    try: importlib.import_module(m)\n"
-            "    except Exception: pass\n"
-            # the build's store, opened once here (MLflow caches it per process): the task's first log does not pay ~1.5 s
-            f"if {'mlopsnb.tracking' in modules!r} and os.environ.get('MLFLOW_TRACKING_URI'):\n"
-            "    try:\n"
-            "        from mlopsnb.tracking import task_store\n"
-            "        task_store().client().get_experiment(os.environ.get('MLFLOW_EXPERIMENT_ID') or '0')\n"
             "    except Exception: pass\n")
+    if store:   # opened once here (MLflow caches a store per process and URI): the task's first log does not pay ~1.5 s
+        tracking, registry, experiment = store
+        body += ("try:\n"
+                 "    from mlopsnb.config import Store\n"
+                 f"    Store({tracking!r}, {registry!r}).client().get_experiment({experiment!r})\n"
+                 "except Exception: pass\n")
     return f"exec({body!r}, {{}})"
 
 def environment_code(set_: dict[str, str], # variables to set
@@ -118,6 +119,7 @@ class KernelPool:
     size: int = DEFAULT_SIZE           # kernels kept started ahead of the running task
     cwd: str | None = None             # the kernels' working directory (papermill's `cwd`)
     log_file: Path | None = None       # where each task's kernel is recorded
+    store: tuple | None = None         # (tracking URI, registry URI, experiment id) the tasks record to, opened in the warm-up
     plan: list = field(default_factory=list)        # [(task, kernel name, modules)] in build order
     ahead: dict = field(default_factory=dict)       # {task: _Kernel} started, not taken
     taken: dict = field(default_factory=dict)       # {task: _Kernel} running a task
@@ -129,7 +131,7 @@ class KernelPool:
         from jupyter_core.utils import run_sync
         km = PoolKernelManager(kernel_name=kernel_name)
         args = ["--HistoryManager.hist_file=:memory:",       # what nbclient gives the kernels it starts
-                f"--IPKernelApp.exec_lines={warm_up_code(modules if warm else [], os.getpid())}"]   # the watchdog, always
+                f"--IPKernelApp.exec_lines={warm_up_code(modules, os.getpid(), self.store) if warm else warm_up_code([], os.getpid())}"]   # the watchdog, always
         run_sync(km.start_kernel)(extra_arguments=args, cwd=self.cwd, env=dict(env))
         return _Kernel(task, km, dict(env), time.perf_counter(), warm)
 
@@ -244,6 +246,7 @@ def _kernel_name(t) -> str:
 def build_pool(dag, # Ploomber's rendered DAG
                log_file: Path | None = None, # where to record each task's kernel
                env: dict | None = None, # variables every task gets (task_variables without the run): the kernels start with them
+               store: tuple[str, str, str] | None = None, # (tracking URI, registry URI, experiment id) the tasks record to
               ) -> KernelPool | None:
     "Return the warm kernel pool of a serial build, its first kernels started; None when off or not papermill."
     from ploomber.constants import TaskStatus
@@ -251,7 +254,7 @@ def build_pool(dag, # Ploomber's rendered DAG
     tasks = [t for t in _papermill_tasks(dag) if t.exec_status not in (TaskStatus.Skipped, TaskStatus.Aborted)]
     if not size or not tasks: return None
     cwd = (tasks[0].executor_params or {}).get("cwd")
-    pool = KernelPool(size, cwd, log_file, [(t.name, _kernel_name(t), warm_modules(task_imports(t.source.nb_str_rendered))) for t in tasks])
+    pool = KernelPool(size, cwd, log_file, store, [(t.name, _kernel_name(t), warm_modules(task_imports(t.source.nb_str_rendered))) for t in tasks])
     pool.fill({**os.environ, **(env or {})})
     return pool
 

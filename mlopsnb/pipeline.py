@@ -205,7 +205,8 @@ class RecordingExecutor:
         "Run the tasks one after the other, in the DAG's order (papermill: each in its own kernel, started ahead by the pool)."
         from ploomber.constants import TaskStatus
         from mlopsnb.kernels import build_pool
-        pool = build_pool(dag, state_dir(ctx.project) / "kernels.json", task_variables(ctx, rec, None, parent))
+        store = (rec.store.tracking_uri, rec.store.registry_uri, rec.experiment_id) if rec.enabled else None
+        pool = build_pool(dag, state_dir(ctx.project) / "kernels.json", task_variables(ctx, rec, None, parent), store)
         try:
             for name in dag:
                 t = dag[name]
