@@ -14,8 +14,8 @@ from pathlib import Path
 from .config import ConfigError, declared_upstream
 
 # %% auto #0
-__all__ = ['BRANCH_KEYS', 'ALL', 'branch_task', 'task_names', 'read_branches', 'expand_branches', 'branch_wiring',
-           'branch_runner', 'wire_branches', 'branch_products', 'select_branch', 'copy_products']
+__all__ = ['BRANCH_KEYS', 'ALL', 'branch_task', 'task_names', 'spec_entry_names', 'read_branches', 'expand_branches',
+           'branch_wiring', 'branch_runner', 'wire_branches', 'branch_products', 'select_branch', 'copy_products']
 
 # %% ../notebooks/api/08c_branches.ipynb #4a709e88
 BRANCH_KEYS = {"tasks", "by"}
@@ -31,6 +31,15 @@ def branch_task(task: str, # the task's name in the spec
 def task_names(tasks: list) -> list[str]:
     "Return the names of the spec's task entries (`name`, else the source's stem)."
     return [str(t.get("name", Path(str(t.get("source", ""))).stem)) if isinstance(t, dict) else "" for t in tasks]
+
+def spec_entry_names(spec: dict, # the spec as read from YAML
+                     spec_file: str, # named in errors
+                    ) -> dict[str, str]:
+    "Return {task name: the name of the spec entry it comes from}: a branch's task maps to its branched entry."
+    out = {n: n for n in task_names(spec.get("tasks") or [])}
+    b = read_branches(spec, spec_file)
+    if b: out |= {branch_task(t, branch): t for t in b["tasks"] for branch in b["branches"]}
+    return out
 
 def _err(spec_file: str, key: str, msg: str) -> ConfigError:
     return ConfigError(f"{spec_file}: executor.branches{'.' + key if key else ''}: {msg}")

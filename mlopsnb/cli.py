@@ -83,12 +83,11 @@ def _status(a):
     rows = status(_project(a))
     if a.json:   # for scripts and CI: one object per task, the status text unpadded
         import json
-        print(json.dumps([{**r, "up_to_date": r["status"] == "up to date", "last_run": None if r["last_run"] == "-" else r["last_run"]}
-                          for r in rows], indent=1))
+        print(json.dumps([{**r, "up_to_date": r["status"] == "up to date"} for r in rows], indent=1))
         return 0
     w, s = max(len(r["task"]) for r in rows), max(28, *(len(r["status"]) for r in rows))
     print(f"{'task':<{w}}  {'status':<{s}} {'last run':<19}  source")
-    for r in rows: print(f"{r['task']:<{w}}  {r['status']:<{s}} {r['last_run']:<19}  {r['source']}")
+    for r in rows: print(f"{r['task']:<{w}}  {r['status']:<{s}} {r['last_run'] or '-':<19}  {r['source']}")
     return 0
 
 def _plot(a):
@@ -276,12 +275,14 @@ def _ui(a):
 # %% ../notebooks/api/09_cli.ipynb #317274f6
 def _threshold(a, project) -> tuple[float, str]:
     "The decision threshold and where it comes from: --threshold, the spec's one `threshold` param, or 0.5."
-    from mlopsnb.config import resolve_params
+    from mlopsnb.branches import spec_entry_names
+    from mlopsnb.config import read_yaml, resolve_params
     if a.threshold is not None: return a.threshold, "--threshold"
     found = [(t, ps["threshold"]) for t, ps in resolve_params(project.root, project.env, project.spec_file).items()
              if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    entries = {(t.split("-")[0] if len({v for _, v in found}) == 1 else t) for t, _ in found}   # a task's branches share its value
-    if len(entries) == 1: return float(found[0][1]), f"{project.spec_file}: {entries.pop()}.threshold"
+    entry = spec_entry_names(read_yaml(project.root / project.spec_file), project.spec_file)   # a task's branches are one entry
+    entries, values = {entry.get(t, t) for t, _ in found}, {float(v) for _, v in found}
+    if len(entries) == 1 and len(values) == 1: return values.pop(), f"{project.spec_file}: {entries.pop()}.threshold"
     return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file})" if found else "")
 
 def _scorer_args(a, project) -> dict:

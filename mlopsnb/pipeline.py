@@ -619,7 +619,7 @@ def status(project: Project | str | Path | None = None, overrides: list[str] | N
         else: why = "upstream changed"
         if why != "up to date": stale.add(name)
         rows.append({"task": name, "status": why,
-                     "last_run": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-",
+                     "last_run": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else None,
                      "source": str(Path(str(t.source.loc)).relative_to(project.root)) if t.source.loc else "-"})
     return rows
 
