@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["pipeline.yaml", "env.yaml", "notebooks/tasks", "contracts"]
 SAMPLE = ["--env", "sample=600"]   # a small stratified sample: the whole pipeline in seconds
+FAST = ["--engine", "inprocess", *SAMPLE]   # no kernel per task: what most tests build with
+# the reference pipeline's tasks in build order: each model family of train_model's grid is a branch of train and evaluate
+TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
+         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 
 
 def make_project(dest: Path, git: bool = True) -> Path:

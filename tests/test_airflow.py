@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SAMPLE, cli, clean_env, make_project, store
+from conftest import ROOT, SAMPLE, TASKS, clean_env, cli, make_project, store
 
 AIRFLOW_SETTINGS = ("  airflow:                                          # `mlopsnb export airflow`\n"
                     "    validate_data: {retries: 2, retry_delay: 1, retry_exponential_backoff: true, max_retry_delay: 600, execution_timeout: 3600}\n")
@@ -19,9 +19,6 @@ FAIL_ONCE = ('\n# %%\nimport pathlib\nmarker = pathlib.Path({marker!r})\nif not 
              '    raise RuntimeError("transient failure on the first attempt")\n')
 
 # the reference pipeline's tasks as mlopsnb builds them: train_model and evaluate_model once per model family
-TASKS = ["get_data", "validate_data", "split_data",
-         "train_model-logistic_regression", "train_model-hist_gradient_boosting",
-         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 
 def with_airflow_settings(project: Path, settings: str = AIRFLOW_SETTINGS) -> Path:
     "Add an `airflow` section to the executor of the project's pipeline.yaml."

