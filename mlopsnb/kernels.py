@@ -9,6 +9,7 @@ import ast
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -20,9 +21,11 @@ from .core import MlopsnbError, atomic_write_text
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'POOL_ENV', 'DEFAULT_SIZE', 'START_ONLY', 'STARTUP_TIMEOUT', 'LAZY_IMPORTS', 'pool_size', 'task_imports',
-           'warm_modules', 'warm_up_code', 'environment_code', 'environment_change', 'KernelPool', 'PoolKernelManager',
-           'build_pool', 'kernel_for']
+__all__ = ['log', 'POOL_ENV', 'DEFAULT_SIZE', 'START_ONLY', 'STARTUP_TIMEOUT', 'LAZY_IMPORTS', 'FORK_ENV', 'FORK_START_ONLY',
+           'INLINE_BACKEND', 'STORE_IMPORTS', 'pool_size', 'task_imports', 'warm_modules', 'warm_up_code',
+           'environment_code', 'environment_change', 'forking', 'fork_server', 'ForkServer', 'KernelPool',
+           'ForkProvisioner', 'PoolKernelManager', 'build_pool', 'fork_modules', 'source_imports', 'prestart',
+           'kernel_for']
 
 # %% ../notebooks/api/08d_kernels.ipynb #ab6a115c
 POOL_ENV = "MLOPSNB_WARM_KERNELS"
@@ -71,15 +74,16 @@ def warm_modules(modules: list[str], # what the task's notebook imports (`task_i
     return list(dict.fromkeys([*modules, *(m for name in modules for m in LAZY_IMPORTS.get(name, []))]))
 
 def warm_up_code(modules: list[str], # what to import
-                 parent: int, # the build's process id: the kernel ends when it is gone
+                 parent: int | tuple[int, ...], # the build's process id (and the fork server's): the kernel ends when its parent is gone
                  store: tuple[str, str, str] | None = None, # (tracking URI, registry URI, experiment id) of the build, opened ahead
                 ) -> str:
     "Return the one line a warm kernel runs at start: a watchdog on the build process, the imports, then the build's store opened."
+    parents = tuple(int(p) for p in (parent if isinstance(parent, (tuple, list)) else (parent,)))
     body = ("import importlib, os, threading, time\n"
-            "def watch(parent):\n"
-            "    while os.getppid() == parent: time.sleep(0.5)\n"
+            "def watch(parents):\n"
+            "    while os.getppid() in parents: time.sleep(0.5)\n"
             "    os._exit(1)\n"
-            f"threading.Thread(target=watch, args=({int(parent)},), daemon=True, name='mlopsnb-watchdog').start()\n"
+            f"threading.Thread(target=watch, args=({parents!r},), daemon=True, name='mlopsnb-watchdog').start()\n"
             f"for m in {list(modules)!r}:\n"
             "    try: importlib.import_module(m)\n"
             "    except Exception: pass\n")
@@ -104,6 +108,203 @@ def environment_change(started: dict[str, str], # the environment a kernel was s
     "Return what to set and what to remove to go from `started` to `wanted`."
     return {k: v for k, v in wanted.items() if started.get(k) != v}, [k for k in started if k not in wanted]
 
+# %% ../notebooks/api/08d_kernels.ipynb #863a929e
+FORK_ENV = "MLOPSNB_FORK_KERNELS"
+FORK_START_ONLY = tuple(p for p in START_ONLY if p != "JPY_") + ("MPLBACKEND",)   # JPY_* are read by the kernel app, after the fork
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"   # what ipykernel sets MPLBACKEND to before any plot
+
+def forking(environ: dict | None = None, # where to read MLOPSNB_FORK_KERNELS (default os.environ)
+           ) -> bool:
+    "Return whether the pool forks its kernels from a fork server (default) or starts each as a new process."
+    v = (os.environ if environ is None else environ).get(FORK_ENV, "").strip()
+    if v in ("", "1"): return True
+    if v == "0": return False
+    raise MlopsnbError(f"{FORK_ENV}={v!r}: 1 (fork kernels from a process that has done the imports, the default) or 0 (start each kernel as a new process)")
+
+def _start_only(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k.startswith(FORK_START_ONLY)}
+
+def _kernel_cmd(km) -> list[str]:
+    "The command a kernel manager would start its kernel with (before it has started one)."
+    if km._launch_args is None: km._launch_args = {}     # set by start_kernel; format_kernel_cmd reads it
+    return km.format_kernel_cmd()
+
+# %% ../notebooks/api/08d_kernels.ipynb #9456f7c6
+def _fork_kernel(req: dict, fds: tuple, out: tuple) -> int:
+    "Fork; in the child, become the kernel `req` describes (never return); in the server, return the child's pid."
+    import signal, sys, traceback
+    pid = os.fork()
+    if pid: return pid
+    code = 1
+    try:
+        os.dup2(out[0], 1); os.dup2(out[1], 2)                      # the build's standard output and error
+        for fd in (*fds, *out): os.close(fd)
+        os.setsid()                                                 # its own process group, as launch_kernel gives
+        signal.signal(signal.SIGINT, signal.default_int_handler)    # interrupts reach the task
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)               # the task's subprocesses are waited for
+        null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
+        if req.get("cwd"): os.chdir(req["cwd"])
+        os.environ.clear(); os.environ.update(req["env"])
+        if "numpy" in sys.modules: sys.modules["numpy"].random.seed()   # a new process's global generator is seeded from the OS
+        if sys.path and sys.path[0] == "": del sys.path[0]          # as ipykernel_launcher does; IPython puts it back
+        # ipykernel read JPY_PARENT_PID into a default when the server imported it: given again, so the kernel
+        # still ends when its parent is gone (ipykernel's own poller), as a new process would
+        sys.argv = [req["launcher"], *req["args"], f"--IPKernelApp.parent_handle={int(req['env'].get('JPY_PARENT_PID') or 0)}"]
+        from ipykernel import kernelapp
+        kernelapp.launch_new_instance()
+        code = 0
+    except SystemExit as e: code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException: traceback.print_exc()
+    finally:
+        try: sys.stdout.flush(); sys.stderr.flush()
+        except Exception: pass
+        os._exit(code)
+
+def fork_server(requests: int, # the pipe the build writes requests to (one JSON object a line)
+                replies: int, # the pipe the server answers on ({"pid": ...} or {"error": ...} a line)
+                parent: int, # the build's process id: the server ends when it is gone
+                modules: list[str], # what to import before forking, most needed first
+               ) -> None:
+    "Run the fork server: import ipykernel, then `modules` one by one, forking a kernel for each request between imports and after."
+    import importlib, select, signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the build's to handle (it interrupts its kernels itself)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)        # children are reaped by the system
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)  # matplotlib reads it at import: as in a kernel
+    # what the imports print (a warning, a banner) goes nowhere, as it does in a new kernel's silent warm-up; a forked
+    # kernel gets the build's output back
+    out = (os.dup(1), os.dup(2))
+    null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 1); os.dup2(null, 2); os.close(null)
+    buf = b""
+    def serve(timeout: float) -> bool:
+        nonlocal buf
+        if os.getppid() != parent: return False
+        if not select.select([requests], [], [], timeout)[0]: return True
+        chunk = os.read(requests, 1 << 16)
+        if not chunk: return False                       # the build closed its end
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            try:
+                req = json.loads(line)
+                reply = {"imported": done} if req.get("status") else {"pid": _fork_kernel(req, (requests, replies), out)}
+            except Exception as e: reply = {"error": f"{type(e).__name__}: {e}"}
+            os.write(replies, (json.dumps(reply) + "\n").encode())
+        return True
+    import ipykernel.kernelapp  # noqa: F401  what every kernel needs first
+    done = 0
+    for m in modules:
+        if not serve(0): return
+        try: importlib.import_module(m)
+        except Exception: pass                           # the task's own import says why, in its cell
+        done += 1
+    while serve(0.5): pass
+
+# %% ../notebooks/api/08d_kernels.ipynb #936115ae
+class ForkServer:
+    "The build's side of the fork server: started at the first kernel it can fork, with that kernel's interpreter and environment."
+    def __init__(self, modules: list[str], # what the server imports ahead, most needed first
+                 timeout: float = STARTUP_TIMEOUT, # seconds to wait for a fork
+                ):
+        self.modules, self.timeout = list(modules), timeout
+        self.proc = self.python = self.env = None
+        self.broken, self._buf, self._lock = False, b"", threading.Lock()
+
+    @property
+    def pid(self) -> int | None: return self.proc.pid if self.proc else None
+
+    def accepts(self, cmd: list[str], env: dict) -> bool:
+        "Whether a kernel started with `cmd` and `env` can be forked from this server (started now if not yet)."
+        if self.broken or len(cmd) < 3 or cmd[1:3] != ["-m", "ipykernel_launcher"]: return False
+        if self.proc is None: return True
+        return self.proc.poll() is None and cmd[0] == self.python and _start_only(env) == self.env
+
+    def start(self, python: str, env: dict, cwd: str | None) -> None:
+        "Start the server process (its own session: Ctrl-C in the build's terminal does not reach it)."
+        import subprocess
+        if self.proc is not None: return
+        r1, w1 = os.pipe(); r2, w2 = os.pipe()
+        code = "import sys; from mlopsnb.kernels import fork_server; fork_server(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])"
+        try:
+            self.proc = subprocess.Popen([python, "-c", code, str(r1), str(w2), str(os.getpid()), *self.modules],
+                                         pass_fds=(r1, w2), stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
+        finally: os.close(r1); os.close(w2)
+        self.requests, self.replies = w1, r2
+        self.python, self.env = python, _start_only(env)
+
+    def fork(self, cmd: list[str], env: dict, cwd: str | None) -> int:
+        "Return the pid of a kernel forked for `cmd`, `env`, `cwd`; raise (and stop using the server) if it cannot."
+        from importlib.util import find_spec
+        with self._lock: self.start(cmd[0], env, cwd)
+        return int(self._ask({"launcher": find_spec("ipykernel_launcher").origin, "args": list(cmd[3:]), "env": dict(env), "cwd": cwd})["pid"])
+
+    def imported(self) -> int:
+        "Return how many of its modules the server has imported so far."
+        return int(self._ask({"status": True})["imported"])
+
+    def _ask(self, req: dict) -> dict:
+        "Send one request, return its answer; raise (and stop using the server) if there is none in time."
+        import select
+        with self._lock:
+            try:
+                os.write(self.requests, (json.dumps(req) + "\n").encode())
+                deadline = time.monotonic() + self.timeout
+                while b"\n" not in self._buf:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([self.replies], [], [], left)[0]: raise MlopsnbError(f"no answer in {self.timeout:.0f} s")
+                    chunk = os.read(self.replies, 1 << 16)
+                    if not chunk: raise MlopsnbError(f"the fork server ended (exit code {self.proc.wait()})")
+                    self._buf += chunk
+                line, self._buf = self._buf.split(b"\n", 1)
+                reply = json.loads(line)
+                if "error" in reply: raise MlopsnbError(reply["error"])
+                return reply
+            except Exception:
+                self.broken = True
+                raise
+
+    def close(self, wait: float = 5.0) -> None:
+        "End the server: close its pipe, wait for it, kill it after `wait` seconds."
+        if self.proc is None: return
+        for fd in (self.requests, self.replies):
+            try: os.close(fd)
+            except OSError: pass
+        try: self.proc.wait(wait)
+        except Exception:
+            self.proc.kill(); self.proc.wait()
+        self.proc = None
+
+class _Forked:
+    "What the provisioner needs of a Popen, for a kernel forked by the server (not this process's child: watched through a pidfd)."
+    stdin = stdout = stderr = None
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+        try: self._fd = os.pidfd_open(pid)
+        except ProcessLookupError: self._fd, self.returncode = None, 0     # already ended
+        except (OSError, AttributeError): self._fd = None                   # no pidfd: poll with signal 0
+    def poll(self):
+        import select
+        if self.returncode is None:
+            if self._fd is not None: ended = bool(select.select([self._fd], [], [], 0)[0])
+            else:
+                try: os.kill(self.pid, 0); ended = False
+                except ProcessLookupError: ended = True
+            if ended:
+                self.returncode = 0     # its exit status went to the server, which lets the system reap it
+                if self._fd is not None: os.close(self._fd); self._fd = None
+        return self.returncode
+    def wait(self, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                import subprocess
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)
+        return self.returncode
+    def send_signal(self, sig: int):
+        if self.poll() is None: os.kill(self.pid, sig)
+    def kill(self): self.send_signal(9)
+    def terminate(self): self.send_signal(15)
+
 # %% ../notebooks/api/08d_kernels.ipynb #9dcc793f
 @dataclass
 class _Kernel:
@@ -120,6 +321,7 @@ class KernelPool:
     cwd: str | None = None             # the kernels' working directory (papermill's `cwd`)
     log_file: Path | None = None       # where each task's kernel is recorded
     store: tuple | None = None         # (tracking URI, registry URI, experiment id) the tasks record to, opened in the warm-up
+    forks: ForkServer | None = None    # the fork server the kernels are forked from (None: each starts as a new process)
     plan: list = field(default_factory=list)        # [(task, kernel name, modules)] in build order
     ahead: dict = field(default_factory=dict)       # {task: _Kernel} started, not taken
     taken: dict = field(default_factory=dict)       # {task: _Kernel} running a task
@@ -130,8 +332,16 @@ class KernelPool:
         "Start a kernel for `task` with `env` and the watchdog, importing `modules` (when `warm`) before it answers."
         from jupyter_core.utils import run_sync
         km = PoolKernelManager(kernel_name=kernel_name)
+        parents = (os.getpid(),)
+        if self.forks is not None:
+            km.forks = self.forks
+            cmd = _kernel_cmd(km)
+            if self.forks.accepts(cmd, env):
+                try: self.forks.start(cmd[0], dict(env), self.cwd)     # once: the first kernel's interpreter and environment
+                except Exception as e: log.warning("could not start the fork server (%s): kernels start as new processes", e); self.forks.broken = True
+            if self.forks.pid: parents += (self.forks.pid,)            # a forked kernel's parent
         args = ["--HistoryManager.hist_file=:memory:",       # what nbclient gives the kernels it starts
-                f"--IPKernelApp.exec_lines={warm_up_code(modules, os.getpid(), self.store) if warm else warm_up_code([], os.getpid())}"]   # the watchdog, always
+                f"--IPKernelApp.exec_lines={warm_up_code(modules, parents, self.store) if warm else warm_up_code([], parents)}"]   # the watchdog, always
         run_sync(km.start_kernel)(extra_arguments=args, cwd=self.cwd, env=dict(env))
         return _Kernel(task, km, dict(env), time.perf_counter(), warm)
 
@@ -162,6 +372,7 @@ class KernelPool:
         if k is None: k = self._start(task, kernel_name, [], wanted, warm=False)
         self.taken[task] = k
         self.record.append({"task": task, "pid": k.km.provisioner.pid if k.km.provisioner else None, "warm": k.warm,
+                            "forked": isinstance(getattr(k.km.provisioner, "process", None), _Forked),
                             "ready_seconds": round(time.perf_counter() - t0, 3)})
         self.fill(wanted)
         return k.km
@@ -185,6 +396,7 @@ class KernelPool:
             th.join(max(0.0, deadline - time.perf_counter()))
             if th.is_alive(): _kill(k.km)       # a kernel that does not end in time is not left behind
         self.closing.clear()
+        if self.forks is not None: self.forks.close()
         if self.log_file is not None and self.record:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.log_file, json.dumps({"size": self.size, "tasks": self.record}, indent=1))
@@ -192,12 +404,40 @@ class KernelPool:
 # %% ../notebooks/api/08d_kernels.ipynb #4af0db81
 from jupyter_client.manager import AsyncKernelManager
 
+from jupyter_client.provisioning import LocalProvisioner
+
+class ForkProvisioner(LocalProvisioner):
+    "The local provisioner, except that the kernel is forked from the pool's fork server when the server can stand in for a new process."
+    forks = None
+
+    async def launch_kernel(self, cmd: list[str], **kwargs):
+        env = dict(kwargs.get("env") or os.environ)
+        if self.forks is not None and self.forks.accepts(cmd, env):
+            env["JPY_PARENT_PID"] = str(os.getpid())        # as launch_kernel sets it
+            try: pid = self.forks.fork(cmd, env, kwargs.get("cwd"))
+            except Exception as e: log.warning("the fork server failed (%s): kernels start as new processes", e)
+            else:
+                self.process, self.pid, self.pgid = _Forked(pid), pid, pid
+                return self.connection_info
+        return await super().launch_kernel(cmd, **kwargs)
+
 class PoolKernelManager(AsyncKernelManager):
-    "An AsyncKernelManager that remembers the clients made on it, so that they are closed with its kernel."
+    "An AsyncKernelManager that remembers the clients made on it, so that they are closed with its kernel, and forks its kernel when it can."
+    forks = None        # the pool's ForkServer
+
     def client(self, **kwargs):
         kc = super().client(**kwargs)
         self.__dict__.setdefault("_mlopsnb_clients", []).append(kc)
         return kc
+
+    async def pre_start_kernel(self, **kw):       # AsyncKernelManager's start_kernel awaits this one
+        meta = (self.kernel_spec.metadata or {}).get("kernel_provisioner", {}) if self.kernel_spec else {}
+        if self.forks is not None and self.provisioner is None and meta.get("provisioner_name", "local-provisioner") == "local-provisioner":
+            import uuid
+            self.kernel_id = self.kernel_id or kw.pop("kernel_id", str(uuid.uuid4()))
+            self.provisioner = ForkProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
+            self.provisioner.forks = self.forks
+        return await super().pre_start_kernel(**kw)
 
 def _send_environment(km, set_: dict, unset: list, timeout: float = STARTUP_TIMEOUT) -> None:
     "Wait for the kernel to answer, then run the environment change in it silently; raise if it fails."
@@ -247,6 +487,7 @@ def build_pool(dag, # Ploomber's rendered DAG
                log_file: Path | None = None, # where to record each task's kernel
                env: dict | None = None, # variables every task gets (task_variables without the run): the kernels start with them
                store: tuple[str, str, str] | None = None, # (tracking URI, registry URI, experiment id) the tasks record to
+               forks: ForkServer | None = None, # a fork server started earlier (`prestart`); default: one is made here
               ) -> KernelPool | None:
     "Return the warm kernel pool of a serial build, its first kernels started; None when off or not papermill."
     from ploomber.constants import TaskStatus
@@ -254,9 +495,41 @@ def build_pool(dag, # Ploomber's rendered DAG
     tasks = [t for t in _papermill_tasks(dag) if t.exec_status not in (TaskStatus.Skipped, TaskStatus.Aborted)]
     if not size or not tasks: return None
     cwd = (tasks[0].executor_params or {}).get("cwd")
-    pool = KernelPool(size, cwd, log_file, store, [(t.name, _kernel_name(t), warm_modules(task_imports(t.source.nb_str_rendered))) for t in tasks])
+    plan = [(t.name, _kernel_name(t), warm_modules(task_imports(t.source.nb_str_rendered))) for t in tasks]
+    if forks is None and forking() and len(plan) > 1: forks = ForkServer(fork_modules(plan, store))
+    pool = KernelPool(size, cwd, log_file, store, forks=forks, plan=plan)
     pool.fill({**os.environ, **(env or {})})
     return pool
+
+STORE_IMPORTS = ["mlopsnb.config", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"]
+
+def fork_modules(plan: list, # [(task, kernel name, modules)] in build order
+                 store: tuple | None = None, # the build's store, when the warm-ups open it
+                ) -> list[str]:
+    "Return what the fork server imports: every planned task's modules in build order, then what opening the store needs."
+    return list(dict.fromkeys([m for _, _, mods in plan for m in mods] + (STORE_IMPORTS if store else [])))
+
+def source_imports(path: str | Path, # a task's source: a notebook, or a percent script
+                  ) -> list[str]:
+    "Return the modules a task's source imports (`task_imports`, read from the file)."
+    text = Path(path).read_text()
+    if Path(path).suffix == ".ipynb": return task_imports(text)
+    return task_imports(json.dumps({"cells": [{"cell_type": "code", "source": text}]}))
+
+def prestart(sources: dict, # {task: its source}, in the spec's order
+             cwd: str | Path, # where the kernels run (the project's root)
+             env: dict, # the environment the kernels will start with (at least what is read at start: PYTHON*, OMP_*...)
+            ) -> ForkServer | None:
+    "Start a build's fork server before Ploomber loads (its imports overlap the build's start); None when the pool or forking is off."
+    if not pool_size() or not forking() or len(sources) < 2: return None
+    plan = []
+    for task, src in sources.items():
+        try: plan.append((task, None, warm_modules(source_imports(src))))
+        except (OSError, ValueError, UnicodeDecodeError): pass       # the build reports a bad source, not this
+    forks = ForkServer(fork_modules(plan, store=True))
+    try: forks.start(sys.executable, dict(env), str(cwd))
+    except OSError as e: log.warning("could not start the fork server (%s): kernels start as new processes", e); return None
+    return forks
 
 @contextmanager
 def kernel_for(pool: KernelPool | None, # the build's pool (None: papermill starts the kernel)

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'ENGINES', 'JUPYTER_SETTINGS', 'quiet_ploomber', 'failure_line', 'TaskRecord', 'BuildContext', 'task_boundary',
-           'task_variables', 'RecordingExecutor', 'BuildProgress', 'NoProgress', 'warm_html', 'load_dag', 'state_file',
-           'fingerprint', 'read_state', 'is_up_to_date', 'BuildResult', 'BuildInterrupted', 'sigterm_interrupts', 'run',
-           'check_data', 'write_state', 'status', 'graph', 'dag_figure', 'plot', 'inject', 'lab_command']
+           'build_variables', 'task_variables', 'RecordingExecutor', 'BuildProgress', 'NoProgress', 'warm_html',
+           'load_dag', 'state_file', 'fingerprint', 'read_state', 'is_up_to_date', 'BuildResult', 'BuildInterrupted',
+           'sigterm_interrupts', 'run', 'check_data', 'write_state', 'status', 'graph', 'dag_figure', 'plot', 'inject',
+           'lab_command']
 
 # %% ../notebooks/api/08_pipeline.ipynb #4338d27c
 def quiet_ploomber() -> None:
@@ -135,12 +136,17 @@ def task_boundary(variables: dict[str, str]):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+def build_variables(ctx: BuildContext) -> dict[str, str]:
+    "Return the part of a task's environment that every task of the build shares and that is known before anything is recorded."
+    from mlopsnb.tracking import PROJECT_ENV
+    quiet = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))   # tqdm without ipywidgets
+    return {PROJECT_ENV: str(ctx.project.root), "MLFLOW_DISABLE_TELEMETRY": "true", "PLOOMBER_STATS_ENABLED": "false",
+            "PYTHONWARNINGS": quiet, **ctx.task_env}
+
 def task_variables(ctx: BuildContext, rec, run_id: str | None, parent_id: str | None) -> dict[str, str]:
     "Return the environment a task's process needs: its store, experiment, run, build and project."
-    from mlopsnb.tracking import BUILD_ENV, OFF_ENV, PROJECT_ENV, RUN_ID_ENV
-    quiet = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))   # tqdm without ipywidgets
-    out = {PROJECT_ENV: str(ctx.project.root), "MLFLOW_DISABLE_TELEMETRY": "true", "PLOOMBER_STATS_ENABLED": "false",
-           "PYTHONWARNINGS": quiet, BUILD_ENV: parent_id or "untracked", **ctx.task_env}
+    from mlopsnb.tracking import BUILD_ENV, OFF_ENV, RUN_ID_ENV
+    out = {**build_variables(ctx), BUILD_ENV: parent_id or "untracked"}
     if rec.enabled:
         st = rec.store          # as the build records: a SQLite store with its busy timeout
         out |= {"MLFLOW_TRACKING_URI": st.tracking_uri, "MLFLOW_REGISTRY_URI": st.registry_uri,
@@ -168,6 +174,7 @@ class RecordingExecutor:
         self.progress: BuildProgress = NoProgress()    # set by `run` for the command line
         self.records: list[TaskRecord] = []
         self.parent_run_id: str | None = None
+        self.forks = None                              # a fork server `run` started early (papermill kernels), for the pool
 
     def __repr__(self): return f"RecordingExecutor(pipeline={self.pipeline!r})"
 
@@ -206,7 +213,7 @@ class RecordingExecutor:
         from ploomber.constants import TaskStatus
         from mlopsnb.kernels import build_pool
         store = (rec.store.tracking_uri, rec.store.registry_uri, rec.experiment_id) if rec.enabled else None
-        pool = build_pool(dag, state_dir(ctx.project) / "kernels.json", task_variables(ctx, rec, None, parent), store)
+        pool = build_pool(dag, state_dir(ctx.project) / "kernels.json", task_variables(ctx, rec, None, parent), store, self.forks)
         try:
             for name in dag:
                 t = dag[name]
@@ -545,13 +552,20 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
             recs = [TaskRecord(**{**r, "status": "skipped", "seconds": 0.0}) for r in state.get("records", [])]
             return BuildResult(recs, noop=True, seconds=time.perf_counter() - t0, tracking_uri=state.get("tracking_uri"))
         state_file(project).unlink(missing_ok=True)
-        check_data(project)
-        dag = load_dag(project, engine, ctx.params)
-        dag.executor.context = ctx
-        if jobs != 1: dag.executor.jobs = jobs
-        if not force: _drop_stale(ctx, dag)
-        if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
-        result = _build(dag, force, t0, project)
+        from mlopsnb.kernels import prestart
+        forks = (prestart(ctx.sources, project.root, {**os.environ, **build_variables(ctx)})    # imports while Ploomber loads
+                 if engine == "papermill" and jobs == 1 else None)
+        try:
+            check_data(project)
+            dag = load_dag(project, engine, ctx.params)
+            dag.executor.context = ctx
+            if jobs != 1: dag.executor.jobs = jobs
+            if dag.executor.jobs == 1: dag.executor.forks = forks
+            if not force: _drop_stale(ctx, dag)
+            if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
+            result = _build(dag, force, t0, project)
+        finally:
+            if forks is not None: forks.close()     # no fork server outlives the build, used or not
         if result.ok: write_state(ctx, dag, result, state)
     return result
 

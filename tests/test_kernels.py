@@ -75,6 +75,7 @@ def test_each_task_runs_in_its_own_warm_kernel_and_none_is_left(warm_and_cold):
     log = json.loads((warm_and_cold["warm"] / "products/.mlopsnb/kernels.json").read_text())
     tasks = log["tasks"]
     assert [t["task"] for t in tasks] == TASKS and all(t["warm"] for t in tasks), log
+    assert all(t["forked"] for t in tasks), log           # from the fork server the build started before Ploomber loaded
     assert len({t["pid"] for t in tasks}) == len(TASKS), log                # one kernel per task, never reused
     left = processes_in(warm_and_cold["warm"])         # by working folder: a pid may have been reused since the build
     assert not [t["pid"] for t in tasks if t["pid"] in left], (left, log)
@@ -110,7 +111,7 @@ def test_failed_or_killed_build_leaves_no_kernel(tmp_path):
     wait_no_process_in(project, 5)          # validate_data's kernel, started ahead, is shut down too
     src.write_text(good)
     proc = start_paused_build(project, "validate_data", tmp_path / "marker", *SAMPLE)
-    assert len(processes_in(project)) >= 3          # the build, validate_data's kernel, split_data's kernel started ahead
+    assert len(processes_in(project)) >= 4          # the build, its fork server, validate_data's kernel, split_data's kernel started ahead
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     wait_no_process_in(project)             # the kernels end with the build (their watchdog), the one ahead included
