@@ -2,7 +2,9 @@
 
 Every variant, in one run, each as the subprocess a user would start, in a clean environment:
 
-  build papermill   `mlopsnb run --engine papermill` in a fresh copy of the project (warm kernel pool, the default)
+  build papermill   `mlopsnb run --engine papermill` in a fresh copy of the project (warm kernel pool, kernels forked
+                    from the fork server: the default)
+  build papermill-nofork  the same with the fork server off (MLOPSNB_FORK_KERNELS=0): the pool starts new kernel processes
   build papermill-cold  the same with the pool off (MLOPSNB_WARM_KERNELS=0): papermill starts each kernel itself
   build inprocess   `mlopsnb run --engine inprocess` in a fresh copy of the project
   build plain       the same task code as ONE plain script, `python plain_pipeline.py`, in a fresh copy
@@ -38,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["pipeline.yaml", "env.yaml", "notebooks/tasks", "contracts"]
-BUILDS = ["papermill", "papermill-cold", "inprocess", "plain", "parallel"]
+BUILDS = ["papermill", "papermill-nofork", "papermill-cold", "inprocess", "plain", "parallel"]
+VARIANT_ENV = {"papermill-cold": {"MLOPSNB_WARM_KERNELS": "0"}, "papermill-nofork": {"MLOPSNB_FORK_KERNELS": "0"}}
 TARGETS = {"build papermill": 2.0, "build inprocess": 1.5, "no-op mlopsnb": 0.4}   # ratio to the variant's reference, at most
 
 
@@ -135,7 +138,7 @@ def build(variant: str, tmp: Path, i: int, env_args: list[str], overrides: list[
     else:
         cmd = [str(BIN / "mlopsnb"), "run", "--engine", variant.split("-")[0], *env_args]
     assert not (project / "mlflow.db").exists() and not (project / "products").exists()
-    seconds, p = timed(cmd, project, {"MLOPSNB_WARM_KERNELS": "0"} if variant == "papermill-cold" else None)
+    seconds, p = timed(cmd, project, VARIANT_ENV.get(variant))
     if variant != "plain" and f"{task_count()} executed" not in p.stdout:
         sys.exit(f"bench: {variant} build did not execute every task:\n{p.stdout}")
     metrics = project / "products" / "evaluation" / "metrics.json"
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     builds = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in builds if v not in BUILDS]
     if unknown: p.error(f"--variants: unknown build {unknown[0]!r}: choose from {', '.join(BUILDS)}")
-    needs = {"papermill": "plain", "papermill-cold": "plain", "inprocess": "plain", "parallel": "inprocess"}
+    needs = {"papermill": "plain", "papermill-nofork": "plain", "papermill-cold": "plain", "inprocess": "plain", "parallel": "inprocess"}
     missing = [f"{v} needs {needs[v]}" for v in builds if v in needs and needs[v] not in builds]
     if missing: p.error(f"--variants: {missing[0]} (its reference)")
     if a.omp_threads: ENV["OMP_NUM_THREADS"] = str(a.omp_threads)
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     info["load_after"] = round(os.getloadavg()[0], 2)
     times = {f"build {v}": [r["seconds"] for r in runs[v]] for v in builds} | noop
     med = {k: statistics.median(v) for k, v in times.items()}
-    refs = {"build papermill": "build plain", "build papermill-cold": "build plain", "build inprocess": "build plain", "build plain": "build plain",
+    refs = {"build papermill": "build plain", "build papermill-nofork": "build plain", "build papermill-cold": "build plain", "build inprocess": "build plain", "build plain": "build plain",
             "build parallel": "build inprocess",
             "no-op mlopsnb": "no-op ploomber", "no-op ploomber": "no-op ploomber"}
     rows = []

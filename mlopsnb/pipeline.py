@@ -561,6 +561,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
             dag.executor.context = ctx
             if jobs != 1: dag.executor.jobs = jobs
             if dag.executor.jobs == 1: dag.executor.forks = forks
+            elif forks is not None: forks.close()       # the spec asks for parallel tasks: no pool, no server
             if not force: _drop_stale(ctx, dag)
             if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
             result = _build(dag, force, t0, project)
