@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import as_store
 from .core import MlopsnbError, atomic_path
-from .serve import SCORE_BINS, Scorer, load_scorer, record_scoring, score_chunk, score_histogram, score_summary
+from .serve import SCORE_BINS, Scorer, csv_dtypes, load_scorer, record_scoring, score_chunk, score_histogram, score_summary
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ def _scorer(job: dict) -> Scorer:
         _SCORERS[key] = load_scorer(job["store"], job["name"], job["version"], **job["kw"])
     return _SCORERS[key]
 
-def _partition_chunks(src: Path, part: dict, chunk_rows: int):
-    "Yield the DataFrames `score_file` would read for this partition's chunks."
+def _partition_chunks(src: Path, part: dict, chunk_rows: int, dtypes: dict | None = None):
+    "Yield the DataFrames `score_file` would read for this partition's chunks (`dtypes`: the CSV columns read as text, as it does)."
     import io
     import pandas as pd
     if "begin" in part:          # CSV: the header, then this partition's bytes
         with open(src, "rb") as f:
             head = f.read(part["header"]); f.seek(part["begin"]); body = f.read(part["end"] - part["begin"])
-        yield from pd.read_csv(io.BytesIO(head + body), chunksize=chunk_rows)
+        yield from pd.read_csv(io.BytesIO(head + body), chunksize=chunk_rows, dtype=dtypes)
         return
     import pyarrow.parquet as pq
     f = pq.ParquetFile(src)
@@ -116,7 +116,7 @@ def score_partition(job: dict, # store, model name/version, scorer settings, src
     out_path = Path(job["parts"]) / f"part-{index:06d}.parquet"
     writer = None
     try:
-        for df in _partition_chunks(src, part, job["chunk_rows"]):
+        for df in _partition_chunks(src, part, job["chunk_rows"], csv_dtypes(scorer)):
             table, p = score_chunk(scorer, df, src, n)        # exactly score_file's chunk
             writer = writer or pq.ParquetWriter(out_path, table.schema)
             writer.write_table(table)

@@ -64,6 +64,19 @@ def test_dask_output_identical_to_single_process(project, rows, tmp_path, fmt):
     assert dask.info.status == "FINISHED"
 
 
+def test_csv_text_columns_read_as_single_process_reads_them(project, rows, tmp_path):
+    "A category whose values look like numbers in one partition stays text on Dask too (was: guessed per partition, refused)."
+    df = rows.copy()
+    df.loc[800:, "internet_service"] = "7"          # the last partition's two chunks: digits only in a category column
+    src = tmp_path / "rows.csv"
+    df.to_csv(src, index=False)
+    one = cli(project, "score", str(src), str(tmp_path / "one.parquet"), "--chunk-rows", CHUNK)
+    assert one.returncode == 0, one.stderr
+    par = cli(project, "score", str(src), str(tmp_path / "dask.parquet"), "--chunk-rows", CHUNK, "--dask", "--workers", "2")
+    assert par.returncode == 0, par.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "dask.parquet"), pd.read_parquet(tmp_path / "one.parquet"), check_exact=True)
+
+
 def test_bad_scheduler_one_line(project, rows, tmp_path):
     src = tmp_path / "rows.parquet"; rows.to_parquet(src)
     with socket.socket() as s:
