@@ -2,9 +2,7 @@
 import os
 import shutil
 
-import jupytext
 import pytest
-from nbclient import NotebookClient
 
 from conftest import SAMPLE, cli, store
 
@@ -13,6 +11,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_task_notebook_runs_top_to_bottom_in_a_kernel(built, tmp_path):
+    import jupytext                         # here, not at the top: every pytest worker imports this file when it collects
+    from nbclient import NotebookClient
     project = tmp_path / "p"
     shutil.copytree(built[0], project)
     tasks = project / "notebooks" / "tasks"
