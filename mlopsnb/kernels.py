@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'POOL_ENV', 'DEFAULT_SIZE', 'START_ONLY', 'STARTUP_TIMEOUT', 'LAZY_IMPORTS', 'FORK_ENV', 'FORK_START_ONLY',
-           'INLINE_BACKEND', 'STORE_IMPORTS', 'pool_size', 'task_imports', 'warm_modules', 'warm_up_code',
-           'environment_code', 'environment_change', 'forking', 'fork_server', 'ForkServer', 'KernelPool',
-           'ForkProvisioner', 'PoolKernelManager', 'build_pool', 'fork_modules', 'source_imports', 'prestart',
-           'kernel_for']
+           'INLINE_BACKEND', 'STORE_IMPORTS', 'pool_size', 'code_imports', 'task_imports', 'warm_modules',
+           'warm_up_code', 'environment_code', 'environment_change', 'forking', 'fork_server', 'ForkServer',
+           'KernelPool', 'ForkProvisioner', 'PoolKernelManager', 'build_pool', 'fork_modules', 'source_imports',
+           'prestart', 'kernel_for']
 
 # %% ../notebooks/api/08d_kernels.ipynb #ab6a115c
 POOL_ENV = "MLOPSNB_WARM_KERNELS"
@@ -42,21 +42,24 @@ def pool_size(environ: dict | None = None, # where to read MLOPSNB_WARM_KERNELS 
     return int(v)
 
 # %% ../notebooks/api/08d_kernels.ipynb #f366ce6c
+def code_imports(src: str, # Python source (magic lines are left out when they keep it from parsing)
+                ) -> list[str]:
+    "Return the modules a piece of code imports, in order (relative imports left out)."
+    try: tree = ast.parse(src)
+    except SyntaxError:
+        try: tree = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        except SyntaxError: return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import): out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module: out.append(node.module)
+    return out
+
 def task_imports(notebook: str, # the rendered notebook (ipynb JSON), as Ploomber gives it
                 ) -> list[str]:
     "Return the modules a notebook's code cells import, in order, once each."
-    out = []
-    for cell in json.loads(notebook).get("cells", []):
-        if cell.get("cell_type") != "code": continue
-        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        try: tree = ast.parse(src)
-        except SyntaxError:
-            try: tree = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
-            except SyntaxError: continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import): out += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module: out.append(node.module)
-    return list(dict.fromkeys(out))
+    cells = [c for c in json.loads(notebook).get("cells", []) if c.get("cell_type") == "code"]
+    return list(dict.fromkeys(m for c in cells for m in code_imports("".join(c["source"]) if isinstance(c["source"], list) else c["source"])))
 
 # %% ../notebooks/api/08d_kernels.ipynb #c7c22d06
 LAZY_IMPORTS = {   # what the library imports inside its functions, so that a task pays it at its first call: imported ahead too
@@ -132,7 +135,7 @@ def _kernel_cmd(km) -> list[str]:
 # %% ../notebooks/api/08d_kernels.ipynb #9456f7c6
 def _fork_kernel(req: dict, fds: tuple, out: tuple) -> int:
     "Fork; in the child, become the kernel `req` describes (never return); in the server, return the child's pid."
-    import signal, sys, traceback
+    import signal, traceback
     pid = os.fork()
     if pid: return pid
     code = 1
@@ -201,7 +204,7 @@ def fork_server(requests: int, # the pipe the build writes requests to (one JSON
 
 # %% ../notebooks/api/08d_kernels.ipynb #936115ae
 class ForkServer:
-    "The build's side of the fork server: started at the first kernel it can fork, with that kernel's interpreter and environment."
+    "The build's side of the fork server: started (`start`) with the interpreter and environment of the kernels it will fork."
     def __init__(self, modules: list[str], # what the server imports ahead, most needed first
                  timeout: float = STARTUP_TIMEOUT, # seconds to wait for a fork
                 ):
@@ -234,7 +237,7 @@ class ForkServer:
     def fork(self, cmd: list[str], env: dict, cwd: str | None) -> int:
         "Return the pid of a kernel forked for `cmd`, `env`, `cwd`; raise (and stop using the server) if it cannot."
         from importlib.util import find_spec
-        with self._lock: self.start(cmd[0], env, cwd)
+        if self.proc is None: raise MlopsnbError("the fork server is not started")
         return int(self._ask({"launcher": find_spec("ipykernel_launcher").origin, "args": list(cmd[3:]), "env": dict(env), "cwd": cwd})["pid"])
 
     def imported(self) -> int:
@@ -513,8 +516,7 @@ def source_imports(path: str | Path, # a task's source: a notebook, or a percent
                   ) -> list[str]:
     "Return the modules a task's source imports (`task_imports`, read from the file)."
     text = Path(path).read_text()
-    if Path(path).suffix == ".ipynb": return task_imports(text)
-    return task_imports(json.dumps({"cells": [{"cell_type": "code", "source": text}]}))
+    return task_imports(text) if Path(path).suffix == ".ipynb" else list(dict.fromkeys(code_imports(text)))
 
 def prestart(sources: dict, # {task: its source}, in the spec's order
              cwd: str | Path, # where the kernels run (the project's root)

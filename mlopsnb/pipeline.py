@@ -552,9 +552,10 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
             recs = [TaskRecord(**{**r, "status": "skipped", "seconds": 0.0}) for r in state.get("records", [])]
             return BuildResult(recs, noop=True, seconds=time.perf_counter() - t0, tracking_uri=state.get("tracking_uri"))
         state_file(project).unlink(missing_ok=True)
-        from mlopsnb.kernels import prestart
-        forks = (prestart(ctx.sources, project.root, {**os.environ, **build_variables(ctx)})    # imports while Ploomber loads
-                 if engine == "papermill" and jobs == 1 else None)
+        forks = None
+        if engine == "papermill" and jobs == 1:       # the fork server imports what the tasks import while Ploomber loads
+            from mlopsnb.kernels import prestart
+            forks = prestart(ctx.sources, project.root, {**os.environ, **build_variables(ctx)})
         try:
             check_data(project)
             dag = load_dag(project, engine, ctx.params)
