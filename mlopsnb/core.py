@@ -201,16 +201,22 @@ def mask_url(text: str, # any text: a URL, a message, a log line
     "Return `text` with the password of every URL and every secret query value replaced by ***."
     return _sub_secrets(text, lambda s: "***")
 
+_AUTHORITY = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://(?P<userinfo>[^\s/?#@]*)@")
+
 def expand_vars(value: str, # text with ${NAME} or ${NAME:-default} references
                 environ: Mapping[str, str] | None = None, # where to look them up (default: os.environ)
                ) -> str:
-    "Replace each ${NAME} by its value from the environment; ${NAME:-default} when unset or empty."
+    "Replace each ${NAME} by its environment value (${NAME:-default}: when unset or empty), quoted in a URL's user:password."
+    from urllib.parse import quote
     env = os.environ if environ is None else environ
+    userinfo = [m.span("userinfo") for m in _AUTHORITY.finditer(value)]
     def one(m):
         v = env.get(m["name"])
         if m["default"] is not None and not v: return m["default"]
         if v is None: raise ConfigError(f"${{{m['name']}}} is not set")
-        return v
+        # a raw value (p@ss/w:rd) in user:password is encoded; a hidden literal came from a URL, encoded already
+        inside = any(a <= m.start() and m.end() <= b for a, b in userinfo)
+        return quote(v, safe="") if inside and not m["name"].startswith(SECRET_PREFIX) else v
     return _VAR.sub(one, value)
 
 def secret_var(where: str) -> str:
