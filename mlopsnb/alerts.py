@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
+from .core import ConfigError, expand_vars
 from .drift import LEVELS
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'report_html', 'summary_json', 'post_webhook', 'record_monitoring', 'monitoring_history']
+__all__ = ['log', 'report_html', 'summary_json', 'webhook_origin', 'check_webhook', 'post_webhook', 'record_monitoring',
+           'monitoring_history']
 
 # %% ../notebooks/api/11d_alerts.ipynb #0d90cf28
 def _bars(ax, r: dict, title: str) -> None:
@@ -80,9 +83,11 @@ def report_html(summary: dict, # from `monitor`
     return f"<!doctype html><html><head><meta charset='utf-8'><title>mlopsnb monitoring</title><style>{css}</style></head><body>{''.join(parts)}</body></html>"
 
 def summary_json(summary: dict) -> dict:
-    "Return the summary without the bulky parts (bins, labelled rows), JSON-ready."
+    "Return the summary without the bulky parts (bins, labelled rows), JSON-ready, a webhook URL cut to its host."
     def clean(o):
-        if isinstance(o, dict): return {k: clean(v) for k, v in o.items() if k not in {"bins", "labelled_rows"}}
+        if isinstance(o, dict):
+            return {k: webhook_origin(v) if k == "webhook" and isinstance(v, str) else clean(v)
+                    for k, v in o.items() if k not in {"bins", "labelled_rows"}}
         if isinstance(o, (list, tuple)): return [clean(v) for v in o]
         if isinstance(o, float) and not math.isfinite(o): return None
         if hasattr(o, "item"): return clean(o.item())
@@ -90,24 +95,71 @@ def summary_json(summary: dict) -> dict:
     return clean(summary)
 
 # %% ../notebooks/api/11d_alerts.ipynb #a619d093
-def post_webhook(url: str, # where to POST
+_RETRIED = {408, 429}    # request timeout, too many requests: another try may pass; any other 4xx will not
+
+def webhook_origin(url: str, # a webhook URL, with or without ${VAR} references
+                  ) -> str:
+    "Return what may be shown of a webhook URL: its scheme, host and port (the path and query may be secret)."
+    from urllib.parse import urlsplit
+    try:
+        p = urlsplit(url)
+        host, port = p.hostname or "", p.port
+    except ValueError: return "***"
+    host = f"[{host}]" if ":" in host else host
+    return f"{p.scheme}://{host}{f':{port}' if port else ''}/***" if p.scheme and host else "***"
+
+def check_webhook(url: str, # a webhook URL
+                  where: str = "webhook", # what to name in the error
+                 ) -> str:
+    "Return `url` if it is an http:// or https:// URL; raise ConfigError otherwise."
+    if not re.match(r"https?://[^/?#\s]", url, re.I):
+        raise ConfigError(f"{where} {webhook_origin(url)}: only http:// and https:// URLs")
+    return url
+
+def _undelivered(shown: str, attempts: int, err: str) -> dict:
+    log.warning("webhook %s: not delivered after %d attempt(s) (%s)", shown, attempts, err)
+    return {"delivered": False, "attempts": attempts, "error": err}
+
+def _reason(e: Exception) -> str:
+    "Say what went wrong in one attempt, never quoting the URL."
+    import urllib.error
+    if isinstance(e, urllib.error.HTTPError): return f"HTTPError: {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError): return f"URLError: {e.reason}"
+    if isinstance(e, OSError): return f"{type(e).__name__}: {e}"
+    return f"{type(e).__name__}: invalid URL or answer"   # a ValueError's message may quote the URL
+
+def _opener():
+    "Return an opener that follows no redirect (a 3xx is the answer)."
+    import urllib.request
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs): return None
+    return urllib.request.build_opener(NoRedirect)
+
+def post_webhook(url: str, # where to POST: http(s), ${VAR} references expanded now
                  payload: dict, # the JSON body
                  retries: int = 3, # attempts
                  backoff_s: float = 0.5, # first wait between attempts (doubled each time)
                  timeout_s: float = 5.0, # per attempt
                 ) -> dict:
-    "POST `payload` as JSON, retrying with backoff; return {delivered, attempts, status or error}."
-    import urllib.error, urllib.request
-    body, err = json.dumps(payload, default=str).encode(), None
+    "POST `payload` as JSON, retrying what may pass (no answer, 5xx, 408, 429); return the outcome."
+    import http.client, urllib.error, urllib.request
+    shown = webhook_origin(check_webhook(url))
+    try: target = expand_vars(url)
+    except ConfigError as e: return _undelivered(shown, 0, str(e))
+    opener, err = _opener(), None
+    body = json.dumps(payload, default=str).encode()
+    headers = {"content-type": "application/json", "user-agent": "mlopsnb-monitor"}
     for attempt in range(1, retries + 1):
+        req = urllib.request.Request(target, data=body, headers=headers, method="POST")
         try:
-            req = urllib.request.Request(url, data=body, headers={"content-type": "application/json", "user-agent": "mlopsnb-monitor"}, method="POST")
-            with urllib.request.urlopen(req, timeout=timeout_s) as r: return {"delivered": True, "attempts": attempt, "status": r.status}
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            err = f"{type(e).__name__}: {getattr(e, 'code', '') or ''} {getattr(e, 'reason', '') or e}".strip()
+            with opener.open(req, timeout=timeout_s) as r: status = r.status
+            return {"delivered": True, "attempts": attempt, "status": status}
+        except (OSError, ValueError, http.client.HTTPException) as e:   # URLError and HTTPError are OSErrors
+            err = _reason(e)
+            final = isinstance(e, urllib.error.HTTPError) and e.code < 500 and e.code not in _RETRIED
+            if final: return _undelivered(shown, attempt, err)
         if attempt < retries: time.sleep(backoff_s * 2 ** (attempt - 1))
-    log.warning("webhook %s: not delivered after %d attempts (%s)", url, retries, err)
-    return {"delivered": False, "attempts": retries, "error": err}
+    return _undelivered(shown, retries, err)
 
 def record_monitoring(store, # a Store, Project or tracking URI
                       experiment: str, # the monitoring experiment (created if absent)

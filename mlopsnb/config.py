@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .core import ENV_FILE, PIPELINE_FILE, ConfigError
+from .core import ENV_FILE, PIPELINE_FILE, ConfigError, expand_vars
 
 # %% auto #0
 __all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy',
@@ -140,6 +140,15 @@ class MonitorConfig(_Strict):
     webhook_backoff_s: float = Field(0.5, ge=0)  # first wait between attempts, doubled each time
     webhook_timeout_s: float = Field(5.0, gt=0)
     retrain_on: Literal["never", "drift"] = "never"   # start a build on training data + the labelled window on drift
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_only(cls, v):
+        "Take only an http:// or https:// URL (a secret part of it may be a ${VAR} reference, expanded when sent)."
+        from pydantic_core import PydanticCustomError
+        if v is not None and not re.match(r"https?://[^/?#\s]", v, re.I):
+            raise PydanticCustomError("http_url", "only http:// and https:// URLs")
+        return v
 
 # %% ../notebooks/api/01_config.ipynb #b562fde6
 def _one_line(err: ValidationError, file: str) -> str:
@@ -562,7 +571,7 @@ class Project:
         env = load_env(root, overrides, env_file)
         if store is not None: return cls(root, env, store, spec_file)
         environ = os.environ if environ is None else environ
-        uri = environ.get("MLFLOW_TRACKING_URI") or resolve_uri(env.tracking_uri, root)
+        uri = environ.get("MLFLOW_TRACKING_URI") or resolve_uri(expand_vars(env.tracking_uri, environ), root)
         return cls(root, env, Store(uri, environ.get("MLFLOW_REGISTRY_URI") or uri), spec_file)
 
     @property

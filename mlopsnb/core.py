@@ -206,7 +206,7 @@ _AUTHORITY = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://(?P<userinfo>[^\s/?#@]*)@
 def expand_vars(value: str, # text with ${NAME} or ${NAME:-default} references
                 environ: Mapping[str, str] | None = None, # where to look them up (default: os.environ)
                ) -> str:
-    "Replace each ${NAME} by its environment value (${NAME:-default}: when unset or empty), quoted in a URL's user:password."
+    "Replace each ${NAME} by its value in the environment (${NAME:-default}: if unset or empty), quoted in user:pass."
     from urllib.parse import quote
     env = os.environ if environ is None else environ
     userinfo = [m.span("userinfo") for m in _AUTHORITY.finditer(value)]

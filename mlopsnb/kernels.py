@@ -78,7 +78,7 @@ def warm_modules(modules: list[str], # what the task's notebook imports (`task_i
 
 def warm_up_code(modules: list[str], # what to import
                  parent: int | tuple[int, ...], # the build's process id (and the fork server's): the kernel ends when its parent is gone
-                 store: tuple[str, str, str] | None = None, # (tracking URI, registry URI, experiment id) of the build, opened ahead
+                 experiment: str | None = None, # the build's experiment id: opened ahead in the environment's store
                 ) -> str:
     "Return the one line a warm kernel runs at start: a watchdog on the build process, the imports, then the build's store opened."
     parents = tuple(int(p) for p in (parent if isinstance(parent, (tuple, list)) else (parent,)))
@@ -90,11 +90,11 @@ def warm_up_code(modules: list[str], # what to import
             f"for m in {list(modules)!r}:\n"
             "    try: importlib.import_module(m)\n"
             "    except Exception: pass\n")
-    if store:   # opened once here (MLflow caches a store per process and URI): the task's first log does not pay ~1.5 s
-        tracking, registry, experiment = store
+    if experiment:   # opened once here (MLflow caches a store per process and URI): the task's first log saves ~1.5 s
+        # the store the task records to (`task_store`), from the environment: a URI in this code would be in argv
         body += ("try:\n"
-                 "    from mlopsnb.config import Store\n"
-                 f"    Store({tracking!r}, {registry!r}).client().get_experiment({experiment!r})\n"
+                 "    from mlopsnb.tracking import task_store\n"
+                 f"    task_store().client().get_experiment({str(experiment)!r})\n"
                  "except Exception: pass\n")
     return f"exec({body!r}, {{}})"
 
@@ -343,8 +343,10 @@ class KernelPool:
                 try: self.forks.start(cmd[0], dict(env), self.cwd)     # once: the first kernel's interpreter and environment
                 except Exception as e: log.warning("could not start the fork server (%s): kernels start as new processes", e); self.forks.broken = True
             if self.forks.pid: parents += (self.forks.pid,)            # a forked kernel's parent
+        experiment = self.store[2] if self.store else None
+        code = warm_up_code(modules, parents, experiment) if warm else warm_up_code([], parents)   # the watchdog always
         args = ["--HistoryManager.hist_file=:memory:",       # what nbclient gives the kernels it starts
-                f"--IPKernelApp.exec_lines={warm_up_code(modules, parents, self.store) if warm else warm_up_code([], parents)}"]   # the watchdog, always
+                f"--IPKernelApp.exec_lines={code}"]
         run_sync(km.start_kernel)(extra_arguments=args, cwd=self.cwd, env=dict(env))
         return _Kernel(task, km, dict(env), time.perf_counter(), warm)
 
@@ -504,7 +506,8 @@ def build_pool(dag, # Ploomber's rendered DAG
     pool.fill({**os.environ, **(env or {})})
     return pool
 
-STORE_IMPORTS = ["mlopsnb.config", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"]
+STORE_IMPORTS = ["mlopsnb.tracking", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
+                 "mlflow.store.model_registry.sqlalchemy_store"]
 
 def fork_modules(plan: list, # [(task, kernel name, modules)] in build order
                  store: tuple | None = None, # the build's store, when the warm-ups open it

@@ -280,6 +280,9 @@ def _monitor_cmd(a) -> int:
     from mlopsnb.data import write_json
     project = Project.load(None, a.env, a.env_file, a.pipeline)
     cfg = monitor_config(project, a.config, a.serve_spec)
+    if a.webhook:                                 # refused before any work, as a bad configured one is
+        from mlopsnb.alerts import check_webhook
+        check_webhook(a.webhook, "--webhook")
     name = a.model or project.env.model_name
     if a.history: return _print_history(project, cfg, name)
     until = _parse_time(a.until) or time.time()

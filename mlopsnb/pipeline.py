@@ -608,7 +608,7 @@ def write_state(ctx: BuildContext, dag, result: BuildResult, state: dict | None)
             for r in result.records]
     atomic_write_text(state_file(ctx.project), json.dumps(
         {"fingerprint": fingerprint(ctx), "products": {p: _stat(Path(p)) for p in _product_paths(dag)}, "records": keep,
-         "tracking_uri": result.tracking_uri}, indent=1))
+         "tracking_uri": result.tracking_uri and mask_url(result.tracking_uri)}, indent=1))   # a file: no password
     result.records = [TaskRecord(**r) for r in keep]
 
 # %% ../notebooks/api/08_pipeline.ipynb #bd3d6f8f

@@ -356,10 +356,10 @@ def ui_command(tracking_uri: str, # the store to browse
                host: str = "127.0.0.1", # interface to bind: this machine only by default
                port: int = 5000, # TCP port
               ) -> tuple[list[str], dict[str, str]]:
-    "Return the argv and environment that start the MLflow UI on a store with telemetry off."
+    "Return the argv and environment that start the MLflow UI on a store (given in the environment) with telemetry off."
     root = str(artifacts) if "://" in str(artifacts) else Path(artifacts).resolve().as_uri()
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-            "--registry-store-uri", tracking_uri, "--default-artifact-root", root,
+    argv = [sys.executable, "-m", "mlflow", "server", "--default-artifact-root", root,
             "--host", host, "--port", str(port), "--workers", "1"]
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **UI_ENV}
+    store = {"MLFLOW_BACKEND_STORE_URI": tracking_uri, "MLFLOW_REGISTRY_STORE_URI": tracking_uri}   # argv: public (ps)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **UI_ENV, **store}
     return argv, env
