@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlopsnb").setLevel(logging.DEBUG if a.debug else logging.INFO)
     if not a.debug: os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")   # no "View run at http://…" line per run on a server (inherited by task kernels)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")   # every command (score, serve...), before MLflow loads
     for name in ("papermill", "ploomber", "ploomber_engine", "traitlets", "alembic", "mlflow"):
         # Ploomber logs each failing task's traceback; mlopsnb prints one line instead (--debug shows it)
         logging.getLogger(name).setLevel(logging.DEBUG if a.debug else logging.CRITICAL if name.startswith("ploomber") else logging.WARNING)

@@ -14,7 +14,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,7 @@ def secret_var(where: str) -> str:
 
 def hide_secrets(obj: Any, # params: nested dicts, lists and strings
                  where: str = "", # the path of `obj`, e.g. a task name
+                 name: Callable[[str], str] = secret_var, # the variable of the secret at a path (`task.data.source#0`)
                 ) -> tuple[Any, dict[str, str]]:
     "Return `obj` with each literal secret in its URLs replaced by a ${MLOPSNB_SECRET_...} reference, and {variable: secret}."
     found: dict[str, str] = {}
@@ -233,7 +234,7 @@ def hide_secrets(obj: Any, # params: nested dicts, lists and strings
         if isinstance(o, str):
             n = iter(range(1 << 30))
             def ref(secret):
-                var = secret_var(f"{path}#{next(n)}")
+                var = name(f"{path}#{next(n)}")
                 found[var] = secret
                 return "${" + var + "}"
             return _sub_secrets(o, ref)

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import AirflowTaskSettings, Project, airflow_settings, read_yaml
-from .core import ConfigError, MlopsnbError, atomic_write_text
+from .core import SECRET_PREFIX, ConfigError, MlopsnbError, atomic_write_text, hide_secrets
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FINISH_TASK', 'RUN_TAG', 'ATTEMPT_TAG', 'AirflowTask', 'airflow_tasks', 'dag_source', 'default_dag_id',
-           'export_airflow', 'find_parent', 'parent_run', 'run_airflow_task', 'finish_airflow_run', 'add_commands']
+__all__ = ['log', 'FINISH_TASK', 'RUN_TAG', 'ATTEMPT_TAG', 'AirflowTask', 'airflow_tasks', 'jinja_literal', 'dag_source',
+           'default_dag_id', 'airflow_variable', 'task_overrides', 'export_airflow', 'find_parent', 'parent_run',
+           'run_airflow_task', 'finish_airflow_run', 'add_commands']
 
 # %% ../notebooks/api/14_export.ipynb #069a9338
 FINISH_TASK = "mlopsnb_finish"      # the Airflow task that closes the DAG run's MLflow run (trigger rule all_done)
@@ -67,6 +68,12 @@ def _operator_args(s: AirflowTaskSettings) -> str:
     if s.execution_timeout is not None: args["execution_timeout"] = _seconds(s.execution_timeout)
     return ", ".join(f"{k}={v}" for k, v in args.items())
 
+def jinja_literal(text: str) -> str:
+    "Return `text` as a Jinja template that renders to `text` itself."
+    if "{" not in text: return text
+    if "endraw" not in text: return "{% raw %}" + text + "{% endraw %}"
+    return text.replace("{", "{{ '{' }}")    # no raw block can hold it: every brace on its own
+
 def dag_source(tasks: list[AirflowTask], # from `airflow_tasks`
                dag_id: str, # the Airflow DAG id
                root: Path, # the project folder (absolute)
@@ -74,6 +81,7 @@ def dag_source(tasks: list[AirflowTask], # from `airflow_tasks`
                args: list[str], # options every `mlopsnb task` gets: --engine, --pipeline, --env ...
                schedule: str | None = None, # an Airflow schedule (cron or preset); None: triggered by hand
                spec_file: str = "pipeline.yaml", # named in the docstring
+               secrets: list[str] = (), # Airflow Variables the tasks get in their environment (`task_overrides`)
               ) -> str:
     "Return the Python source of the Airflow 3 DAG file."
     from mlopsnb import __version__
@@ -84,6 +92,9 @@ def dag_source(tasks: list[AirflowTask], # from `airflow_tasks`
         "",
         "Export again rather than edit. Each task runs one pipeline task with `mlopsnb task`, recorded in MLflow",
         f"like `mlopsnb run`: one parent run per DAG run, a child run per task attempt; {FINISH_TASK} closes the parent run.",
+        "",
+        "This file holds no secret: each Airflow Variable in SECRETS holds one (`airflow variables set NAME VALUE`, a",
+        "secrets backend, or AIRFLOW_VAR_<NAME> in the workers' environment), given to the tasks in their environment.",
         '"""',
         "import datetime as dt",
         "",
@@ -92,9 +103,11 @@ def dag_source(tasks: list[AirflowTask], # from `airflow_tasks`
         "",
         f"MLOPSNB = {shlex.quote(str(mlopsnb))!r}",
         f"PROJECT = {str(root)!r}",
-        f"ARGS = {q(args)!r}",
+        f"ARGS = {jinja_literal(q(args))!r}   # as written: Airflow renders no template in it",
         "RUN = '--dag-run-id \"$MLOPSNB_DAG_RUN_ID\" --attempt \"$MLOPSNB_ATTEMPT\"'",
-        "ENV = {'MLOPSNB_DAG_RUN_ID': '{{ run_id }}', 'MLOPSNB_ATTEMPT': '{{ ti.try_number }}'}",
+        f"SECRETS = {list(secrets)!r}",
+        "ENV = {'MLOPSNB_DAG_RUN_ID': '{{ run_id }}', 'MLOPSNB_ATTEMPT': '{{ ti.try_number }}',",
+        "       **{name: '{{ var.value.%s }}' % name for name in SECRETS}}",
         "",
         "",
         "def mlopsnb_task(task_id, what, **settings):",
@@ -119,6 +132,24 @@ def default_dag_id(project: Project) -> str:
     "Return the DAG id of a project: its MLflow experiment name, with what Airflow refuses replaced by `_`."
     return re.sub(r"[^A-Za-z0-9_.-]", "_", project.experiment) or "mlopsnb"
 
+def airflow_variable(where: str, # where the secret sits: `<--env key>#<n>`, n counting the secrets of one value
+                    ) -> str:
+    "Return the name of the Airflow Variable (and environment variable) that carries a secret of an `--env` value."
+    key, _, n = where.partition("#")
+    suffix = f"_{int(n) + 1}" if n not in ("", "0") else ""
+    return SECRET_PREFIX + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_").upper() + suffix
+
+def task_overrides(overrides: list[str] | None, # `--env key=value` items
+                  ) -> tuple[list[str], dict[str, str]]:
+    "Return the items with each literal secret replaced by a ${MLOPSNB_SECRET_<KEY>} reference, and {variable: key}."
+    items, secrets = [], {}
+    for o in overrides or []:
+        key, eq, value = o.partition("=")
+        hidden, found = hide_secrets(value, key.strip(), airflow_variable)
+        items.append(key + eq + hidden)
+        secrets |= {var: key.strip() for var in found}
+    return items, secrets
+
 def export_airflow(project: Project, # the loaded project
                    out: str | Path = "dags", # the folder to write the DAG file to
                    dag_id: str | None = None, # default: `default_dag_id`
@@ -127,8 +158,8 @@ def export_airflow(project: Project, # the loaded project
                    engine: str = "papermill", # how each task runs its notebook: papermill | inprocess
                    overrides: list[str] | None = None, # `--env key=value` items passed to every task
                    env_file: str | None = None, # another env file, passed to every task
-                  ) -> tuple[Path, list[AirflowTask]]:
-    "Write the project's Airflow 3 DAG file into `out`; return its path and its tasks."
+                  ) -> tuple[Path, list[AirflowTask], dict[str, str]]:
+    "Write the project's Airflow 3 DAG file into `out`; return its path, its tasks and {Airflow Variable: `--env` key}."
     from mlopsnb.pipeline import ENGINES
     if engine not in ENGINES: raise ConfigError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     dag_id = dag_id or default_dag_id(project)
@@ -138,9 +169,10 @@ def export_airflow(project: Project, # the loaded project
     tasks = airflow_tasks(project)
     args = ["--engine", engine, "--pipeline", project.spec_file]
     if env_file: args += ["--env-file", str(Path(env_file).absolute())]
-    for o in overrides or []: args += ["--env", o]
-    src = dag_source(tasks, dag_id, project.root, str(exe.absolute()), args, schedule, project.spec_file)
-    return atomic_write_text(Path(out) / f"{dag_id.replace('-', '_').replace('.', '_')}.py", src), tasks
+    items, secrets = task_overrides(overrides)
+    for o in items: args += ["--env", o]
+    src = dag_source(tasks, dag_id, project.root, str(exe.absolute()), args, schedule, project.spec_file, list(secrets))
+    return atomic_write_text(Path(out) / f"{dag_id.replace('-', '_').replace('.', '_')}.py", src), tasks, secrets
 
 # %% ../notebooks/api/14_export.ipynb #8abe21b1
 def _parent_filter(dag_run_id: str) -> str:
@@ -260,13 +292,18 @@ def _export(a) -> int:
     from mlopsnb.config import Project
     try:
         project = Project.load(None, a.env, a.env_file, a.pipeline)
-        path, tasks = export_airflow(project, a.out, a.dag_id, a.schedule, a.mlopsnb, a.engine, a.env, a.env_file)
+        path, tasks, secrets = export_airflow(project, a.out, a.dag_id, a.schedule, a.mlopsnb, a.engine, a.env,
+                                              a.env_file)
     except ConfigError as e:
         if a.debug: raise
         print(f"mlopsnb: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}: DAG {a.dag_id or default_dag_id(project)!r}, {len(tasks)} tasks ({', '.join(t.name for t in tasks)}) "
           f"and {FINISH_TASK}; point Airflow's dags folder (AIRFLOW__CORE__DAGS_FOLDER) at {Path(a.out).absolute()}")
+    if secrets:
+        print("the DAG file holds no secret: before a run, set these Airflow Variables "
+              "(`airflow variables set NAME VALUE`, or AIRFLOW_VAR_<NAME> in the workers' environment):")
+        for var, key in sorted(secrets.items()): print(f"  {var}: the secret in --env {key}")
     return 0
 
 def _task(a) -> int:
