@@ -11,7 +11,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,7 +32,7 @@ def free_port() -> int:
 
 
 def minimal_env(extra: dict | None = None) -> dict:
-    "The environment of a bare login shell: no MLFLOW_*, no CI or pytest variables (MLflow counts those as telemetry off)."
+    "A bare login shell's environment: no MLFLOW_*, no CI or pytest variables (MLflow takes those for telemetry off)."
     env = {"PATH": f"{BIN}{os.pathsep}/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
            "OMP_NUM_THREADS": "1"}
     return {**env, **(extra or {})}
@@ -95,8 +94,10 @@ def pg():
                         f"--pwfile={home / 'pw'}", "--no-sync", "-E", "UTF8"], capture_output=True, text=True, cwd=home)
     assert r.returncode == 0, r.stderr
     (home / "pw").unlink()
-    r = subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "60",
-                        "-o", f"-h 127.0.0.1 -p {port} -k {home} -c fsync=off", "start"], capture_output=True, text=True, cwd=home)
+    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    r = subprocess.run([*pg_ctl, "-l", str(home / "server.log"), "-w", "-t", "60",
+                        "-o", f"-h 127.0.0.1 -p {port} -k {home} -c fsync=off", "start"],
+                       capture_output=True, text=True, cwd=home)
     assert r.returncode == 0, r.stderr + (home / "server.log").read_text()
     import sqlalchemy as sa
 
@@ -112,7 +113,7 @@ def pg():
             admin.dispose()
     try: yield Server()
     finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True, cwd=home)
+        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, cwd=home)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -120,7 +121,7 @@ def pg():
 
 @pytest.mark.slow
 def test_a_password_with_at_and_slash_reaches_the_right_server(pg, monkeypatch):
-    "data.source `postgresql://quoted:${VAR}@host/db` with VAR=p@ss/w:rd connects (the password is URL-quoted when expanded)."
+    "data.source `postgresql://quoted:${VAR}@host/db`, VAR=p@ss/w:rd, connects: the password is quoted when expanded."
     from mlopsnb.config import DataConfig
     from mlopsnb.data import read_source
     pg.sql("CREATE ROLE quoted LOGIN PASSWORD 'p@ss/w:rd'", "CREATE DATABASE quoted OWNER quoted")
@@ -137,8 +138,8 @@ PAUSE_CELL = '''
 import json, os, pathlib, time
 if os.environ.get("TEST_MARKER"):
     from mlflow.telemetry.client import get_telemetry_client
-    pathlib.Path(os.environ["TEST_MARKER"]).write_text(json.dumps({"telemetry_env": os.environ.get("MLFLOW_DISABLE_TELEMETRY"),
-                                                                   "client": get_telemetry_client() is not None}))
+    seen = {"telemetry_env": os.environ.get("MLFLOW_DISABLE_TELEMETRY"), "client": get_telemetry_client() is not None}
+    pathlib.Path(os.environ["TEST_MARKER"]).write_text(json.dumps(seen))
     deadline = time.time() + 600
     while not pathlib.Path(os.environ["TEST_GO"]).exists() and time.time() < deadline: time.sleep(0.2)
 '''
@@ -153,20 +154,22 @@ def test_store_password_is_in_no_process_argv_and_no_file(pg, tmp_path):
     pg.sql("CREATE DATABASE store")
     uri = pg.url("store")
     project = make_project(tmp_path / "p")
-    (project / "notebooks" / "tasks" / "split_data.py").write_text((project / "notebooks" / "tasks" / "split_data.py").read_text() + PAUSE_CELL)
+    task = project / "notebooks" / "tasks" / "split_data.py"
+    task.write_text(task.read_text() + PAUSE_CELL)
     marker, go = tmp_path / "paused", tmp_path / "go"
-    env = minimal_env({"MLFLOW_TRACKING_URI": uri, "MLOPSNB_FORK_KERNELS": "0", "TEST_MARKER": str(marker), "TEST_GO": str(go)})
+    env = minimal_env({"MLFLOW_TRACKING_URI": uri, "MLOPSNB_FORK_KERNELS": "0",      # kernels started as new processes
+                       "TEST_MARKER": str(marker), "TEST_GO": str(go)})
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        build = subprocess.Popen([str(BIN / "mlopsnb"), "run", *SAMPLE], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        build = subprocess.Popen([str(BIN / "mlopsnb"), "run", *SAMPLE], cwd=project, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 900
         while not marker.exists():
             assert build.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.3)
         kernels = command_lines_with("ipykernel_launcher")
-        assert any("exec_lines" in c for c in kernels.values()), kernels     # warm kernels started ahead, as new processes
+        assert any("exec_lines" in c for c in kernels.values()), kernels     # warm kernels started ahead
         assert command_lines_with(SECRET) == {}
         assert json.loads(marker.read_text()) == {"telemetry_env": "true", "client": False}   # the task's kernel
         go.touch()
@@ -177,11 +180,11 @@ def test_store_password_is_in_no_process_argv_and_no_file(pg, tmp_path):
 
     port, ui_log = free_port(), tmp_path / "ui.log"
     with open(ui_log, "w") as out:
-        ui = subprocess.Popen([str(BIN / "mlopsnb"), "ui", "--port", str(port)], cwd=project, env=minimal_env({"MLFLOW_TRACKING_URI": uri}),
-                              stdout=out, stderr=subprocess.STDOUT)
+        ui = subprocess.Popen([str(BIN / "mlopsnb"), "ui", "--port", str(port)], cwd=project,
+                              env=minimal_env({"MLFLOW_TRACKING_URI": uri}), stdout=out, stderr=subprocess.STDOUT)
     try:
         body = wait_for(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", ui, ui_log)
-        assert "mlopsnb-churn" in {e["name"] for e in json.loads(body)["experiments"]}   # the store named in the environment
+        assert "mlopsnb-churn" in {e["name"] for e in json.loads(body)["experiments"]}   # the store of the environment
         assert command_lines_with(SECRET) == {}
     finally: stop(ui)
 
@@ -217,8 +220,8 @@ REPORTER = '''
 import atexit, json, os, sys
 def _report():
     mod = sys.modules.get("mlflow.telemetry.client")
-    out = {"argv": sys.argv[:3], "telemetry_env": os.environ.get("MLFLOW_DISABLE_TELEMETRY"), "mlflow": "mlflow" in sys.modules,
-           "client": mod is not None and mod.get_telemetry_client() is not None}
+    out = {"argv": sys.argv[:3], "telemetry_env": os.environ.get("MLFLOW_DISABLE_TELEMETRY"),
+           "mlflow": "mlflow" in sys.modules, "client": mod is not None and mod.get_telemetry_client() is not None}
     with open(os.path.join(os.environ["TEST_REPORTS"], f"{os.getpid()}.json"), "w") as f: json.dump(out, f)
 atexit.register(_report)
 '''
@@ -232,21 +235,24 @@ def test_mlflow_telemetry_is_off_for_score_monitor_and_serve_in_a_minimal_enviro
     site.mkdir(); reports.mkdir()
     (site / "sitecustomize.py").write_text(REPORTER)          # reports from inside each mlopsnb process, at its exit
     env = minimal_env({"PYTHONPATH": str(site), "TEST_REPORTS": str(reports)})
-    run = lambda *args: subprocess.run([str(BIN / "mlopsnb"), *args], cwd=built, env=env, capture_output=True, text=True, timeout=600)
+    def run(*args):
+        cmd = [str(BIN / "mlopsnb"), *args]
+        return subprocess.run(cmd, cwd=built, env=env, capture_output=True, text=True, timeout=600)
     r = run("score", "same.csv", str(tmp_path / "scored.csv"), *SAMPLE)
     assert r.returncode == 0, r.stderr
     r = run("monitor", "--current", "drifted.csv", *SAMPLE)
     assert r.returncode in (0, 2), r.stdout + r.stderr
     port, log = free_port(), tmp_path / "serve.log"
     with open(log, "w") as out:
-        serve = subprocess.Popen([str(BIN / "mlopsnb"), "serve", "--port", str(port), "--no-log", *SAMPLE], cwd=built, env=env,
-                                 stdout=out, stderr=subprocess.STDOUT)
+        serve = subprocess.Popen([str(BIN / "mlopsnb"), "serve", "--port", str(port), "--no-log", *SAMPLE], cwd=built,
+                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try: wait_for(f"http://127.0.0.1:{port}/health", serve, log)
     finally: stop(serve, signal.SIGINT)
     got = {json.loads(p.read_text())["argv"][1]: json.loads(p.read_text()) for p in reports.glob("*.json")
            if len(json.loads(p.read_text())["argv"]) > 1}
     for verb in ("score", "monitor", "serve"):
-        assert got[verb]["mlflow"] and (got[verb]["telemetry_env"], got[verb]["client"]) == ("true", False), (verb, got[verb])
+        seen = got[verb]
+        assert seen["mlflow"] and (seen["telemetry_env"], seen["client"]) == ("true", False), (verb, seen)
 
 
 # ---------------------------------------------------------------- webhooks
@@ -272,29 +278,32 @@ def hook():
 
 @pytest.mark.slow
 def test_monitor_webhook_is_http_only_redacted_and_not_retried_on_4xx(built, hook):
-    "`mlopsnb monitor`: file:// refused (flag and config) in one line; a 404 at a secret path is tried once, the path shown nowhere."
+    "`mlopsnb monitor`: file:// refused (flag, config) in one line; 404 at a secret path: one try, the path not shown."
     r = cli(built, "monitor", "--current", "drifted.csv", "--webhook", "file:///etc/passwd", *SAMPLE)
-    assert (r.returncode, r.stderr.strip()) == (1, "mlopsnb: error: --webhook ***: only http:// and https:// URLs"), r.stdout + r.stderr
+    refused = "mlopsnb: error: --webhook ***: only http:// and https:// URLs"
+    assert (r.returncode, r.stderr.strip()) == (1, refused), r.stdout + r.stderr
     (built / "hook.yaml").write_text("webhook: file:///etc/passwd\n")
     r = cli(built, "monitor", "--current", "drifted.csv", "--config", "hook.yaml", *SAMPLE)
-    assert (r.returncode, r.stderr.strip()) == (1, "mlopsnb: error: hook.yaml: webhook: only http:// and https:// URLs"), r.stderr
+    refused = "mlopsnb: error: hook.yaml: webhook: only http:// and https:// URLs"
+    assert (r.returncode, r.stderr.strip()) == (1, refused), r.stderr
     hook.code = 404
     url = f"http://127.0.0.1:{hook.server_port}/services/{SECRET}"
     (built / "hook.yaml").write_text(f"webhook: {url}\nwebhook_backoff_s: 0.01\n")
     r = cli(built, "monitor", "--current", "drifted.csv", "--config", "hook.yaml", *SAMPLE)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "webhook: NOT delivered (HTTPError: 404 Not Found) after 1 attempt(s)" in r.stdout, r.stdout
-    assert [p for p, _ in hook.got] == [f"/services/{SECRET}"]                        # one attempt: a 404 does not change
+    assert [p for p, _ in hook.got] == [f"/services/{SECRET}"]       # one attempt: a 404 does not change
     assert SECRET not in r.stdout + r.stderr
-    assert f"webhook http://127.0.0.1:{hook.server_port}/***: not delivered" in r.stderr, r.stderr   # the log line, redacted
+    shown = f"http://127.0.0.1:{hook.server_port}/***"
+    assert f"webhook {shown}: not delivered" in r.stderr, r.stderr   # the log line, redacted
     folder = sorted((built / "products" / "monitoring").glob("2*"))[-1]
-    assert json.loads((folder / "summary.json").read_text())["config"]["webhook"] == f"http://127.0.0.1:{hook.server_port}/***"
+    assert json.loads((folder / "summary.json").read_text())["config"]["webhook"] == shown
     assert files_with(built / "products", SECRET) == [] and files_with(built / "mlartifacts", SECRET) == []
 
 
 @pytest.mark.slow
 def test_pipeline_webhook_with_a_token_is_delivered_with_the_token(built, hook):
-    "pipeline.serve.yaml's monitor_drift with `?token=<secret>`: the POST carries the token; no product or artifact does."
+    "pipeline.serve.yaml's monitor_drift, `?token=<secret>`: the POST carries the token; no product or artifact does."
     shutil.copy(ROOT / "pipeline.serve.yaml", built / "pipeline.serve.yaml")
     spec = built / "pipeline.serve.yaml"
     url = f"http://127.0.0.1:{hook.server_port}/hook?token={SECRET}"
@@ -304,7 +313,8 @@ def test_pipeline_webhook_with_a_token_is_delivered_with_the_token(built, hook):
     assert r.returncode == 0, r.stdout + r.stderr
     assert [p for p, _ in hook.got] == [f"/hook?token={SECRET}"] and hook.got[0][1]["status"] == "drift"
     summary = json.loads((built / "products" / "monitoring" / "summary.json").read_text())
-    assert summary["webhook"]["delivered"] is True and summary["config"]["webhook"] == f"http://127.0.0.1:{hook.server_port}/***"
+    assert summary["webhook"]["delivered"] is True
+    assert summary["config"]["webhook"] == f"http://127.0.0.1:{hook.server_port}/***"
     assert SECRET not in r.stdout + r.stderr
     assert files_with(built / "products", SECRET) == [] and files_with(built / "mlartifacts", SECRET) == []
     client = store(built)
@@ -317,9 +327,9 @@ def test_pipeline_webhook_with_a_token_is_delivered_with_the_token(built, hook):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_airflow_dag_holds_no_secret_and_its_task_gets_it_from_a_variable(pg, tmp_path):
-    """`export airflow --env data.source=postgresql://reader:<secret>@... --env data.query=...'{{'...`: the DAG file and the
-    rendered command hold no secret and keep the `{{`; the task gets the password from an Airflow Variable (set in the
-    worker's environment as AIRFLOW_VAR_...) and reads the table through PostgreSQL's password check."""
+    """`export airflow --env data.source=postgresql://reader:<secret>@... --env data.query=...'{{'...`: the DAG file
+    and the rendered command hold no secret and keep the `{{`; the task gets the password from an Airflow Variable
+    (set in the worker's environment as AIRFLOW_VAR_...) and reads the table through PostgreSQL's password check."""
     from test_airflow import airflow, airflow_bin
     import pandas as pd
     import sqlalchemy as sa
@@ -338,22 +348,25 @@ def test_airflow_dag_holds_no_secret_and_its_task_gets_it_from_a_variable(pg, tm
     assert "MLOPSNB_SECRET_DATA_SOURCE: the secret in --env data.source" in r.stdout, r.stdout
     assert files_with(dags, SECRET) == [] and SECRET not in r.stdout + r.stderr
     home = tmp_path / "airflow"
-    env = clean_env({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                     "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False", "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    env = clean_env({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+                     "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+                     "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
                      "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
                      "AIRFLOW_VAR_MLOPSNB_SECRET_DATA_SOURCE": SECRET})   # the Variable, from the worker's environment
     assert airflow(bin_, env, "db", "migrate").returncode == 0
     errors = airflow(bin_, env, "dags", "list-import-errors", "--local", "-o", "json")
-    assert errors.returncode == 0 and json.loads(errors.stdout.strip().splitlines()[-1]) == [], errors.stdout + errors.stderr
+    assert errors.returncode == 0, errors.stderr
+    assert json.loads(errors.stdout.strip().splitlines()[-1]) == [], errors.stdout + errors.stderr
     rendered = airflow(bin_, env, "tasks", "render", "mlopsnb-churn", "get_data", "2026-01-01")
     assert rendered.returncode == 0, rendered.stderr
     command = rendered.stdout.split("# property: bash_command")[1].split("# property:")[0]
-    assert "'\"'\"'{{'\"'\"' <> '\"'\"'}}'\"'\"'" in command and "${MLOPSNB_SECRET_DATA_SOURCE}" in command and SECRET not in command
-    assert f"'MLOPSNB_SECRET_DATA_SOURCE': '{SECRET}'" in rendered.stdout.split("# property: env")[1]   # rendered into its env
-    ran = airflow(bin_, env, "dags", "test", "mlopsnb-churn", "--mark-success-pattern", "^(?!get_data$)")   # get_data only runs
+    assert "'\"'\"'{{'\"'\"' <> '\"'\"'}}'\"'\"'" in command                # the query as written, shell-quoted
+    assert "${MLOPSNB_SECRET_DATA_SOURCE}" in command and SECRET not in command
+    assert f"'MLOPSNB_SECRET_DATA_SOURCE': '{SECRET}'" in rendered.stdout.split("# property: env")[1]   # in its env
+    ran = airflow(bin_, env, "dags", "test", "mlopsnb-churn", "--mark-success-pattern", "^(?!get_data$)")   # get_data
     db = sqlite3.connect(home / "airflow.db")
     states = dict(db.execute("select task_id, state from task_instance where dag_id = 'mlopsnb-churn'").fetchall())
     assert states["get_data"] == "success", ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert len(pd.read_parquet(project / "products" / "data" / "raw.parquet")) == 600   # the query ran, with the password
+    assert len(pd.read_parquet(project / "products" / "data" / "raw.parquet")) == 600   # queried, with the password
     assert files_with(project, SECRET) == []
     assert files_with(home, SECRET) == []                           # Airflow's logs and database included
