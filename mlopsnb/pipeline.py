@@ -551,14 +551,14 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         if not force and is_up_to_date(state, fp):
             recs = [TaskRecord(**{**r, "status": "skipped", "seconds": 0.0}) for r in state.get("records", [])]
             return BuildResult(recs, noop=True, seconds=time.perf_counter() - t0, tracking_uri=state.get("tracking_uri"))
-        state_file(project).unlink(missing_ok=True)
+        check_data(project)                       # a bad column or label stops here: no task started, the last build's state kept
         forks = None
         if engine == "papermill" and jobs == 1:       # the fork server imports what the tasks import while Ploomber loads
             from mlopsnb.kernels import prestart
             forks = prestart(ctx.sources, project.root, {**os.environ, **build_variables(ctx)})
         try:
-            check_data(project)
             dag = load_dag(project, engine, ctx.params)
+            state_file(project).unlink(missing_ok=True)   # from here tasks may run: a failed or killed build is never a no-op
             dag.executor.context = ctx
             if jobs != 1: dag.executor.jobs = jobs
             if dag.executor.jobs == 1: dag.executor.forks = forks
@@ -579,9 +579,9 @@ def _to_run(dag, force: bool) -> int:
     return sum(dag[n].exec_status != TaskStatus.Skipped for n in dag)
 
 def check_data(project: Project) -> None:
-    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) against its source, before any task runs."
+    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) and its positive label against its source, before any task runs."
     from mlopsnb.config import DataConfig, params_of_type
-    from mlopsnb.data import check_columns, source_columns
+    from mlopsnb.data import check_columns, check_positive, source_columns, source_values
     params = resolve_params(project.root, project.env, project.spec_file)
     seen = set()
     for cfgs in params_of_type(params, project.root, project.spec_file, DataConfig).values():
@@ -589,6 +589,7 @@ def check_data(project: Project) -> None:
             if cfg.model_dump_json() in seen: continue
             seen.add(cfg.model_dump_json())
             check_columns(cfg, source_columns(cfg, project.root))
+            check_positive(cfg, source_values(cfg, project.root, cfg.target))
 
 def _build(dag, force: bool, t0: float, project: Project) -> BuildResult:
     from ploomber.exceptions import DAGBuildError

@@ -1,0 +1,98 @@
+"""The README walked literally, second pass: each story a new user followed, and what it must do now."""
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import BIN, ROOT, SAMPLE, TASKS, clean_env, cli, executed, make_project
+
+FAST = ["--engine", "inprocess", *SAMPLE]
+
+
+def readme_block(containing: str) -> str:
+    "The README's code block holding `containing`, as a shell would read it (continuation lines joined)."
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", ROOT.joinpath("README.md").read_text(), re.S | re.M)
+    found = [b for lang, b in blocks if lang in {"", "bash", "sh"} and containing in b]
+    assert len(found) == 1, (containing, found)
+    return found[0].replace("\\\n", " ")
+
+
+def one_error(r) -> str:
+    errors = [l for l in r.stderr.splitlines() if l.startswith("mlopsnb: error:")]
+    assert r.returncode == 1 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("walk") / "p")
+    r = cli(project, "run", *FAST)
+    assert r.returncode == 0, r.stderr
+    return project
+
+
+@pytest.mark.slow
+def test_positive_label_as_the_readme_says_and_a_wrong_one_stops_before_any_task(built):
+    "Story 2: the key table's advice works as written; a label the target lacks fails at once and keeps the build state."
+    table = next(l for l in ROOT.joinpath("README.md").read_text().splitlines() if l.startswith("| `data.positive`"))
+    advised = re.findall(r"`(data\.positive=[^`]+)`", table)
+    assert advised, table
+    for item in advised:                             # bare, and in YAML quotes: the same label, so nothing to do
+        value = item.split("=", 1)[1].strip("\"")     # the shell's quotes, as a shell removes them
+        r = cli(built, "run", *FAST, "--env", f"data.positive={value}")
+        assert r.returncode == 0 and r.stdout.startswith("nothing to do"), (item, r.stdout + r.stderr)
+    t0 = time.perf_counter()
+    r = cli(built, "run", *FAST, "--env", "data.positive=Maybe")
+    assert one_error(r) == ("mlopsnb: error: data.positive: 'Maybe' is not a value of target 'churn' in "
+                            "embedded:modeldata/wa_churn (values: No, Yes)")
+    assert time.perf_counter() - t0 < 30                 # no task ran (it took 12 s to fail inside get_data)
+    r = cli(built, "run", *FAST)
+    assert r.returncode == 0 and r.stdout.startswith("nothing to do"), r.stdout   # the failed check wiped nothing
+
+
+def _start_readme_server(tmp_path, port: int) -> subprocess.Popen:
+    "Start the README's team server command literally, with a SQLite store and a local folder for its PostgreSQL and /srv."
+    cmd = readme_block("mlflow server").splitlines()[0]
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in cmd and "postgresql://" in cmd, cmd   # no usage events, the store not in argv
+    cmd = re.sub(r"postgresql://\S+", f"sqlite:///{tmp_path}/team.db", cmd)
+    cmd = cmd.replace("/srv/mlflow/artifacts", str(tmp_path / "served")).replace("--port 5000", f"--port {port}")
+    cmd = cmd.replace(".venv/bin/", f"{BIN}/")
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen(["bash", "-c", f"exec env {cmd}"], env=clean_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200: return proc
+        except OSError: pass
+        if proc.poll() is not None or time.time() > deadline:
+            log.seek(0); pytest.fail(f"the README's mlflow server did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_build_against_the_team_store_runs_and_records_there(built, tmp_path):
+    "Story 3: after a local build, the README's team store gets a build of its own (it said 'nothing to do' and recorded nothing)."
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    proc = _start_readme_server(tmp_path, port)
+    try:
+        team = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        r = cli(built, "status", "--json", env=team)
+        import json
+        assert {row["status"] for row in json.loads(r.stdout)} == {f"store changed: now http://127.0.0.1:{port}, experiment mlopsnb-churn"}
+        r = cli(built, "run", *FAST, env=team)
+        assert r.returncode == 0, r.stderr
+        assert executed(r) == TASKS and "model: churn version 1" in r.stdout, r.stdout
+        h = cli(built, "history", "churn", env=team)
+        assert h.returncode == 0 and "promote" in h.stdout, h.stdout + h.stderr
+        assert cli(built, "run", *FAST, env=team).stdout.startswith("nothing to do")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL)
