@@ -345,9 +345,9 @@ class BuildProgress:
             progress_file.unlink(missing_ok=True)
 
     def started(self, name: str) -> None:
-        "Say a task started (a parallel build: plain lines, as several tasks run at once)."
+        "Say a task started (a parallel build: plain lines, as several tasks run at once; the count is of tasks ended)."
         self.n += 1
-        print(f"[{self.n}/{self.total}] {name} started", file=self.stream, flush=True)
+        print(f"{'':>{len(str(self.total)) * 2 + 3}} {name} started", file=self.stream, flush=True)
 
     def done(self, record: "TaskRecord") -> None:
         "Say how a task ended."
@@ -553,7 +553,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
             return BuildResult(recs, noop=True, seconds=time.perf_counter() - t0, tracking_uri=state.get("tracking_uri"))
         check_data(project)                       # a bad column or label stops here: no task started, the last build's state kept
         forks = None
-        if engine == "papermill" and jobs == 1:       # the fork server imports what the tasks import while Ploomber loads
+        if engine == "papermill":       # the fork server imports what the tasks import while Ploomber loads
             from mlopsnb.kernels import prestart
             forks = prestart(ctx.sources, project.root, {**os.environ, **build_variables(ctx)})
         try:
@@ -561,8 +561,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
             state_file(project).unlink(missing_ok=True)   # from here tasks may run: a failed or killed build is never a no-op
             dag.executor.context = ctx
             if jobs != 1: dag.executor.jobs = jobs
-            if dag.executor.jobs == 1: dag.executor.forks = forks
-            elif forks is not None: forks.close()       # the spec asks for parallel tasks: no pool, no server
+            dag.executor.forks = forks          # serial: the warm pool's kernels; parallel: each task process's kernel
             if not force: _drop_stale(ctx, dag)
             if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
             result = _build(dag, force, t0, project)

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, ROOT, SAMPLE, TASKS, clean_env, cli, executed, make_project
+from conftest import BIN, ROOT, SAMPLE, TASKS, clean_env, cli, executed, make_project, processes_in, start_paused_build, wait_no_process_in
 
 FAST = ["--engine", "inprocess", *SAMPLE]
 
@@ -96,3 +96,27 @@ def test_a_build_against_the_team_store_runs_and_records_there(built, tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         try: proc.wait(30)
         except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_jobs_2_forks_each_kernel_from_the_build_and_counts_in_order(tmp_path):
+    "Story 6: `mlopsnb run --jobs 2` as the README shows it: kernels forked from the build's fork server, counters in order."
+    line = next(l for l in readme_block("mlopsnb run --jobs 2").splitlines() if "--jobs 2" in l)
+    args = line.split("mlopsnb", 1)[1].split()
+    project = make_project(tmp_path / "p")
+    r = cli(project, *args, *SAMPLE)
+    assert r.returncode == 0, r.stderr
+    assert sorted(executed(r)) == sorted(TASKS)
+    done = [l for l in r.stderr.splitlines() if re.match(r"\[\d+/\d+\] ", l)]
+    assert [l.split("]")[0] for l in done] == [f"[{i}/9" for i in range(1, 10)], r.stderr      # one count, in the order tasks end
+    assert not [l for l in r.stderr.splitlines() if "warm kernel" in l or "fork server" in l], r.stderr
+    import json
+    kernels = json.loads((project / "products/.mlopsnb/kernels.json").read_text())
+    assert kernels["jobs"] == 2 and sorted(k["task"] for k in kernels["tasks"]) == sorted(TASKS)
+    assert all(k["forked"] for k in kernels["tasks"]), kernels            # no kernel paid the imports again
+    wait_no_process_in(project, 5)
+    proc = start_paused_build(project, "train_model", tmp_path / "marker", *args[1:], *SAMPLE, "--force")
+    assert len(processes_in(project)) >= 4      # the build, its fork server, two task processes and their kernels
+    os.killpg(proc.pid, signal.SIGKILL)         # the build only: task processes and kernels have sessions of their own
+    proc.wait(timeout=30)
+    wait_no_process_in(project)                 # the task processes, their forked kernels and the fork server end with it
