@@ -50,6 +50,8 @@ def summary_lines(result, tracking_uri: str | None = None) -> list[str]:
         if tags.get("mlopsnb.model_aliases"): line += f" @{tags['mlopsnb.model_aliases'].replace(',', ' @')}"
         if tags.get("mlopsnb.model_decision"): line += f" ({tags['mlopsnb.model_decision']})"
         out.append(line)
+    out += [f"data contract inferred from this data: {c} (review it, then commit it: later builds are checked against it)"
+            for c in result.inferred]
     me = command_name()
     out += ["look further:", f"  {me} ui          # the MLflow UI on this project's store (127.0.0.1, telemetry off)",
             f"  {me} status      # which tasks are up to date, and why the others are not"]

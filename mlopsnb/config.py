@@ -107,6 +107,8 @@ class ModelCardConfig(_Strict):
     intended_use: str | None = None               # the decision it supports, and for whom
     out_of_scope: list[str] = []                  # uses it is not meant for
     limitations: list[str] = []                   # known weaknesses, declared by the user
+    data: str | None = None                       # the data source the declaration was written for (None: any); a model
+                                                  # trained on another source shows these fields as not declared
 
 # %% ../notebooks/api/01_config.ipynb #5b003ca4
 from typing import Literal

@@ -505,6 +505,7 @@ class BuildResult:
     parent_run_id: str | None = None
     tracking_uri: str | None = None
     failures: list[str] = field(default_factory=list)
+    inferred: list[str] = field(default_factory=list)   # data contracts this build inferred (new files to review and commit)
     @property
     def ok(self) -> bool: return not self.failures
 
@@ -551,7 +552,8 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         if not force and is_up_to_date(state, fp):
             recs = [TaskRecord(**{**r, "status": "skipped", "seconds": 0.0}) for r in state.get("records", [])]
             return BuildResult(recs, noop=True, seconds=time.perf_counter() - t0, tracking_uri=state.get("tracking_uri"))
-        check_data(project)                       # a bad column or label stops here: no task started, the last build's state kept
+        contracts = check_data(project)           # a bad column or label stops here: no task started, the last build's state kept
+        absent = [c for c in contracts if not c.exists()]
         forks = None
         if engine == "papermill":       # the fork server imports what the tasks import while Ploomber loads
             from mlopsnb.kernels import prestart
@@ -568,6 +570,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         finally:
             if forks is not None: forks.close()     # no fork server outlives the build, used or not
         if result.ok: write_state(ctx, dag, result, state)
+    result.inferred = [str(c.relative_to(project.root) if c.is_relative_to(project.root) else c) for c in absent if c.exists()]
     return result
 
 def _to_run(dag, force: bool) -> int:
@@ -577,8 +580,8 @@ def _to_run(dag, force: bool) -> int:
     dag.render(show_progress=False)
     return sum(dag[n].exec_status != TaskStatus.Skipped for n in dag)
 
-def check_data(project: Project) -> None:
-    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) and its positive label against its source, before any task runs."
+def check_data(project: Project) -> list[Path]:
+    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) and its positive label against its source, before any task runs; return their contract files."
     from mlopsnb.config import DataConfig, params_of_type
     from mlopsnb.data import check_columns, check_positive, source_columns, source_values
     params = resolve_params(project.root, project.env, project.spec_file)
@@ -589,6 +592,7 @@ def check_data(project: Project) -> None:
             seen.add(cfg.model_dump_json())
             check_columns(cfg, source_columns(cfg, project.root))
             check_positive(cfg, source_values(cfg, project.root, cfg.target))
+    return [DataConfig.model_validate_json(c).contract_path(project.root) for c in seen]
 
 def _build(dag, force: bool, t0: float, project: Project) -> BuildResult:
     from ploomber.exceptions import DAGBuildError

