@@ -162,8 +162,10 @@ def _build_lines(b: dict) -> list[str]:
            f"  env       {_env_line(env)}"]
     if t.get("mlopsnb.reproduction_of"): out.append(f"  reproduction of {t['mlopsnb.reproduction_of']}")
     out.append(f"tasks ({len(b['tasks'])} runs)")
+    w = max([16, *(len(r["task"]) for r in b["tasks"])])     # branch tasks have longer names: one column for all
     for r in b["tasks"]:
-        out.append(f"  {r['task']:<16} {r['status']:<9} {_num(r['seconds']) + 's' if r['seconds'] is not None else '-':>7}  run {r['run_id'][:8]}  {r['ui']}")
+        secs = f"{r['seconds']:.1f}s" if isinstance(r["seconds"], (int, float)) else "-"
+        out.append(f"  {r['task']:<{w}} {r['status']:<9} {secs:>7}  run {r['run_id'][:8]}  {r['ui']}")
         if r["params"]: out.append("      params   " + ", ".join(f"{k}={_short(v, 40)}" for k, v in sorted(r["params"].items())))
         if r["metrics"]:
             ms = sorted(r["metrics"].items())

@@ -667,10 +667,14 @@ def dag_figure(g, # the task graph (`graph`)
     layers = list(nx.topological_generations(g))
     layer = {n: i for i, nodes in enumerate(layers) for n in nodes}
     height = max((len(nodes) for nodes in layers), default=1)
-    pos = {n: (layer[n], (len(nodes) - 1) / 2 - j) for nodes in layers for j, n in enumerate(sorted(nodes))}
+    # x in inches: each layer as wide as its longest name (a box per name, 9 pt: ~0.075 in a character), a gap between layers
+    widths = [max(len(str(n)) for n in nodes) * 0.075 + 0.45 for nodes in layers]
+    xs = [sum(widths[:i]) + 0.8 * i + widths[i] / 2 for i in range(len(layers))]
+    width = sum(widths) + 0.8 * max(len(layers) - 1, 0)
+    pos = {n: (xs[layer[n]], (len(nodes) - 1) / 2 - j) for nodes in layers for j, n in enumerate(sorted(nodes))}
     colour = {r["task"]: ("#b7e4c7" if r["status"] == "up to date" else "#ffd8a8") for r in status_rows or []}
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    fig = Figure(figsize=(max(6, 2.4 * len(layers)), max(3, 1.4 * height + 2)))
+    fig = Figure(figsize=(max(6, width + 0.6), max(3, 1.4 * height + 2)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     boxes = {n: ax.text(*pos[n], n, ha="center", va="center", fontsize=9, zorder=3,
@@ -681,7 +685,7 @@ def dag_figure(g, # the task graph (`graph`)
         ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[b], xytext=(0.5, 0.5), textcoords=boxes[a], zorder=2,
                     arrowprops={"arrowstyle": "-|>", "color": "#555", "shrinkA": 0, "shrinkB": 0, "patchA": boxes[a].get_bbox_patch(),
                                 "patchB": boxes[b].get_bbox_patch(), "connectionstyle": f"arc3,rad={rad}", "mutation_scale": 12})
-    ax.set_xlim(-0.7, max(len(layers) - 0.3, 0.7)); ax.set_ylim(-height / 2 - 1.0, height / 2 + 1.0)
+    ax.set_xlim(-0.3, max(width + 0.3, 5.4)); ax.set_ylim(-height / 2 - 1.0, height / 2 + 1.0)
     ax.set_axis_off(); fig.tight_layout()
     return fig
 
