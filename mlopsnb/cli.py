@@ -356,6 +356,12 @@ def _progress_line(src: str, done: int, total: int | None, seconds: float) -> No
     pct = f" of {total:,} ({done / total:.0%})" if total else ""
     print(f"scoring {src}: {done:,} rows{pct}, {done / max(seconds, 1e-9):,.0f} rows/s", file=sys.stderr, flush=True)
 
+def _dask_layout(workers: int, partitions: int, chunk_rows: int) -> str:
+    "Say how a Dask scoring was spread, and why on fewer partitions than workers (a partition is a run of whole chunks)."
+    out = f"{workers} worker{'s' * (workers != 1)}, {partitions} partition{'s' * (partitions != 1)}"
+    if partitions < workers: out += f" (a partition is whole chunks of --chunk-rows {chunk_rows:,}: a smaller value spreads a small file)"
+    return out
+
 def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, score_file
     project = _project(a)
@@ -376,5 +382,5 @@ def _score(a):
             run_id = record_scoring(project.store, project.experiment, s, a.input, a.output, project.artifact_location)
     print(f"scored {s['rows']} rows of {a.input} with {name} version {s['version']} ({s['path']} path) into {a.output}: "
           f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})"
-          + (f"; on Dask: {s['workers']} workers, {s['partitions']} partitions" if a.dask else ""))
+          + (f"; on Dask: {_dask_layout(s['workers'], s['partitions'], a.chunk_rows)}" if a.dask else ""))
     return 0
