@@ -142,8 +142,11 @@ def _rollback(a):
 
 def _lab(a):
     from mlopsnb.pipeline import lab_command, quiet_ploomber
+    extra = [x for x in a.args if x != "--"]
+    if os.geteuid() == 0 and "--allow-root" not in extra:     # JupyterLab's refusal is one line at the end of its start-up log
+        raise MlopsnbError("lab: JupyterLab refuses to run as root; run it as another user, or pass --allow-root (e.g. in a container)")
     quiet_ploomber()
-    cmd = lab_command(extra=[x for x in a.args if x != "--"])
+    cmd = lab_command(extra=extra)
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11

@@ -143,3 +143,12 @@ def test_own_data_as_the_readme_shows_it_leaves_the_reference_sections_working(t
     again = cli(project, "run", *FAST)                        # the reference build is as it was: nothing to do
     assert again.returncode == 0 and again.stdout.startswith("nothing to do"), again.stdout
     assert json.loads((project / "products/promotion/decision.json").read_text())["model"] == "churn"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the story is about running as root")
+def test_lab_as_root_says_why_in_one_line(tmp_path):
+    "Story 7: `mlopsnb lab` as root: JupyterLab's refusal was the last of forty lines of start-up log."
+    r = cli(make_project(tmp_path / "p", git=False), "lab", "--no-browser", timeout=60)
+    assert one_error(r) == ("mlopsnb: error: lab: JupyterLab refuses to run as root; run it as another user, "
+                            "or pass --allow-root (e.g. in a container)")
+    assert r.stdout == ""
