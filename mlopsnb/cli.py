@@ -16,7 +16,7 @@ from pathlib import Path
 from .core import MlopsnbError
 
 # %% auto #0
-__all__ = ['KEY_METRICS', 'COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'main']
+__all__ = ['KEY_METRICS', 'COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'Terminated', 'main']
 
 # %% ../notebooks/api/09_cli.ipynb #c5250c0d
 KEY_METRICS = ("roc_auc", "pr_auc", "f1", "log_loss", "brier")
@@ -242,8 +242,29 @@ def parser() -> argparse.ArgumentParser:
         mod.add_commands(sub, env_args)
     return p
 
+class Terminated(KeyboardInterrupt):
+    "Raised in the main thread on SIGTERM, so that a command stops as on Ctrl-C (a build ends its runs KILLED) and says so."
+
+def _terminate(signum, frame): raise Terminated(f"signal {signum}")
+
 def main(argv: list[str] | None = None) -> int:
     "Run the `mlopsnb` command; return its exit code."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): return _main(argv)
+    old = signal.signal(signal.SIGTERM, _terminate)     # from the first line: a SIGTERM while imports load is not a silent death
+    try: return _main(argv)
+    except KeyboardInterrupt as e: return _interrupted(e, argv)
+    finally: signal.signal(signal.SIGTERM, old)
+
+def _interrupted(e: KeyboardInterrupt, argv: list[str] | None) -> int:
+    "Say that the command was interrupted (and what a build did about it); return 143 (SIGTERM) or 130 (Ctrl-C)."
+    term = isinstance(e, Terminated) or type(e).__name__ == "BuildInterrupted"
+    verb = next((x for x in (sys.argv[1:] if argv is None else argv) if not x.startswith("-")), None)
+    what = ": the build stopped; the runs it had started were ended as KILLED" if verb == "run" else ""
+    print(f"mlopsnb: interrupted ({'SIGTERM' if term else 'Ctrl-C'}){what}", file=sys.stderr)
+    return 143 if term else 130
+
+def _main(argv: list[str] | None) -> int:
     p = parser()
     a, rest = p.parse_known_args(argv)
     if rest and a.verb != "lab": p.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -263,9 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:          # `mlopsnb history churn | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt as e:
-        print("mlopsnb: interrupted: the build's runs were ended as KILLED", file=sys.stderr)
-        return 143 if type(e).__name__ == "BuildInterrupted" else 130
 
 # %% ../notebooks/api/09_cli.ipynb #1bdc28e7
 def _ui(a):

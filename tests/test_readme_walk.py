@@ -152,3 +152,24 @@ def test_lab_as_root_says_why_in_one_line(tmp_path):
     assert one_error(r) == ("mlopsnb: error: lab: JupyterLab refuses to run as root; run it as another user, "
                             "or pass --allow-root (e.g. in a container)")
     assert r.stdout == ""
+
+
+def _catches_sigterm(pid: int) -> bool:
+    "Whether a process has a SIGTERM handler installed (its SigCgt mask)."
+    try: status = open(f"/proc/{pid}/status").read()
+    except OSError: return False
+    return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.slow
+def test_a_build_stopped_by_sigterm_while_it_starts_says_so(tmp_path):
+    "Story 7: SIGTERM before the build's tasks (imports, loading the DAG) ended the command silently (exit 143, no line)."
+    project = make_project(tmp_path / "p", git=False)
+    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *FAST], cwd=project, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not _catches_sigterm(proc.pid) and time.time() < deadline: time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)                      # as soon as the command can hear it: Ploomber is still importing
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "mlopsnb: interrupted (SIGTERM): the build stopped; the runs it had started were ended as KILLED"
