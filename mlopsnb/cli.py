@@ -16,7 +16,7 @@ from pathlib import Path
 from .core import MlopsnbError
 
 # %% auto #0
-__all__ = ['KEY_METRICS', 'COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'main']
+__all__ = ['KEY_METRICS', 'COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'Terminated', 'main']
 
 # %% ../notebooks/api/09_cli.ipynb #c5250c0d
 KEY_METRICS = ("roc_auc", "pr_auc", "f1", "log_loss", "brier")
@@ -50,6 +50,8 @@ def summary_lines(result, tracking_uri: str | None = None) -> list[str]:
         if tags.get("mlopsnb.model_aliases"): line += f" @{tags['mlopsnb.model_aliases'].replace(',', ' @')}"
         if tags.get("mlopsnb.model_decision"): line += f" ({tags['mlopsnb.model_decision']})"
         out.append(line)
+    out += [f"data contract inferred from this data: {c} (review it, then commit it: later builds are checked against it)"
+            for c in result.inferred]
     me = command_name()
     out += ["look further:", f"  {me} ui          # the MLflow UI on this project's store (127.0.0.1, telemetry off)",
             f"  {me} status      # which tasks are up to date, and why the others are not"]
@@ -140,8 +142,11 @@ def _rollback(a):
 
 def _lab(a):
     from mlopsnb.pipeline import lab_command, quiet_ploomber
+    extra = [x for x in a.args if x != "--"]
+    if os.geteuid() == 0 and "--allow-root" not in extra:     # JupyterLab's refusal is one line at the end of its start-up log
+        raise MlopsnbError("lab: JupyterLab refuses to run as root; run it as another user, or pass --allow-root (e.g. in a container)")
     quiet_ploomber()
-    cmd = lab_command(extra=[x for x in a.args if x != "--"])
+    cmd = lab_command(extra=extra)
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11
@@ -237,8 +242,29 @@ def parser() -> argparse.ArgumentParser:
         mod.add_commands(sub, env_args)
     return p
 
+class Terminated(KeyboardInterrupt):
+    "Raised in the main thread on SIGTERM, so that a command stops as on Ctrl-C (a build ends its runs KILLED) and says so."
+
+def _terminate(signum, frame): raise Terminated(f"signal {signum}")
+
 def main(argv: list[str] | None = None) -> int:
     "Run the `mlopsnb` command; return its exit code."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): return _main(argv)
+    old = signal.signal(signal.SIGTERM, _terminate)     # from the first line: a SIGTERM while imports load is not a silent death
+    try: return _main(argv)
+    except KeyboardInterrupt as e: return _interrupted(e, argv)
+    finally: signal.signal(signal.SIGTERM, old)
+
+def _interrupted(e: KeyboardInterrupt, argv: list[str] | None) -> int:
+    "Say that the command was interrupted (and what a build did about it); return 143 (SIGTERM) or 130 (Ctrl-C)."
+    term = isinstance(e, Terminated) or type(e).__name__ == "BuildInterrupted"
+    verb = next((x for x in (sys.argv[1:] if argv is None else argv) if not x.startswith("-")), None)
+    what = ": the build stopped; the runs it had started were ended as KILLED" if verb == "run" else ""
+    print(f"mlopsnb: interrupted ({'SIGTERM' if term else 'Ctrl-C'}){what}", file=sys.stderr)
+    return 143 if term else 130
+
+def _main(argv: list[str] | None) -> int:
     p = parser()
     a, rest = p.parse_known_args(argv)
     if rest and a.verb != "lab": p.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -259,9 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:          # `mlopsnb history churn | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt as e:
-        print("mlopsnb: interrupted: the build's runs were ended as KILLED", file=sys.stderr)
-        return 143 if type(e).__name__ == "BuildInterrupted" else 130
 
 # %% ../notebooks/api/09_cli.ipynb #1bdc28e7
 def _ui(a):
@@ -355,6 +378,12 @@ def _progress_line(src: str, done: int, total: int | None, seconds: float) -> No
     pct = f" of {total:,} ({done / total:.0%})" if total else ""
     print(f"scoring {src}: {done:,} rows{pct}, {done / max(seconds, 1e-9):,.0f} rows/s", file=sys.stderr, flush=True)
 
+def _dask_layout(workers: int, partitions: int, chunk_rows: int) -> str:
+    "Say how a Dask scoring was spread, and why on fewer partitions than workers (a partition is a run of whole chunks)."
+    out = f"{workers} worker{'s' * (workers != 1)}, {partitions} partition{'s' * (partitions != 1)}"
+    if partitions < workers: out += f" (a partition is whole chunks of --chunk-rows {chunk_rows:,}: a smaller value spreads a small file)"
+    return out
+
 def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, score_file
     project = _project(a)
@@ -375,5 +404,5 @@ def _score(a):
             run_id = record_scoring(project.store, project.experiment, s, a.input, a.output, project.artifact_location)
     print(f"scored {s['rows']} rows of {a.input} with {name} version {s['version']} ({s['path']} path) into {a.output}: "
           f"mean score {s['score_mean']:.4f}, {s['positive_rate']:.1%} at or above {s['threshold']:g} (run {run_id[:8]})"
-          + (f"; on Dask: {s['workers']} workers, {s['partitions']} partitions" if a.dask else ""))
+          + (f"; on Dask: {_dask_layout(s['workers'], s['partitions'], a.chunk_rows)}" if a.dask else ""))
     return 0

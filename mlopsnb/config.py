@@ -107,6 +107,8 @@ class ModelCardConfig(_Strict):
     intended_use: str | None = None               # the decision it supports, and for whom
     out_of_scope: list[str] = []                  # uses it is not meant for
     limitations: list[str] = []                   # known weaknesses, declared by the user
+    data: str | None = None                       # the data source the declaration was written for (None: any); a model
+                                                  # trained on another source shows these fields as not declared
 
 # %% ../notebooks/api/01_config.ipynb #5b003ca4
 from typing import Literal
@@ -176,6 +178,13 @@ def _takes_text(ann) -> bool:
     if typing.get_origin(ann) is list: return bool(args) and args[0] is str
     return str in args
 
+def _unquoted(text: str) -> str | None:
+    "The text inside YAML quotes when `text` is one quoted scalar (`'Yes'`, `\"a b\"`), else None."
+    if len(text) < 2 or text[0] != text[-1] or text[0] not in "'\"": return None
+    try: v = yaml.safe_load(text)
+    except yaml.YAMLError: return None
+    return v if isinstance(v, str) else None
+
 def _value(item: str, key: list[str], value: str, schema: type[BaseModel] | None):
     "Parse one `--env` value: as text where the schema says text, as YAML otherwise."
     ann = _annotation_at(schema, key) if schema else None
@@ -184,7 +193,9 @@ def _value(item: str, key: list[str], value: str, schema: type[BaseModel] | None
     try:
         if ann is not None and _takes_text(ann):
             if text in {"null", "~"} and type(None) in __import__("typing").get_args(ann): return None
-            return yaml.load(text, Loader=yaml.BaseLoader) if text[:1] == "[" else value
+            if text[:1] == "[": return yaml.load(text, Loader=yaml.BaseLoader)
+            inner = _unquoted(text)
+            return value if inner is None else inner
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"--env {item!r}: invalid value ({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None

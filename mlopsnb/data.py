@@ -21,9 +21,10 @@ from .features import CoerceNumeric, holds_numbers, to_number
 
 # %% auto #0
 __all__ = ['COLUMN_KEYS', 'MAX_CATEGORIES', 'TYPES', 'SEVERITIES', 'CONTRACT_KEYS', 'SPEC_KEYS', 'read_source', 'source_columns',
-           'check_columns', 'coerce_numeric', 'encode_target', 'load_data', 'write_frame', 'read_frame', 'write_json',
-           'frame_digest', 'infer_contract', 'Violation', 'contract_violations', 'violation_messages', 'check_contract',
-           'validate_contract', 'write_contract', 'read_contract', 'split_frame']
+           'check_columns', 'coerce_numeric', 'encode_target', 'load_data', 'source_values', 'check_positive',
+           'write_frame', 'read_frame', 'write_json', 'frame_digest', 'infer_contract', 'Violation',
+           'contract_violations', 'violation_messages', 'check_contract', 'validate_contract', 'write_contract',
+           'read_contract', 'split_frame']
 
 # %% ../notebooks/api/02_data.ipynb #aac1011a
 def read_source(cfg: DataConfig, # the data section of env.yaml
@@ -146,6 +147,46 @@ def load_data(cfg: DataConfig, # the data section of env.yaml
         from sklearn.model_selection import train_test_split
         df = train_test_split(df, train_size=sample, stratify=df[cfg.target], random_state=seed)[0].sort_index()
     return df.reset_index(drop=True)
+
+# %% ../notebooks/api/02_data.ipynb #577c75ab
+def source_values(cfg: DataConfig, # the data section of env.yaml
+                  project: str | Path, # relative paths are relative to this folder
+                  column: str, # the column to read
+                  limit: int = 1000, # distinct values to return at most (a query's DISTINCT)
+                 ) -> pd.Series:
+    "Return the distinct values of one column of the source, reading only that column where the format allows."
+    src = mask_url(cfg.source)
+    if src.startswith("embedded:"): return pd.Series(read_source(cfg, project)[column].dropna().unique(), name=column)
+    if "://" in src: return _sql_values(cfg, column, limit)
+    path = Path(project) / cfg.source
+    try:
+        if path.suffix.lower() == ".csv": s = pd.read_csv(path, usecols=[column])[column]
+        else: s = pd.read_parquet(path, columns=[column])[column]
+    except Exception as e: raise DataError(f"data.source {src!r}: cannot read column {column!r}: {str(e).splitlines()[0]}") from None
+    return pd.Series(s.dropna().unique(), name=column)
+
+def _sql_values(cfg: DataConfig, column: str, limit: int) -> pd.Series:
+    "The distinct values of one column of a SQL query's result."
+    import sqlalchemy as sa
+    query = cfg.query.strip().rstrip(";")
+    try:
+        with sa.create_engine(expand_vars(cfg.source)).connect() as con:
+            name = con.dialect.identifier_preparer.quote(column)
+            rows = con.execute(sa.text(f"SELECT DISTINCT {name} FROM ({query}) AS q WHERE {name} IS NOT NULL LIMIT {int(limit)}"))
+            return pd.Series([r[0] for r in rows], name=column)
+    except sa.exc.SQLAlchemyError as e:
+        first = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise DataError(mask_url(f"data.source {mask_url(cfg.source)!r}: query failed: {first}")) from None
+
+def check_positive(cfg: DataConfig, # the data section of env.yaml
+                   values: pd.Series, # the target's distinct values (`source_values`)
+                  ) -> None:
+    "Raise DataError when `cfg.positive` is not one of the target's values (the check `encode_target` makes, before any task)."
+    if values.empty or _positive_mask(values, cfg.positive).any(): return
+    shown = ", ".join(map(str, sorted(values.tolist(), key=str)[:10]))
+    hint = " (a bare yes/no/on/off in env.yaml is read as a boolean: quote it, positive: \"Yes\")" if isinstance(cfg.positive, bool) else ""
+    raise DataError(f"data.positive: {cfg.positive!r} is not a value of target {cfg.target!r} in {mask_url(cfg.source)} "
+                    f"(values: {shown}){hint}")
 
 # %% ../notebooks/api/02_data.ipynb #21fcb290
 def write_frame(df: pd.DataFrame, path: str | Path) -> Path:

@@ -162,8 +162,10 @@ def _build_lines(b: dict) -> list[str]:
            f"  env       {_env_line(env)}"]
     if t.get("mlopsnb.reproduction_of"): out.append(f"  reproduction of {t['mlopsnb.reproduction_of']}")
     out.append(f"tasks ({len(b['tasks'])} runs)")
+    w = max([16, *(len(r["task"]) for r in b["tasks"])])     # branch tasks have longer names: one column for all
     for r in b["tasks"]:
-        out.append(f"  {r['task']:<16} {r['status']:<9} {_num(r['seconds']) + 's' if r['seconds'] is not None else '-':>7}  run {r['run_id'][:8]}  {r['ui']}")
+        secs = f"{r['seconds']:.1f}s" if isinstance(r["seconds"], (int, float)) else "-"
+        out.append(f"  {r['task']:<{w}} {r['status']:<9} {secs:>7}  run {r['run_id'][:8]}  {r['ui']}")
         if r["params"]: out.append("      params   " + ", ".join(f"{k}={_short(v, 40)}" for k, v in sorted(r["params"].items())))
         if r["metrics"]:
             ms = sorted(r["metrics"].items())
@@ -218,11 +220,14 @@ def model_card(info: dict, # from `lineage` (or the build alone, for a candidate
     m, t, env = ev.get("metrics") or (info.get("evidence") or {}).get("metrics", {}), b.get("tags", {}), b.get("env") or {}
     v = info.get("version")
     title = f"{info['model']} version {v}" if v else f"{info['model']} (candidate, not registered)"
+    data = env.get("data") or {}
     undeclared = "not declared (set `card` in pipeline.yaml)"
+    if card.data and data.get("source") and card.data != data["source"]:    # written for another table: none of it holds here
+        undeclared = f"not declared for this data (the `card` in pipeline.yaml was written for `{card.data}`)"
+        card = ModelCardConfig()
     out = [f"# Model card: {title}", "", "## Intended use", "",
            f"- Owner: {card.owner or undeclared}", f"- Intended use: {card.intended_use or undeclared}"]
     out += [f"- Out of scope: {x}" for x in card.out_of_scope]
-    data = env.get("data") or {}
     out += ["", "## Training data", "", f"- Source: `{data.get('source', 'not recorded')}` (digest `{t.get('mlopsnb.data_digest', 'not recorded')}`)",
             f"- Target: `{data.get('target', '?')}`, positive class `{data.get('positive', '?')}`; sensitive attributes: {', '.join(data.get('sensitive') or []) or 'none'}",
             f"- Rows: {'all' if env.get('sample') is None else env['sample']} sampled, seed {env.get('seed', '?')}; {ev.get('rows', '?')} held-out test rows"]

@@ -12,14 +12,17 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .core import MlopsnbError
+import json
+
+from .core import MlopsnbError, atomic_write_text
 from .pipeline import TaskRecord, task_boundary, task_variables
+from .staleness import state_dir
 from .tracking import PROGRESS_ENV
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'fork_safe_pools', 'run_parallel']
+__all__ = ['log', 'fork_safe_pools', 'RemoteForks', 'ForkBroker', 'run_parallel']
 
 # %% ../notebooks/api/08b_parallel.ipynb #7ad49cad
 _FOREIGN: list = []    # connections inherited from the build: kept referenced, never used or closed in this process
@@ -49,18 +52,30 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.2)
         if os.getppid() != parent: os.killpg(0, signal.SIGKILL)
 
-def _task_process(executor, t, variables: dict, conn, parent: int) -> None:
-    "Run one task in this (forked) process; send back ('ok', report, metadata) or ('failed', line, None)."
+def _task_process(executor, t, variables: dict, conn, parent: int, forks=None) -> None:
+    "Run one task in this (forked) process; send back ('ok', report, metadata, kernels) or ('failed', line, None, kernels)."
     os.setpgid(0, 0)                     # its own group: the build stops the task and its kernel together
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    from mlopsnb.kernels import kernel_for
+    pool = None
     try:
         with task_boundary(variables):
-            report, meta = t._build(catch_exceptions=True)
-        try: conn.send(("ok", report, meta))
-        except Exception: conn.send(("ok", None, meta))       # a report that does not pickle is only a report
+            pool = _task_pool(t, forks)          # started with the task's environment (PYTHON* are read at a kernel's start)
+            with kernel_for(pool, t): report, meta = t._build(catch_exceptions=True)
+        if pool is not None: pool.close()
+        kernels = pool.record if pool is not None else []
+        try: conn.send(("ok", report, meta, kernels))
+        except Exception: conn.send(("ok", None, meta, kernels))       # a report that does not pickle is only a report
     except Exception as e:
-        conn.send(("failed", executor.task_failure(t, e), None))
+        if pool is not None: pool.close()
+        conn.send(("failed", executor.task_failure(t, e), None, pool.record if pool is not None else []))
     finally: conn.close()
+
+def _task_pool(t, forks):
+    "A papermill task's kernel pool in its task process, its kernel forked through the build (`forks`: a RemoteForks); else None."
+    if forks is None: return None
+    from mlopsnb.kernels import build_pool
+    return build_pool({t.name: t}, forks=forks)
 
 @dataclass
 class _Running:
@@ -70,14 +85,17 @@ class _Running:
     run: str | None
     t0: float
 
-def _start(executor, t, ctx, rec, base: dict, parent: str | None, mp) -> _Running:
-    "Do what the build does before a task, then start the task's process."
+def _start(executor, t, ctx, rec, base: dict, parent: str | None, mp, broker=None) -> _Running:
+    "Do what the build does before a task, then start the task's process (its kernel forked through `broker`, when there is one)."
     run, progress_file = executor.task_started(ctx, rec, base, parent, t)
     executor.progress.started(t.name)
     variables = {**task_variables(ctx, rec, run, parent), PROGRESS_ENV: str(progress_file)}
     here, there = mp.Pipe(duplex=False)
-    p = mp.Process(target=_task_process, args=(executor, t, variables, there, os.getpid()), name=f"mlopsnb task {t.name}", daemon=False)
+    asks, remote = (mp.Pipe() if broker is not None else (None, None))
+    forks = RemoteForks(remote, broker.forks.pid) if broker is not None else None
+    p = mp.Process(target=_task_process, args=(executor, t, variables, there, os.getpid(), forks), name=f"mlopsnb task {t.name}", daemon=False)
     p.start(); there.close()
+    if broker is not None: remote.close(); broker.add(asks)
     return _Running(t, p, here, run, time.perf_counter())
 
 def _result(r: _Running) -> tuple:
@@ -86,6 +104,65 @@ def _result(r: _Running) -> tuple:
     except (EOFError, OSError): return None
 
 # %% ../notebooks/api/08b_parallel.ipynb #b2317143
+class RemoteForks:
+    "The build's fork server as a task process sees it: `accepts` and `fork` asked of the build over a pipe."
+    def __init__(self, conn, # this task process's end of its pipe to the build's `ForkBroker`
+                 pid: int | None, # the fork server's pid (a forked kernel's parent, watched by its watchdog)
+                ):
+        self.conn, self.pid, self.broken, self.proc = conn, pid, False, True
+    def accepts(self, cmd: list[str], env: dict) -> bool:
+        "Whether the build's fork server can fork a kernel started with `cmd` and `env`."
+        return not self.broken and bool(self._ask("accepts", cmd, dict(env)))
+    def fork(self, cmd: list[str], env: dict, cwd: str | None) -> int:
+        "Return the pid of a kernel the build's fork server forked for `cmd`, `env`, `cwd`."
+        return int(self._ask("fork", cmd, dict(env), cwd))
+    def start(self, python: str, env: dict, cwd: str | None) -> None: pass   # started by the build
+    def close(self, wait: float = 0.0) -> None: pass                          # ended by the build
+    def _ask(self, *request):
+        try:
+            self.conn.send(request)
+            ok, value = self.conn.recv()
+        except (EOFError, OSError) as e: ok, value = False, f"the build's fork broker is gone ({e})"
+        if not ok:
+            self.broken = True
+            raise MlopsnbError(value)
+        return value
+
+class ForkBroker:
+    "In the build: a thread that answers task processes' `RemoteForks` questions with the build's `ForkServer`."
+    def __init__(self, forks, # the build's started ForkServer
+                ):
+        self.forks, self.conns, self.lock, self.stop = forks, [], threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="mlopsnb-fork-broker", daemon=True)
+        self.thread.start()
+    def add(self, conn) -> None:
+        "Answer the questions that come on `conn` (a task process's pipe)."
+        with self.lock: self.conns.append(conn)
+    def _serve(self) -> None:
+        from multiprocessing.connection import wait
+        while not self.stop.is_set():
+            with self.lock: conns = list(self.conns)
+            if not conns: self.stop.wait(0.05); continue
+            for c in wait(conns, timeout=0.1):
+                try: request = c.recv()
+                except (EOFError, OSError):        # the task process ended
+                    with self.lock: self.conns.remove(c)
+                    c.close(); continue
+                try: c.send(self._answer(*request))
+                except (OSError, ValueError): pass
+    def _answer(self, op: str, cmd: list[str], env: dict, cwd: str | None = None) -> tuple[bool, object]:
+        try:
+            if op == "accepts": return True, self.forks.accepts(cmd, env)
+            return True, self.forks.fork(cmd, env, cwd)
+        except Exception as e: return False, f"{type(e).__name__}: {e}"
+    def close(self) -> None:
+        "Stop answering; close the pipes."
+        self.stop.set(); self.thread.join(5)
+        with self.lock:
+            for c in self.conns: c.close()
+            self.conns.clear()
+
+# %% ../notebooks/api/08b_parallel.ipynb #d72fdc6a
 def run_parallel(executor, # the RecordingExecutor: records, progress, consumed records
                  dag, # Ploomber's rendered DAG
                  ctx, # the BuildContext
@@ -99,14 +176,16 @@ def run_parallel(executor, # the RecordingExecutor: records, progress, consumed 
     from multiprocessing.connection import wait
     from ploomber.constants import TaskStatus
     fork_safe_pools()
-    mp, todo, running = get_context("fork"), list(dag), {}
+    mp, todo, running, kernels = get_context("fork"), list(dag), {}, []
+    forks = executor.forks if executor.forks is not None and executor.forks.pid and not executor.forks.broken else None
+    broker = ForkBroker(forks) if forks is not None and any(getattr(dag[n], "executor", None) == "papermill" for n in dag) else None
     try:
         while todo or running:
             for name in [n for n in todo if dag[n].exec_status in (TaskStatus.Skipped, TaskStatus.Aborted)]:
                 todo.remove(name)
                 executor.records.append(TaskRecord(name, "skipped" if dag[name].exec_status == TaskStatus.Skipped else "aborted"))
             for name in [n for n in todo if dag[n].exec_status == TaskStatus.WaitingExecution][:executor.jobs - len(running)]:
-                todo.remove(name); running[name] = _start(executor, dag[name], ctx, rec, base, parent, mp)
+                todo.remove(name); running[name] = _start(executor, dag[name], ctx, rec, base, parent, mp, broker)
             if not running:
                 if todo: raise MlopsnbError(f"parallel build: no task can start (waiting: {', '.join(todo)})")
                 break
@@ -116,11 +195,15 @@ def run_parallel(executor, # the RecordingExecutor: records, progress, consumed 
                 answer = _result(r)
                 r.process.join()
                 del running[name]
+                if answer is not None: kernels += answer[3]
                 _ended(executor, ctx, rec, r, answer, finished, reports)
     except BaseException:
         for r in running.values(): _stop(r)
         for r in running.values(): executor.task_killed(rec, r.run, r.task, time.perf_counter() - r.t0)
         raise
+    finally:
+        if broker is not None: broker.close()
+        if kernels: atomic_write_text(state_dir(ctx.project) / "kernels.json", json.dumps({"size": 0, "jobs": executor.jobs, "tasks": kernels}, indent=1))
 
 def _ended(executor, ctx, rec, r: _Running, answer, finished: list, reports: list) -> None:
     "Apply a task's outcome in the build: its metadata and status, its run, its record."

@@ -345,9 +345,9 @@ class BuildProgress:
             progress_file.unlink(missing_ok=True)
 
     def started(self, name: str) -> None:
-        "Say a task started (a parallel build: plain lines, as several tasks run at once)."
+        "Say a task started (a parallel build: plain lines, as several tasks run at once; the count is of tasks ended)."
         self.n += 1
-        print(f"[{self.n}/{self.total}] {name} started", file=self.stream, flush=True)
+        print(f"{'':>{len(str(self.total)) * 2 + 3}} {name} started", file=self.stream, flush=True)
 
     def done(self, record: "TaskRecord") -> None:
         "Say how a task ended."
@@ -505,6 +505,7 @@ class BuildResult:
     parent_run_id: str | None = None
     tracking_uri: str | None = None
     failures: list[str] = field(default_factory=list)
+    inferred: list[str] = field(default_factory=list)   # data contracts this build inferred (new files to review and commit)
     @property
     def ok(self) -> bool: return not self.failures
 
@@ -551,24 +552,25 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
         if not force and is_up_to_date(state, fp):
             recs = [TaskRecord(**{**r, "status": "skipped", "seconds": 0.0}) for r in state.get("records", [])]
             return BuildResult(recs, noop=True, seconds=time.perf_counter() - t0, tracking_uri=state.get("tracking_uri"))
-        state_file(project).unlink(missing_ok=True)
+        contracts = check_data(project)           # a bad column or label stops here: no task started, the last build's state kept
+        absent = [c for c in contracts if not c.exists()]
         forks = None
-        if engine == "papermill" and jobs == 1:       # the fork server imports what the tasks import while Ploomber loads
+        if engine == "papermill":       # the fork server imports what the tasks import while Ploomber loads
             from mlopsnb.kernels import prestart
             forks = prestart(ctx.sources, project.root, {**os.environ, **build_variables(ctx)})
         try:
-            check_data(project)
             dag = load_dag(project, engine, ctx.params)
+            state_file(project).unlink(missing_ok=True)   # from here tasks may run: a failed or killed build is never a no-op
             dag.executor.context = ctx
             if jobs != 1: dag.executor.jobs = jobs
-            if dag.executor.jobs == 1: dag.executor.forks = forks
-            elif forks is not None: forks.close()       # the spec asks for parallel tasks: no pool, no server
+            dag.executor.forks = forks          # serial: the warm pool's kernels; parallel: each task process's kernel
             if not force: _drop_stale(ctx, dag)
             if progress: dag.executor.progress = BuildProgress(_to_run(dag, force))
             result = _build(dag, force, t0, project)
         finally:
             if forks is not None: forks.close()     # no fork server outlives the build, used or not
         if result.ok: write_state(ctx, dag, result, state)
+    result.inferred = [str(c.relative_to(project.root) if c.is_relative_to(project.root) else c) for c in absent if c.exists()]
     return result
 
 def _to_run(dag, force: bool) -> int:
@@ -578,10 +580,10 @@ def _to_run(dag, force: bool) -> int:
     dag.render(show_progress=False)
     return sum(dag[n].exec_status != TaskStatus.Skipped for n in dag)
 
-def check_data(project: Project) -> None:
-    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) against its source, before any task runs."
+def check_data(project: Project) -> list[Path]:
+    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) and its positive label against its source, before any task runs; return their contract files."
     from mlopsnb.config import DataConfig, params_of_type
-    from mlopsnb.data import check_columns, source_columns
+    from mlopsnb.data import check_columns, check_positive, source_columns, source_values
     params = resolve_params(project.root, project.env, project.spec_file)
     seen = set()
     for cfgs in params_of_type(params, project.root, project.spec_file, DataConfig).values():
@@ -589,6 +591,8 @@ def check_data(project: Project) -> None:
             if cfg.model_dump_json() in seen: continue
             seen.add(cfg.model_dump_json())
             check_columns(cfg, source_columns(cfg, project.root))
+            check_positive(cfg, source_values(cfg, project.root, cfg.target))
+    return [DataConfig.model_validate_json(c).contract_path(project.root) for c in seen]
 
 def _build(dag, force: bool, t0: float, project: Project) -> BuildResult:
     from ploomber.exceptions import DAGBuildError
@@ -663,10 +667,14 @@ def dag_figure(g, # the task graph (`graph`)
     layers = list(nx.topological_generations(g))
     layer = {n: i for i, nodes in enumerate(layers) for n in nodes}
     height = max((len(nodes) for nodes in layers), default=1)
-    pos = {n: (layer[n], (len(nodes) - 1) / 2 - j) for nodes in layers for j, n in enumerate(sorted(nodes))}
+    # x in inches: each layer as wide as its longest name (a box per name, 9 pt: ~0.075 in a character), a gap between layers
+    widths = [max(len(str(n)) for n in nodes) * 0.075 + 0.45 for nodes in layers]
+    xs = [sum(widths[:i]) + 0.8 * i + widths[i] / 2 for i in range(len(layers))]
+    width = sum(widths) + 0.8 * max(len(layers) - 1, 0)
+    pos = {n: (xs[layer[n]], (len(nodes) - 1) / 2 - j) for nodes in layers for j, n in enumerate(sorted(nodes))}
     colour = {r["task"]: ("#b7e4c7" if r["status"] == "up to date" else "#ffd8a8") for r in status_rows or []}
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    fig = Figure(figsize=(max(6, 2.4 * len(layers)), max(3, 1.4 * height + 2)))
+    fig = Figure(figsize=(max(6, width + 0.6), max(3, 1.4 * height + 2)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     boxes = {n: ax.text(*pos[n], n, ha="center", va="center", fontsize=9, zorder=3,
@@ -677,7 +685,7 @@ def dag_figure(g, # the task graph (`graph`)
         ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[b], xytext=(0.5, 0.5), textcoords=boxes[a], zorder=2,
                     arrowprops={"arrowstyle": "-|>", "color": "#555", "shrinkA": 0, "shrinkB": 0, "patchA": boxes[a].get_bbox_patch(),
                                 "patchB": boxes[b].get_bbox_patch(), "connectionstyle": f"arc3,rad={rad}", "mutation_scale": 12})
-    ax.set_xlim(-0.7, max(len(layers) - 0.3, 0.7)); ax.set_ylim(-height / 2 - 1.0, height / 2 + 1.0)
+    ax.set_xlim(-0.3, max(width + 0.3, 5.4)); ax.set_ylim(-height / 2 - 1.0, height / 2 + 1.0)
     ax.set_axis_off(); fig.tight_layout()
     return fig
 

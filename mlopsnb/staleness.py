@@ -21,9 +21,9 @@ from .config import DataConfig, Project, ScoringConfig, file_digest, notebook_co
 from .core import MlopsnbError, atomic_write_text, mask_url
 
 # %% auto #0
-__all__ = ['file_state', 'embedded_file', 'source_state', 'data_inputs', 'model_state', 'data_digest', 'library_modules',
-           'library_state', 'state_dir', 'read_records', 'write_record', 'drop_record', 'task_states', 'why_stale',
-           'BuildLocked', 'build_lock']
+__all__ = ['STORE_INPUT', 'file_state', 'embedded_file', 'source_state', 'data_inputs', 'model_state', 'data_digest',
+           'library_modules', 'library_state', 'state_dir', 'read_records', 'write_record', 'drop_record',
+           'task_states', 'store_state', 'why_stale', 'BuildLocked', 'build_lock']
 
 # %% ../notebooks/api/08a_staleness.ipynb #7aa2a2e2
 def _stat(path: Path) -> list | None:
@@ -196,10 +196,19 @@ def task_states(project: Project, # the loaded project
                 previous: dict | None = None, # the last records, to reuse file digests
                 requery: bool = True, # run SQL queries again (False: keep the digests in `previous`)
                ) -> dict[str, dict]:
-    "Return {task: {inputs, library}}: what each task would consume now."
-    inputs = data_inputs(project, params, previous, requery)
-    return {t: {"inputs": inputs.get(t, {}), "library": library_state(library_modules(src, project.root))}
+    "Return {task: {inputs, library}}: what each task would consume now (its data, the store it records to, its library)."
+    inputs, store = data_inputs(project, params, previous, requery), store_state(project)
+    return {t: {"inputs": {**inputs.get(t, {}), STORE_INPUT: store}, "library": library_state(library_modules(src, project.root))}
             for t, src in sources.items()}
+
+STORE_INPUT = "store"   # every task records to the build's store: a build against another store runs it again
+
+def store_state(project: Project) -> dict:
+    "Return the state of the store a build records to: its URIs (passwords masked) and experiment, and their digest."
+    st = project.store
+    where = mask_url(st.tracking_uri) + (f" (registry {mask_url(st.registry_uri)})" if st.registry_uri != st.tracking_uri else "")
+    where += f", experiment {project.experiment}"
+    return {"kind": "store", "stat": None, "where": where, "sha256": stable_hash(where)}
 
 def why_stale(now: dict, # what the task would consume now (`task_states`)
               then: dict | None, # what it consumed when it last finished (`read_records`)
@@ -209,6 +218,7 @@ def why_stale(now: dict, # what the task would consume now (`task_states`)
     for k, v in now["inputs"].items():
         old = then.get("inputs", {}).get(k)
         if old is None or old.get("sha256") != v.get("sha256"):
+            if v.get("kind") == "store": return f"store changed: now {v['where']}"
             return f"input changed: {k.split(': ', 1)[-1]}" if v.get("kind") != "query" else "data source changed (query result digest)"
     changed = sorted(m for m, h in now["library"].items() if then.get("library", {}).get(m) != h)
     if changed: return f"library changed: {', '.join(changed)}"

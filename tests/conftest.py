@@ -90,6 +90,22 @@ def skipped(result: subprocess.CompletedProcess) -> list[str]:
     return [l.split()[0] for l in result.stdout.splitlines() if l.startswith("  ") and l.split()[-1:] == ["skipped"]]
 
 
+def processes_in(folder: Path) -> list[int]:
+    "The ids of the live processes whose working directory is `folder` (a task's kernel runs in the project's root)."
+    out = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(p / "cwd")) == folder and "\nState:\tZ" not in (p / "status").read_text(): out.append(int(p.name))
+        except OSError: pass
+    return out
+
+
+def wait_no_process_in(folder: Path, seconds: float = 20) -> None:
+    deadline = time.time() + seconds
+    while processes_in(folder) and time.time() < deadline: time.sleep(0.2)
+    assert not processes_in(folder), f"processes left running in {folder}: {processes_in(folder)}"
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     "A copy of the project built once, on the sample, with the default engine (papermill)."

@@ -8,25 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, TASKS, cli, executed, make_project, start_paused_build, store
+from conftest import SAMPLE, TASKS, cli, executed, make_project, processes_in, start_paused_build, store, wait_no_process_in
 
 COLD = {"MLOPSNB_WARM_KERNELS": "0"}
-
-
-def processes_in(folder: Path) -> list[int]:
-    "The ids of the live processes whose working directory is `folder` (a task's kernel runs in the project's root)."
-    out = []
-    for p in Path("/proc").glob("[0-9]*"):
-        try:
-            if Path(os.readlink(p / "cwd")) == folder and "\nState:\tZ" not in (p / "status").read_text(): out.append(int(p.name))
-        except OSError: pass
-    return out
-
-
-def wait_no_process_in(folder: Path, seconds: float = 20) -> None:
-    deadline = time.time() + seconds
-    while processes_in(folder) and time.time() < deadline: time.sleep(0.2)
-    assert not processes_in(folder), f"processes left running in {folder}: {processes_in(folder)}"
 
 
 def recorded(project: Path) -> dict:
