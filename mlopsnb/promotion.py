@@ -240,10 +240,11 @@ def _create_record(client, name: str, tags: dict) -> bool:
 def _record_tags(client, name: str) -> dict | None:
     "Return the tags of the record `name`, None when there is none."
     from mlflow.exceptions import MlflowException
-    try: return client.get_registered_model(name).tags
+    try: tags = client.get_registered_model(name).tags
     except MlflowException as e:
         if is_absent(e): return None
         raise registry_failure("registry lock", e) from None
+    return tags if tags.get("token") else None    # a record read while it is deleted can come without its tags: gone
 
 def _delete_record(client, name: str) -> None:
     from mlflow.exceptions import MlflowException
