@@ -43,9 +43,11 @@ print("\n".join([*cfg["DEFAULT"]["requirements"].split(), *cfg["DEFAULT"]["dev_r
 endef
 export LOCK_INPUT
 
-lock: $(UV)  ## refresh requirements.lock from settings.ini (newest versions that satisfy it, hashes for every platform)
+# Pins already in the lock are kept while settings.ini admits them; `make lock UPGRADE=--upgrade` takes the newest of all.
+UPGRADE ?=
+lock: $(UV)  ## refresh requirements.lock from settings.ini (hashes for every platform); UPGRADE=--upgrade: newest versions
 	$(BIN)/python -c "$$LOCK_INPUT" | $(UV) pip compile - --universal --python-version $(shell sed -n 's/^min_python *= *//p' settings.ini) \
-	    --generate-hashes --upgrade --custom-compile-command "make lock" --quiet -o $(LOCK)
+	    --generate-hashes $(UPGRADE) --custom-compile-command "make lock" --quiet -o $(LOCK)
 	echo "uv==$(UV_VERSION)" | $(UV) pip compile - --universal --generate-hashes --upgrade \
 	    --custom-compile-command "make lock" --quiet -o $(UV_LOCK)
 
