@@ -352,7 +352,7 @@ def _settle(store, name: str, alias: str, entries: list[dict]) -> str | None:
 
 def _begin(store, name: str, alias: str, version: str | None, reason: str, action: str, run_id: str | None = None,
            **extra) -> dict:
-    "Record a move before making it: settle, verify the target's sha256 manifest, append the intent; the caller holds the lock."
+    "Record a move before making it: settle, verify the target's sha256 manifest, append the intent (caller holds the lock)."
     client, entries = as_store(store).client(), history(store, name)
     current = _settle(store, name, alias, entries)
     if action not in NO_MOVE and version is not None:

@@ -238,7 +238,7 @@ def example_rows(X, # the model's input rows (e.g. the training rows): only type
                  n: int = 2, # rows to return
                  min_count: int = EXAMPLE_MIN_COUNT, # a text value seen fewer times than this is replaced by a placeholder
                 ):
-    "Return `n` synthetic rows typed like `X`, no row of it: medians, frequent categories, placeholders; row 2 blank where X has blanks."
+    "Return `n` synthetic rows typed like `X` (medians, frequent categories, placeholders), row 2 blank where X has blanks."
     import pandas as pd
     try: dropped = set(model_parts(model)[1]) if model is not None else set()
     except ValueError: dropped = set()

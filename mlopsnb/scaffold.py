@@ -160,8 +160,8 @@ def test_data_has_the_columns_env_yaml_names():
 '''
 
 GITIGNORE = ("# your table stays out of git: data/ is copied in by `mlopsnb new`, not committed\ndata/\n"
-             "products/\nmlruns/\nmlartifacts/\nmlflow.db\nmlflow.db-*\nmlflow.db.*\n.mlopsnb/\n.ipynb_checkpoints/\n__pycache__/\n"
-             ".pytest_cache/\n")
+             "products/\nmlruns/\nmlartifacts/\nmlflow.db\nmlflow.db-*\nmlflow.db.*\n.mlopsnb/\n"
+             ".ipynb_checkpoints/\n__pycache__/\n.pytest_cache/\n")
 PACKAGE_VARIABLE = "MLOPSNB_PACKAGE"   # the CI variable naming what to install when the project carries no wheel
 WHEEL_DIR = "ci"                        # where a new project keeps the mlopsnb wheel its CI installs
 
@@ -312,6 +312,6 @@ def add_commands(sub, # the `mlopsnb` subparsers
     s.add_argument("--data", help="your table (.csv or .parquet), copied into the project's data/ (default: the embedded churn data)")
     s.add_argument("--target", help="the column to predict (with --data)")
     s.add_argument("--positive", help="the target's positive class (found when it is plainly 1, true or yes)")
-    s.add_argument("--package", help="what the project's CI installs: an mlopsnb wheel file (copied into ci/) or an https:// "
-                                     "URL (default: the wheel this mlopsnb was installed from)")
+    s.add_argument("--package", help="what the project's CI installs: an mlopsnb wheel file (copied into ci/) or an "
+                                     "https:// URL (default: the wheel this mlopsnb was installed from)")
     s.set_defaults(fn=_new)
