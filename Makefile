@@ -3,26 +3,53 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# The lock: every package of .venv pinned with its sha256 hashes, refreshed from settings.ini by `make lock` with uv,
+# itself pinned (and hashed, in requirements-uv.lock). `make install` installs exactly these, then the project --no-deps.
+UV_VERSION := 0.13.9
+LOCK       := requirements.lock
+UV_LOCK    := requirements-uv.lock
+UV         := $(BIN)/uv
 # Ploomber's Jupyter extension needs a synchronous contents manager under JupyterLab 4. setup.py ships
 # this file as data_files, but editable installs skip data_files (pypa/setuptools#3399): copy it here.
 JUPYTER_CONFIG := jupyter-config/jupyter_server_config.json
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
 
-.PHONY: install run test test-fast sync lab bench airflow clean help
+.PHONY: install lock run test test-fast sync lab bench airflow clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-$(STAMP): settings.ini setup.py pyproject.toml $(JUPYTER_CONFIG) jupyter-config/labconfig/page_config.json
+$(UV): $(UV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade "pip>=24" wheel
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(UV_LOCK)
+	touch $(UV)
+
+$(STAMP): $(UV) $(LOCK) settings.ini setup.py pyproject.toml $(JUPYTER_CONFIG) jupyter-config/labconfig/page_config.json
+	$(UV) pip sync --python $(BIN)/python --require-hashes --only-binary :all: $(LOCK) $(UV_LOCK)
+	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation -e .
 	mkdir -p $(VENV)/etc/jupyter/labconfig && cp $(JUPYTER_CONFIG) $(VENV)/etc/jupyter/
 	cp jupyter-config/labconfig/page_config.json $(VENV)/etc/jupyter/labconfig/
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the project with its dev extras
+install: $(STAMP)  ## create .venv with exactly the locked packages (requirements.lock), then the project itself
+
+# The lock's input: settings.ini's requirements and dev requirements, the build backend (pyproject.toml) and pip.
+define LOCK_INPUT
+import configparser, tomllib
+cfg = configparser.ConfigParser(delimiters=["="]); cfg.read("settings.ini")
+build = tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]
+print("\n".join([*cfg["DEFAULT"]["requirements"].split(), *cfg["DEFAULT"]["dev_requirements"].split(), *build, "pip"]))
+endef
+export LOCK_INPUT
+
+# Pins already in the lock are kept while settings.ini admits them; `make lock UPGRADE=--upgrade` takes the newest of all.
+UPGRADE ?=
+lock: $(UV)  ## refresh requirements.lock from settings.ini (hashes for every platform); UPGRADE=--upgrade: newest versions
+	$(BIN)/python -c "$$LOCK_INPUT" | $(UV) pip compile - --universal --python-version $(shell sed -n 's/^min_python *= *//p' settings.ini) \
+	    --generate-hashes $(UPGRADE) --custom-compile-command "make lock" --quiet -o $(LOCK)
+	echo "uv==$(UV_VERSION)" | $(UV) pip compile - --universal --generate-hashes --upgrade \
+	    --custom-compile-command "make lock" --quiet -o $(UV_LOCK)
 
 run: $(STAMP)  ## build the reference pipeline on the embedded default data
 	$(BIN)/mlopsnb run

@@ -120,7 +120,8 @@ def _history(a):
     for e in entries:
         move = f"{e['from'] or '-'}->{e['to'] or '-'}" if e["action"] not in {"held", "refused"} else f"kept {e['to'] or '-'}"
         if e.get("candidate") and e["action"] in {"held", "refused"}: move += f" (v{e['candidate']})"
-        print(f"{e['seq']:>3}  {e['when']:<25} {e['who'][:10]:<10} {e['alias']:<10} {move:<12} {e['action']:<10} {e['reason']}"
+        reason = e["reason"] + (f" [{e['state']}]" if e.get("state", "done") != "done" else "")   # an intent, or settled
+        print(f"{e['seq']:>3}  {e['when']:<25} {e['who'][:10]:<10} {e['alias']:<10} {move:<12} {e['action']:<10} {reason}"
               + (f" (run {e['run_id'][:8]})" if e.get("run_id") else ""))
     return 0
 

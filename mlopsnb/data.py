@@ -22,7 +22,7 @@ from .features import CoerceNumeric, holds_numbers, to_number
 # %% auto #0
 __all__ = ['COLUMN_KEYS', 'MAX_CATEGORIES', 'TYPES', 'SEVERITIES', 'CONTRACT_KEYS', 'SPEC_KEYS', 'read_source', 'source_columns',
            'check_columns', 'coerce_numeric', 'encode_target', 'load_data', 'source_values', 'check_positive',
-           'write_frame', 'read_frame', 'write_json', 'frame_digest', 'infer_contract', 'Violation',
+           'write_frame', 'read_frame', 'write_json', 'frame_digest', 'table_summary', 'infer_contract', 'Violation',
            'contract_violations', 'violation_messages', 'check_contract', 'validate_contract', 'write_contract',
            'read_contract', 'split_frame']
 
@@ -215,6 +215,20 @@ def frame_digest(df: pd.DataFrame) -> str:
     norm = df.astype({c: object for c, k in zip(df.columns, kinds) if k == "string"})
     h.update(pd.util.hash_pandas_object(norm, index=False).values.tobytes())
     return h.hexdigest()
+
+def table_summary(df: pd.DataFrame, # the table
+                  ids: list[str] = (), # identifier columns: type and counts only
+                 ) -> pd.DataFrame:
+    "Return the table's schema and summary statistics, one row per column, showing no row: what a task notebook shows."
+    out = {}
+    for c in df.columns:
+        s = df[c]
+        row = {"type": str(s.dtype), "missing": round(float(s.isna().mean()), 4), "distinct": int(s.nunique())}
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and c not in set(ids) and s.notna().any():
+            q = s.astype(float).quantile([0.25, 0.5, 0.75])    # no min or max: an extreme value is one row's
+            row |= {"mean": float(s.mean()), "std": float(s.std()), "p25": q[0.25], "median": q[0.5], "p75": q[0.75]}
+        out[str(c)] = row
+    return pd.DataFrame.from_dict(out, orient="index")
 
 # %% ../notebooks/api/02_data.ipynb #c2ad84ab
 MAX_CATEGORIES = 100

@@ -14,21 +14,23 @@ import logging
 import os
 import random
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 from .config import PromotionPolicy, as_store
-from .core import RegistryError
-from .registry import is_absent, get_alias, register, registry_failure, resolve_version
+from .core import IntegrityError, RegistryError
+from .registry import is_absent, get_alias, register, registry_failure, resolve_version, verified_version
 from .tracking import advisory_key, advisory_lock, in_pipeline, is_postgres, reproducing
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TRAINING_ROWS_FILE', 'HISTORY_PREFIX', 'EVIDENCE_TAG', 'DECISION_TAG', 'LOCK_MODEL', 'LOCK_LEASE',
-           'ADVISORY_KEY', 'NO_MOVE', 'INTERACTIVE_REGISTRY_ENV', 'evaluate_gates', 'gates_summary', 'latency_ms',
-           'row_keys', 'comparison_rows', 'input_difference', 'champion_on_same_rows', 'lock_kind', 'registry_lock',
-           'history', 'move_alias', 'promote', 'promote_candidate', 'champion_stack', 'rollback']
+           'ADVISORY_KEY', 'INTENT', 'DONE', 'APPLIED', 'NOT_APPLIED', 'NO_MOVE', 'INTERACTIVE_REGISTRY_ENV',
+           'evaluate_gates', 'gates_summary', 'latency_ms', 'row_keys', 'comparison_rows', 'input_difference',
+           'champion_on_same_rows', 'lock_kind', 'registry_lock', 'history', 'move_alias', 'promote',
+           'promote_candidate', 'champion_stack', 'rollback']
 
 # %% ../notebooks/api/07a_promotion.ipynb #2c5585f8
 def _gate(name: str, value, threshold, passed: bool, rule: str) -> dict:
@@ -211,7 +213,9 @@ def _file_lock(uri: str, timeout: float):
 
 ADVISORY_KEY = advisory_key("mlopsnb registry lock")
 
-def _abandoned(client, holder: dict, lease: float) -> bool:
+def _abandoned(holder: dict, # a lock record's tags: host, pid, since
+               lease: float, # seconds after which another machine's record is taken as abandoned
+              ) -> bool:
     "Whether a lock record's holder is gone: its process on this host ended, or it is older than the lease."
     import socket
     from mlopsnb.tracking import process_alive
@@ -219,37 +223,70 @@ def _abandoned(client, holder: dict, lease: float) -> bool:
     if host == socket.gethostname() and pid and not process_alive(int(pid)): return True
     return time.time() - since > lease
 
+def _holder_tags(token: str) -> dict:
+    import socket
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "token": token, "since": f"{time.time():.3f}"}
+
+def _create_record(client, name: str, tags: dict) -> bool:
+    "Create the registered model `name` (the store refuses a second one); return False when it exists."
+    from mlflow.exceptions import MlflowException
+    what = "held by mlopsnb while it moves an alias; then deleted"
+    try: client.create_registered_model(name, tags=tags, description=what)
+    except MlflowException as e:   # exists; or deleted between the store's failed insert and its look-up of the holder
+        if e.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"): return False
+        raise registry_failure("registry lock", e) from None
+    return True
+
+def _record_tags(client, name: str) -> dict | None:
+    "Return the tags of the record `name`, None when there is none."
+    from mlflow.exceptions import MlflowException
+    try: tags = client.get_registered_model(name).tags
+    except MlflowException as e:
+        if is_absent(e): return None
+        raise registry_failure("registry lock", e) from None
+    return tags if tags.get("token") else None    # a record read while it is deleted can come without its tags: gone
+
+def _delete_record(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+    try: client.delete_registered_model(name)
+    except MlflowException as e:
+        if not is_absent(e): raise registry_failure("registry lock", e) from None
+
+def _release_record(client, # the store's client
+                    name: str, # the record to delete
+                    token: str, # delete it only while it carries this token
+                    lease: float, # an abandoned claim is taken over after this many seconds (at once on this host)
+                   ) -> bool:
+    "Delete the record `name` if it carries `token`, as a compare-and-swap; return whether this process deleted it."
+    # Only whoever creates the claim `<LOCK_MODEL>-takeover-<token>` (unique by name) may delete the record with
+    # that token: two contenders over one abandoned record cannot both delete it, none deletes a newer holder's.
+    claim = f"{LOCK_MODEL}-takeover-{token}"
+    if not _create_record(client, claim, _holder_tags(uuid.uuid4().hex)):
+        other = _record_tags(client, claim)
+        if other is not None and _abandoned(other, lease): _release_record(client, claim, other.get("token"), lease)
+        return False
+    try:
+        if (_record_tags(client, name) or {}).get("token") != token: return False
+        _delete_record(client, name)
+        return True
+    finally: _delete_record(client, claim)
+
 @contextmanager
 def _record_lock(store, timeout: float, lease: float):
     "Hold the lock record: a registered model that the store creates atomically; take over an abandoned one."
-    import socket, uuid
-    from mlflow.exceptions import MlflowException
     client, token = store.client(), uuid.uuid4().hex
-    me = {"host": socket.gethostname(), "pid": str(os.getpid()), "token": token}
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.create_registered_model(LOCK_MODEL, tags={**me, "since": f"{time.time():.3f}"},
-                                           description="held by mlopsnb while it moves an alias; deleted after the move")
-            break
-        except MlflowException as e:   # held; or released between the store's failed insert and its look-up of the holder
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"): raise registry_failure("registry lock", e) from None
-        try:
-            holder = client.get_registered_model(LOCK_MODEL).tags
-            if _abandoned(client, holder, lease) and client.get_registered_model(LOCK_MODEL).tags.get("token") == holder.get("token"):
-                log.warning("taking over the registry lock abandoned by pid %s on %s", holder.get("pid"), holder.get("host"))
-                client.delete_registered_model(LOCK_MODEL); continue
-        except MlflowException as e:
-            if not is_absent(e): raise registry_failure("registry lock", e) from None
-            continue   # released in the meantime
+    while not _create_record(client, LOCK_MODEL, _holder_tags(token)):
+        holder = _record_tags(client, LOCK_MODEL)
+        if holder is None: continue   # released in the meantime
+        if _abandoned(holder, lease):
+            log.warning("taking over the registry lock abandoned by pid %s on %s", holder.get("pid"), holder.get("host"))
+            if _release_record(client, LOCK_MODEL, holder.get("token"), lease): continue
         _wait(deadline, f"{LOCK_MODEL} (held by pid {holder.get('pid')} on {holder.get('host')})", timeout)
     try: yield
     finally:
-        try:
-            if client.get_registered_model(LOCK_MODEL).tags.get("token") == token: client.delete_registered_model(LOCK_MODEL)
-            else: log.warning("the registry lock was taken over while this process held it")
-        except MlflowException as e:
-            if not is_absent(e): raise registry_failure("registry lock", e) from None
+        if not _release_record(client, LOCK_MODEL, token, lease):
+            log.warning("the registry lock was taken over while this process held it")
 
 @contextmanager
 def registry_lock(store, # the registry: a Store, Project or URI
@@ -288,22 +325,60 @@ def _append(client, name: str, entries: list[dict], **entry) -> dict:
     entries.append(e)
     return e
 
-def _move(store, name: str, alias: str, version: str | None, reason: str, action: str, run_id: str | None = None, **extra) -> dict:
-    "Move (or, with version None, remove; with action held/refused, only record) an alias; the caller holds the lock."
-    client = as_store(store).client()
-    entries = history(store, name)
-    current = get_alias(store, name, alias)
-    recorded = next((e["to"] for e in reversed(entries) if e["alias"] == alias), None)
+INTENT, DONE = "intent", "done"   # an entry's state: written before the move, confirmed after it
+APPLIED, NOT_APPLIED = "interrupted, applied", "interrupted, not applied"   # an intent the next move found unconfirmed
+
+def _position(entry: dict) -> str | None:
+    "Where an entry left its alias: the target, but the start for a move that was never applied."
+    return entry["from"] if entry.get("state") in (INTENT, NOT_APPLIED) else entry["to"]
+
+def _rewrite(client, name: str, entry: dict, **changes) -> dict:
+    "Update a history entry in place (its state); return it."
+    entry.update(changes)
+    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{entry['seq']:06d}", json.dumps(entry))
+    return entry
+
+def _settle(store, name: str, alias: str, entries: list[dict]) -> str | None:
+    "Settle an interrupted move of `alias` and record one made outside mlopsnb; return the alias's version."
+    client, current = as_store(store).client(), get_alias(store, name, alias)
+    last = next((e for e in reversed(entries) if e["alias"] == alias), None)
+    if last is not None and last.get("state") == INTENT:
+        _rewrite(client, name, last, state=APPLIED if last["to"] == current else NOT_APPLIED)
+    recorded = None if last is None else _position(last)
     if recorded != current:
         _append(client, name, entries, alias=alias, **{"from": recorded, "to": current}, action="unrecorded",
                 reason="the alias was moved outside mlopsnb", run_id=None)
-    if action in NO_MOVE: version = current
-    elif version is None: client.delete_registered_model_alias(name, alias)
-    else: client.set_registered_model_alias(name, alias, str(version))
-    e = _append(client, name, entries, alias=alias, **{"from": current, "to": None if version is None else str(version)},
-                action=action, reason=reason, run_id=run_id, **extra)
-    _check_move(store, name, alias, e)
-    return e
+    return current
+
+def _begin(store, name: str, alias: str, version: str | None, reason: str, action: str, run_id: str | None = None,
+           **extra) -> dict:
+    "Record a move before making it: settle, verify the target's sha256 manifest, append the intent (caller holds the lock)."
+    client, entries = as_store(store).client(), history(store, name)
+    current = _settle(store, name, alias, entries)
+    if action not in NO_MOVE and version is not None:
+        try:
+            with verified_version(store, name, str(version)): pass       # --force skips gates, never integrity
+        except IntegrityError as err:
+            _append(client, name, entries, alias=alias, **{"from": current, "to": current}, action="refused",
+                    reason=f"integrity check failed: {err}", run_id=run_id, candidate=str(version), state=DONE)
+            raise IntegrityError(f"{err}; @{alias} not moved (see `mlopsnb history {name}`)") from None
+    to = current if action in NO_MOVE else None if version is None else str(version)
+    return _append(client, name, entries, alias=alias, **{"from": current, "to": to}, action=action, reason=reason,
+                   run_id=run_id, state=DONE if action in NO_MOVE else INTENT, **extra)
+
+def _finish(store, name: str, alias: str, entry: dict) -> dict:
+    "Make the move an intent records, confirm it in the history and read both back; the caller holds the lock."
+    client = as_store(store).client()
+    if entry["state"] == INTENT:
+        if entry["to"] is None: client.delete_registered_model_alias(name, alias)
+        else: client.set_registered_model_alias(name, alias, entry["to"])
+        _rewrite(client, name, entry, state=DONE)
+    _check_move(store, name, alias, entry)
+    return entry
+
+def _move(store, name: str, alias: str, version: str | None, reason: str, action: str, run_id: str | None = None, **extra) -> dict:
+    "Move (or, with version None, remove; with action held/refused, only record) an alias; the caller holds the lock."
+    return _finish(store, name, alias, _begin(store, name, alias, version, reason, action, run_id, **extra))
 
 def _check_move(store, name: str, alias: str, entry: dict) -> None:
     "Read the alias and the history back: a writer that bypassed the lock fails the move, naming the race."
@@ -372,11 +447,13 @@ def promote(store, # a Store, Project or URI
         decision = {"model": name, "version": version, "promoted": moved, "forced": bool(force and not passed),
                     "reason": why, "gates": gates, "previous_champion": current, "policy": policy.model_dump(),
                     "who": _who(), "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
-        client.set_model_version_tag(name, version, DECISION_TAG, json.dumps(decision)[:99000])
         kind = ("forced" if decision["forced"] else action) if moved else ("refused" if action == "manual" else "held")
         failed = [g["gate"] for g in gates if not g["passed"]]
-        decision["history"] = _move(store, name, "champion", version, why, kind, run_id, candidate=version,
-                                    **({"failed_gates": failed} if failed else {}))
+        entry = _begin(store, name, "champion", version, why, kind, run_id, candidate=version,
+                       **({"failed_gates": failed} if failed else {}))     # the intent first: the next move settles a crash
+        tag = json.dumps({**decision, "history_seq": entry["seq"]})[:99000]
+        client.set_model_version_tag(name, version, DECISION_TAG, tag)
+        decision["history"] = _finish(store, name, "champion", entry)
     return decision
 
 def promote_candidate(store, # a Store, Project or URI
@@ -407,10 +484,10 @@ def promote_candidate(store, # a Store, Project or URI
 INTERACTIVE_REGISTRY_ENV = "MLOPSNB_INTERACTIVE_REGISTRY"   # "write": a notebook run by hand may register and promote
 
 def champion_stack(entries: list[dict]) -> list[str]:
-    "Replay the champion's history: each move pushes a version, each rollback pops one; held and refused decisions move nothing."
+    "Replay the champion's history: each move pushes a version, each rollback pops one; held, refused, unapplied: nothing."
     stack: list[str] = []
     for e in entries:
-        if e["alias"] != "champion" or e["action"] in NO_MOVE: continue
+        if e["alias"] != "champion" or e["action"] in NO_MOVE or e.get("state") in (INTENT, NOT_APPLIED): continue
         if e["action"] == "rollback" and stack: stack.pop()
         elif e["to"] is not None and (not stack or stack[-1] != e["to"]): stack.append(e["to"])
     return stack
@@ -422,6 +499,7 @@ def rollback(store, # a Store, Project or URI
             ) -> dict:
     "Move @champion back to the previous champion and record it; return the history entry."
     with registry_lock(store):
+        _settle(store, name, "champion", history(store, name))      # an interrupted move counts only if it was applied
         stack = champion_stack(history(store, name))
         if len(stack) < 2: raise RegistryError(f"model {name}: no previous champion to roll back to")
         return _move(store, name, "champion", stack[-2], reason, "rollback", run_id)

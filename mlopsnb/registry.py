@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'TRUSTED_TYPES', 'MODEL_FILE', 'UNHASHED', 'ONNX_FILE', 'ONNX_INFO', 'ONNX_TOLERANCE', 'MANIFEST_TAG',
-           'manifest', 'verify_manifest', 'save_model', 'load_model', 'model_parts', 'onnx_feed', 'onnx_kinds',
-           'onnx_session', 'walk_estimators', 'onnx_copy', 'write_onnx', 'is_absent', 'registry_failure',
-           'save_mlflow_model', 'log_model', 'download', 'load_logged', 'register', 'get_alias', 'resolve_version',
-           'verified_version', 'load_version']
+           'EXAMPLE_MIN_COUNT', 'manifest', 'verify_manifest', 'save_model', 'load_model', 'model_parts', 'onnx_feed',
+           'onnx_kinds', 'onnx_session', 'walk_estimators', 'onnx_copy', 'write_onnx', 'is_absent', 'registry_failure',
+           'example_rows', 'save_mlflow_model', 'log_model', 'download', 'load_logged', 'register', 'get_alias',
+           'resolve_version', 'verified_version', 'load_version']
 
 # %% ../notebooks/api/07_registry.ipynb #58cb37a2
 TRUSTED_TYPES = ["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -213,9 +213,45 @@ def registry_failure(what: str, # what was being done, e.g. "model churn @champi
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
     return RegistryError(f"{what}: registry error ({type(e).__name__}: {mask_url(first)})")
 
+EXAMPLE_MIN_COUNT = 10   # a text value seen fewer times than this never goes into a model's input example
+
+def _example_value(s, # a column of the model's input rows
+                   dropped: bool, # the model drops it first (free text)
+                   min_count: int, # a text value must be this frequent to be shown
+                  ):
+    "Return one value typed like `s` that identifies no row: a median, a frequent category, or a placeholder."
+    import pandas as pd
+    from mlopsnb.features import holds_numbers, to_number
+    v, name = s.dropna(), str(s.name)
+    if pd.api.types.is_bool_dtype(s): return bool(v.mode().iloc[0]) if len(v) else False
+    if pd.api.types.is_integer_dtype(s):    # one value per row: an id, whose median is someone's
+        return 0 if not len(v) or (v.nunique() == len(v) and len(v) >= min_count) else int(round(float(v.median())))
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_datetime64_any_dtype(s): return v.median() if len(v) else None
+    if dropped: return f"{name} text"
+    if holds_numbers(s): return f"{to_number(v).median():g}"
+    counts = v.astype(str).value_counts()
+    if len(counts) and counts.iloc[0] >= min_count: return v[v.astype(str) == counts.index[0]].iloc[0]
+    return None if isinstance(s.dtype, pd.CategoricalDtype) else f"{name} example"
+
+def example_rows(X, # the model's input rows (e.g. the training rows): only types and summary statistics are used
+                 model=None, # the fitted mlopsnb Pipeline: its dropped (free-text) columns get placeholder text
+                 n: int = 2, # rows to return
+                 min_count: int = EXAMPLE_MIN_COUNT, # a text value seen fewer times than this is replaced by a placeholder
+                ):
+    "Return `n` synthetic rows typed like `X` (medians, frequent categories, placeholders), row 2 blank where X has blanks."
+    import pandas as pd
+    try: dropped = set(model_parts(model)[1]) if model is not None else set()
+    except ValueError: dropped = set()
+    cols = {}
+    for c in X.columns:
+        values = [_example_value(X[c], str(c) in dropped, min_count)] * n
+        if n > 1 and X[c].isna().any(): values[1] = None      # the signature marks the column optional, as the data does
+        cols[c] = pd.Series(values, dtype=X[c].dtype, index=range(n))
+    return pd.DataFrame(cols, columns=X.columns)
+
 def save_mlflow_model(model, # fitted sklearn Pipeline
                       path: str | Path, # the directory to write (must not exist)
-                      X_example, # a few input rows (signature and input example)
+                      X_example, # input rows: only their types and summary statistics go into the model (`example_rows`)
                       mlflow_model=None, # an `mlflow.models.Model` carrying run and model ids
                       extra_files: dict[str, str | Path] | None = None, # {relative path in the model dir: file}
                       X_check=None, # held-out raw rows for the ONNX parity check (None: no ONNX copy)
@@ -225,13 +261,14 @@ def save_mlflow_model(model, # fitted sklearn Pipeline
     import mlflow.sklearn
     import pandas, sklearn, skops
     from mlflow.models import infer_signature
+    example = example_rows(X_example, model)     # synthetic: no training row reaches the model directory
     with warnings.catch_warnings():   # MLflow's hint about integer columns: the model's own inputs, nothing to act on
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        sig = infer_signature(X_example, model.predict_proba(X_example)[:, 1])
+        sig = infer_signature(example, model.predict_proba(example)[:, 1])
     # declared, not inferred: MLflow's inference imports the model in a subprocess (seconds per log)
     reqs = [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", f"pandas=={pandas.__version__}"]
     mlflow.sklearn.save_model(model, str(path), serialization_format="skops", skops_trusted_types=TRUSTED_TYPES,
-                              signature=sig, input_example=X_example.head(3), pyfunc_predict_fn="predict_proba",
+                              signature=sig, input_example=example, pyfunc_predict_fn="predict_proba",
                               pip_requirements=reqs, mlflow_model=mlflow_model)
     for rel, src in (extra_files or {}).items():
         (Path(path) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +278,7 @@ def save_mlflow_model(model, # fitted sklearn Pipeline
 
 def log_model(store, # where the run lives: a Store, Project or tracking URI
               model, # fitted sklearn Pipeline
-              X_example, # a few input rows (signature and input example)
+              X_example, # input rows: their types and summary statistics make the signature and input example
               run_id: str, # the run that produced the model
               name: str = "model", # the logged model's name
               extra_files: dict[str, str | Path] | None = None, # files to ship inside the model directory

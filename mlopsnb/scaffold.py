@@ -17,8 +17,9 @@ from pathlib import Path
 from .core import ConfigError, MlopsnbError, atomic_dir
 
 # %% auto #0
-__all__ = ['PACKAGED', 'POSITIVE_WORDS', 'POLICY', 'MAKEFILE', 'FIRST_TEST', 'GITIGNORE', 'ScaffoldError', 'template_files',
-           'template_root', 'describe_data', 'pipeline_yaml', 'ci_workflow', 'readme', 'new_project', 'add_commands']
+__all__ = ['PACKAGED', 'POSITIVE_WORDS', 'POLICY', 'MAKEFILE', 'FIRST_TEST', 'GITIGNORE', 'PACKAGE_VARIABLE', 'WHEEL_DIR',
+           'ScaffoldError', 'template_files', 'template_root', 'describe_data', 'pipeline_yaml', 'installed_wheel',
+           'package_source', 'ci_workflow', 'readme', 'new_project', 'add_commands']
 
 # %% ../notebooks/api/13_scaffold.ipynb #f2334ddd
 class ScaffoldError(MlopsnbError, ValueError):
@@ -114,7 +115,7 @@ def pipeline_yaml(reference: str, # the reference pipeline.yaml
     return reference[:i + 1] + POLICY
 
 MAKEFILE = """# `make run` builds the pipeline to a gated @champion; `make test` runs the tests.
-# mlopsnb comes from the environment it is installed in (pip install mlopsnb).
+# mlopsnb comes from the environment it is installed in (CI installs the package that .github/workflows/ci.yml names).
 PYTHON  ?= python3
 MLOPSNB ?= mlopsnb
 ARGS    ?=
@@ -139,6 +140,7 @@ clean:  ## remove products and the local MLflow store
 FIRST_TEST = '''"""First tests: the spec, env and task parameters validate, and the data has the columns env.yaml names."""
 from pathlib import Path
 
+import pytest
 from mlopsnb.config import Project, resolve_params
 from mlopsnb.data import check_columns, source_columns
 
@@ -152,27 +154,67 @@ def test_pipeline_env_and_task_params_validate():
 
 def test_data_has_the_columns_env_yaml_names():
     data = Project.load(ROOT, environ={}).env.data
+    if ":" not in data.source and not (ROOT / data.source).exists():
+        pytest.skip(f"{data.source} is not in this checkout (data/ is not committed)")
     check_columns(data, source_columns(data, ROOT))
 '''
 
-GITIGNORE = "products/\nmlruns/\nmlartifacts/\nmlflow.db\nmlflow.db-*\nmlflow.db.*\n.mlopsnb/\n.ipynb_checkpoints/\n__pycache__/\n.pytest_cache/\n"
+GITIGNORE = ("# your table stays out of git: data/ is copied in by `mlopsnb new`, not committed\ndata/\n"
+             "products/\nmlruns/\nmlartifacts/\nmlflow.db\nmlflow.db-*\nmlflow.db.*\n.mlopsnb/\n"
+             ".ipynb_checkpoints/\n__pycache__/\n.pytest_cache/\n")
+PACKAGE_VARIABLE = "MLOPSNB_PACKAGE"   # the CI variable naming what to install when the project carries no wheel
+WHEEL_DIR = "ci"                        # where a new project keeps the mlopsnb wheel its CI installs
 
-def ci_workflow(version: str) -> str:
-    "Return a GitHub Actions workflow: install mlopsnb, run the tests and a sample build."
+def installed_wheel() -> Path | None:
+    "Return the wheel file this mlopsnb was installed from, when pip recorded one and it still exists."
+    from importlib.metadata import PackageNotFoundError, distribution
+    from urllib.parse import unquote, urlparse
+    try: recorded = distribution("mlopsnb").read_text("direct_url.json")
+    except PackageNotFoundError: return None
+    url = json.loads(recorded).get("url", "") if recorded else ""
+    path = Path(unquote(urlparse(url).path)) if url.startswith("file://") else None
+    return path if path is not None and path.suffix == ".whl" and path.is_file() else None
+
+def package_source(package: str | None = None, # --package: a wheel file, or an https:// / git+https:// URL
+                  ) -> tuple[str | None, Path | None]:
+    "Return (what the new project's CI installs, a wheel to copy into it); (None, None): the CI variable names it."
+    if package is None:
+        wheel = installed_wheel()
+        return (f"./{WHEEL_DIR}/{wheel.name}", wheel) if wheel else (None, None)
+    if package.startswith(("https://", "git+https://")): return package, None
+    wheel = Path(package)
+    if wheel.suffix == ".whl" and wheel.is_file(): return f"./{WHEEL_DIR}/{wheel.name}", wheel
+    raise ScaffoldError(f"--package {package}: expected a wheel file (.whl) or an https:// or git+https:// URL "
+                        "(never a bare name, which installs whatever a public index holds under it)")
+
+def ci_workflow(package: str | None, # what CI installs: a wheel path, a URL; None: the CI variable MLOPSNB_PACKAGE
+                data: str | None = None, # the project's own table (not committed): the sample build needs it in the checkout
+               ) -> str:
+    "Return a GitHub Actions workflow: install the named mlopsnb package, run the tests and a sample build."
+    install = (f'pip install "{package}" pytest' if package else
+               f'test -n "${PACKAGE_VARIABLE}" || {{ echo "set the repository variable {PACKAGE_VARIABLE} to the mlopsnb '
+               f'wheel URL to install"; exit 1; }}\n          pip install "${PACKAGE_VARIABLE}" pytest')
+    build = '      - run: make run ARGS="--env sample=600"     # a sample build, through the same gates\n'
+    if data:
+        build = (f"      # {data} is not committed (.gitignore): add a step that puts it there, or point data.source\n"
+                 f"      # at a store CI can read; until then the sample build is skipped\n"
+                 f"      - if: hashFiles('{data}') != ''\n"
+                 f'        run: make run ARGS="--env sample=600"\n')
+    env = "" if package else f"    env:\n      {PACKAGE_VARIABLE}: ${{{{ vars.{PACKAGE_VARIABLE} }}}}\n"
     return f"""name: ci
 on: [push, pull_request]
 jobs:
   test:
     runs-on: ubuntu-latest
-    steps:
+{env}    steps:
       - uses: actions/checkout@v4
       - uses: actions/setup-python@v5
         with:
           python-version: "3.11"
-      - run: pip install "mlopsnb=={version}" pytest
+      - run: |
+          {install}
       - run: make test
-      - run: make run ARGS="--env sample=600"     # a sample build, through the same gates
-"""
+{build}"""
 
 def readme(name: str) -> str:
     "Return the new project's README (`name`: its registered model)."
@@ -207,14 +249,15 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
                 target: str | None = None, # its column to predict (with `data`)
                 positive: str | None = None, # the target's positive value (found when obvious)
                 git: bool = True, # git init and commit, so the first build is from a clean commit
+                package: str | None = None, # what CI installs: a wheel file or URL (default: the wheel mlopsnb came from)
                ) -> Path:
     "Create a new project from the installed package's reference project; return its folder."
-    from mlopsnb import __version__
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())): raise ScaffoldError(f"{dest}: exists and is not empty")
     if (data is None) != (target is None): raise ScaffoldError("--data and --target go together (the table and the column to predict)")
     if positive is not None and data is None: raise ScaffoldError("--positive needs --data and --target")
     ref, name = template_root(), _name(dest)
+    source, wheel = package_source(package)
     if data is not None:
         data = Path(data)
         label, columns = describe_data(data, target, positive)
@@ -235,7 +278,10 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             (tmp / "contracts").mkdir(exist_ok=True)
         (tmp / "Makefile").write_text(MAKEFILE, encoding="utf-8")
         (tmp / "tests").mkdir(); (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
-        (tmp / ".github" / "workflows").mkdir(parents=True); (tmp / ".github/workflows/ci.yml").write_text(ci_workflow(__version__), encoding="utf-8")
+        if wheel is not None: (tmp / WHEEL_DIR).mkdir(); shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
+        (tmp / ".github" / "workflows").mkdir(parents=True)
+        ci = ci_workflow(source, f"data/{data.name}" if data is not None else None)
+        (tmp / ".github/workflows/ci.yml").write_text(ci, encoding="utf-8")
         (tmp / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
         from mlopsnb.config import check_pipeline, load_env
         try: env = load_env(tmp); check_pipeline(tmp)     # what was written validates, before it is put in place
@@ -247,10 +293,13 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
 # %% ../notebooks/api/13_scaffold.ipynb #629f362e
 def _new(a):
     from mlopsnb.config import load_env
-    dest = new_project(a.dir, a.data, a.target, a.positive)
+    dest = new_project(a.dir, a.data, a.target, a.positive, package=a.package)
     env = load_env(dest)
     print(f"created {dest} ({'your data: ' + env.data.source if a.data else 'the embedded default data: ' + env.data.source}; "
           f"target {env.data.target} = {env.data.positive}), committed to a new git repository")
+    source = package_source(a.package)[0]
+    print(f"CI installs mlopsnb from {source}" if source else
+          f"CI installs the mlopsnb package named by the repository variable {PACKAGE_VARIABLE} (a wheel URL): set it")
     print(f"next:\n  cd {dest}\n  make run      # build to a gated @champion\n  make test     # the project's tests")
     return 0
 
@@ -263,4 +312,6 @@ def add_commands(sub, # the `mlopsnb` subparsers
     s.add_argument("--data", help="your table (.csv or .parquet), copied into the project's data/ (default: the embedded churn data)")
     s.add_argument("--target", help="the column to predict (with --data)")
     s.add_argument("--positive", help="the target's positive class (found when it is plainly 1, true or yes)")
+    s.add_argument("--package", help="what the project's CI installs: an mlopsnb wheel file (copied into ci/) or an "
+                                     "https:// URL (default: the wheel this mlopsnb was installed from)")
     s.set_defaults(fn=_new)

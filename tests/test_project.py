@@ -27,10 +27,38 @@ def test_environment_yml_agrees_with_settings_ini():
     deps = env["dependencies"]
     assert f"python={cfg['DEFAULT']['min_python']}" in deps
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
-    assert pip == ["-e .[dev]"]                     # every package comes from settings.ini, nothing listed twice
+    assert pip == ["-r requirements.lock"]          # every package comes from settings.ini through the lock, nothing listed twice
+    assert "pip install --no-deps -e ." in (ROOT / "environment.yml").read_text()
     assert not [d for d in deps if isinstance(d, str) and d not in {"pip", f"python={cfg['DEFAULT']['min_python']}"}]
     reqs = cfg["DEFAULT"]["requirements"].split()
     assert "nbdev==2.4.14" in reqs and "ploomber==0.23.3" in reqs
+
+
+def locked(path) -> dict[str, str]:
+    "Return {normalised name: version} of a lock file made by `make lock` (a name may be pinned per platform: kept once)."
+    from packaging.utils import canonicalize_name
+    found = (re.match(r"([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^ ;\\]+)", l) for l in path.read_text().splitlines())
+    return {canonicalize_name(m[1]): m[2] for m in found if m}
+
+
+def test_lock_pins_every_declared_requirement_with_hashes():
+    "requirements.lock is fresh: each requirement of settings.ini pinned, in its range, hashed; uv pinned as the Makefile says."
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    cfg = configparser.ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+    pins = locked(ROOT / "requirements.lock")
+    for req in map(Requirement, cfg["DEFAULT"]["requirements"].split() + cfg["DEFAULT"]["dev_requirements"].split()):
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req} is not in requirements.lock: run `make lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), f"requirements.lock pins {name}=={pins[name]}, outside {req}"
+    text = (ROOT / "requirements.lock").read_text()
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2])
+    assert all("--hash=sha256:" in b for b in blocks if "==" in b), "a pin without a hash"
+    assert int(pins["skops"].split(".")[1]) >= 12                                       # CVE-2025-54412, CVE-2025-54413
+    uv = re.search(r"^UV_VERSION\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)[1]
+    assert locked(ROOT / "requirements-uv.lock") == {"uv": uv}
+    make = (ROOT / "Makefile").read_text()
+    assert "--require-hashes" in make and "--no-deps" in make and "pip install -e" not in make
 
 
 def test_ci_runs_what_the_readme_says():

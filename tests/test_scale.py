@@ -3,9 +3,12 @@
 The PostgreSQL tests start the real server (initdb + pg_ctl, as a non-root user, on 127.0.0.1 on a free port) and
 a real `mlflow server` on it; they skip, saying why, where no PostgreSQL can be found or installed.
 """
+import http.client
+import http.server
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -13,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -388,3 +392,76 @@ def test_team_store_through_mlflow_server(mlflow_server, tmp_path):
     assert exp.artifact_location.startswith("mlflow-artifacts:")                 # placed by the server, not a client's disk
     assert any(served.rglob("*.ipynb")) and any(served.rglob("MLmodel"))           # notebooks and models on the server
     assert not any((p / "mlartifacts").exists() for p in projects) and not (tmp_path / "unused").exists()
+
+
+
+class SlowDeletes(http.server.BaseHTTPRequestHandler):
+    "A proxy in front of the MLflow server that holds each DELETE for up to a second: a slow link between contenders and store."
+    target: tuple[str, int] = ("127.0.0.1", 0)
+
+    def forward(self):
+        if self.command == "DELETE": time.sleep(random.uniform(0, 1.0))
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        conn = http.client.HTTPConnection(*self.target, timeout=60)
+        conn.request(self.command, self.path, body=body,
+                     headers={k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")})
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"): self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = do_PATCH = forward
+
+    def log_message(self, *args): pass
+
+
+CONTENDER = """import json, os, sys, time
+from mlopsnb.config import Store
+from mlopsnb.promotion import registry_lock
+url, events, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+store = Store(url)
+store.client().search_registered_models(max_results=1)          # imports and the first connection done before the start
+time.sleep(max(0.0, start - time.time()))
+with registry_lock(store, timeout=240):
+    with open(events, "a") as f: f.write(json.dumps(["in", os.getpid()]) + "\\n")
+    time.sleep(1.0)
+    with open(events, "a") as f: f.write(json.dumps(["out", os.getpid()]) + "\\n")
+"""
+
+
+@pytest.mark.slow
+def test_lock_record_takeover_is_won_by_one_contender(mlflow_server, tmp_path):
+    "Contenders over an abandoned lock record on a real MLflow server (DELETEs slowed): one holds the lock at a time, each gets it."
+    from mlopsnb.config import Store
+    from mlopsnb.promotion import LOCK_MODEL
+    url, _ = mlflow_server
+    client, contenders = Store(url).client(), 6
+    SlowDeletes.target = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDeletes)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    slow = f"http://127.0.0.1:{proxy.server_address[1]}"
+    try:
+        for rnd in range(3):
+            # a record left by a holder on another machine, past its lease: every contender sees it abandoned at once
+            client.create_registered_model(LOCK_MODEL, tags={"host": "elsewhere", "pid": "1", "token": f"gone{rnd}", "since": "0"})
+            events = tmp_path / f"events{rnd}.jsonl"
+            start = time.time() + 15
+            procs = [subprocess.Popen([str(BIN / "python"), "-c", CONTENDER, slow, str(events), str(start)], env=clean_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(contenders)]
+            outs = [p.communicate(timeout=400) for p in procs]
+            assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+            seen, holders = [json.loads(l) for l in events.read_text().splitlines()], set()
+            for kind, pid in seen:                                           # the order the holders wrote in
+                if kind == "in": holders.add(pid)
+                else: holders.discard(pid)
+                assert len(holders) <= 1, f"round {rnd}: two holders at once: {seen}" + "".join(e[-1500:] for _, e in outs)
+            assert len(seen) == 2 * contenders, seen                        # each contender held it once
+            left = [m.name for m in client.search_registered_models(f"name LIKE '{LOCK_MODEL}%'")]
+            assert left == [], left                                          # no record and no takeover claim left behind
+    finally:
+        proxy.shutdown()

@@ -2,6 +2,7 @@
 # # get_data
 # Load the data source named in env.yaml (`data`) into the modelling table: the source's raw
 # values (the model itself drops and converts columns), the target encoded 0/1 from its positive label.
+# It shows the table's schema and summary statistics, never its rows.
 
 # %% tags=["parameters"]
 upstream = None
@@ -12,7 +13,7 @@ seed = None    # sampling seed
 
 # %%
 from mlopsnb.config import DataConfig
-from mlopsnb.data import frame_digest, load_data, write_frame
+from mlopsnb.data import frame_digest, load_data, table_summary, write_frame
 from mlopsnb.tracking import log_metrics, set_tags, task_root
 
 # %%
@@ -25,4 +26,5 @@ log_metrics(rows=len(df), columns=df.shape[1], positive_rate=float(df[cfg.target
 print(f"{len(df):,} rows x {df.shape[1]} columns from {cfg.source} (digest {digest[:12]})")
 
 # %%
-df.head()
+# the schema and summary statistics, no row: this notebook is an MLflow artifact (add `df.head()` when running by hand)
+table_summary(df, ids=cfg.ids)

@@ -45,8 +45,9 @@ test = read_frame(upstream["split_data"]["test"])
 held_out = model.predict_proba(test.drop(columns=[target, *ids]))[:, 1]
 write_json(reference_profile(X_train.drop(columns=[c for c in drop or [] if c in X_train.columns]), held_out, test[target],
                              classification_metrics(test[target], held_out)), product["reference"])
-# hashed, then uploaded as is: the model that is evaluated, timed and registered is these bytes
-logged = log_model(task_store(), model, X_train.head(20), current_run_id(), extra_files={TRAINING_ROWS_FILE: product["rows"], REFERENCE_FILE: product["reference"]},
+# hashed, then uploaded as is: the model that is evaluated, timed and registered is these bytes; its signature and
+# input example are synthetic rows typed like X_train (medians, frequent categories, placeholders), none of its rows
+logged = log_model(task_store(), model, X_train, current_run_id(), extra_files={TRAINING_ROWS_FILE: product["rows"], REFERENCE_FILE: product["reference"]},
                    local_copy=product["model"], X_check=X_val)   # X_val: the ONNX copy's parity check
 write_json({**logged, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
             "features": list(X_train.columns)}, product["info"])
