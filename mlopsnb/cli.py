@@ -202,8 +202,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="registered model name (default: env.yaml's model_name)")
     s.add_argument("--version", default="@champion", help="version number or @alias to serve (default @champion, followed on reload)")
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--threshold", type=float, help="decision threshold for every version served, overriding the one each version "
-                   "carries (mlopsnb/serving.json; a version without it: the spec's threshold)")
+    s.add_argument("--threshold", type=float, help="decision threshold for every version served, overriding the one "
+                   "each "
+                   "version carries (mlopsnb/serving.json; a version without it: the spec's threshold)")
     s.add_argument("--reload-interval", type=float, default=5.0, help="seconds between checks of the alias (0: never)")
     s.add_argument("--max-body", type=int, default=1 << 20, help="request body cap in bytes (default 1 MiB)")
     s.add_argument("--max-rows", type=int, default=10_000, help="rows per request cap")
@@ -212,15 +213,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-log", action="store_true", help="do not log predictions")
     s.add_argument("--log-max-mb", type=float, default=0, metavar="MB",
                    help="rotate the prediction log when it reaches MB (renamed <name>-<UTC time>.db; default 0: never)")
-    s.add_argument("--log-rotate-hours", type=float, default=24, metavar="H", help="rotate the prediction log every H hours (default 24; 0: never)")
+    s.add_argument("--log-rotate-hours", type=float, default=24, metavar="H",
+                   help="rotate the prediction log every H hours (default 24; 0: never)")
     s.add_argument("--log-retention-days", type=float, default=30, metavar="D",
                    help="delete rotated prediction logs older than D days (default 30; 0: keep them)")
     s.add_argument("--log-queue", type=int, default=100_000, metavar="ROWS",
-                   help="scored rows waiting to be logged at most; beyond, rows are dropped and counted (default 100000)")
+                   help="scored rows waiting to be logged at most; beyond, rows are dropped, counted (default 100000)")
     s.add_argument("--log-required", action=argparse.BooleanOptionalAction, default=True,
-                   help="/ready answers 503 while the prediction log cannot be written (default: required; --no-log-required: serve on)")
+                   help="/ready answers 503 while the prediction log cannot be written (default; or not)")
     s.add_argument("--log-key-env", default="MLOPSNB_LOG_KEY", metavar="VAR",
-                   help="environment variable holding the key that hashes personal columns in the log (default MLOPSNB_LOG_KEY; unset: they are dropped)")
+                   help="environment variable holding the key that hashes personal columns in the log "
+                        "(default MLOPSNB_LOG_KEY; unset: they are dropped)")
     s.add_argument("--canary", type=float, default=0.0, metavar="FRACTION",
                    help="answer this fraction of requests with @challenger (sticky per X-Request-Key header, else per id of a one-record request)")
     s.add_argument("--shadow", action="store_true", help="also score every request with @challenger off the request path and log it as shadow (never returned)")
@@ -231,8 +234,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("input"); s.add_argument("output")
     s.add_argument("--model", help="registered model name (default: env.yaml's model_name)")
     s.add_argument("--version", default="@champion", help="version number or @alias (default @champion)")
-    s.add_argument("--threshold", type=float, help="decision threshold, overriding the version's own (default: the one it carries, "
-                   "mlopsnb/serving.json; a version without it: the spec's threshold)")
+    s.add_argument("--threshold", type=float, help="decision threshold, overriding the version's own (default: the one "
+                   "it "
+                   "carries, mlopsnb/serving.json; a version without it: the spec's threshold)")
     s.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
     s.add_argument("--dask", action="store_true", help="score partition by partition on Dask (a LocalCluster unless --scheduler)")
     s.add_argument("--workers", type=int, help="with --dask: LocalCluster worker processes (default: one per core)")
@@ -284,7 +288,7 @@ def _ui(a):
 
 # %% ../notebooks/api/09_cli.ipynb #317274f6
 def _scorer_args(a, project) -> dict:
-    "What `load_scorer` gets: --threshold (an override), and for a version that carries none, the project's contract and ids and the spec's threshold."
+    "What `load_scorer` gets: --threshold (an override); the project's contract, ids, threshold as fallbacks."
     from mlopsnb.data import read_contract
     from mlopsnb.monitor import spec_threshold
     path = project.env.data.contract_path(project.root)
@@ -303,7 +307,8 @@ def _serve(a):
     challenger, split = _challenger(a, project, name, kw)
     follow = a.version.startswith("@") and a.reload_interval > 0
     plog = None if a.no_log else _prediction_log(a, project, scorer)
-    app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog, log_required=a.log_required,
+    app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
+                   log_required=a.log_required,
                    reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0,
                    challenger=challenger, canary=a.canary, shadow=a.shadow, micro_batch_ms=a.micro_batch_ms,
                    reload_challenger=alias_reloader(project.store, "@challenger", name, **kw) if split and a.reload_interval > 0 else None)
@@ -318,15 +323,17 @@ def _serve(a):
     return 0
 
 def _prediction_log(a, project, scorer):
-    "The prediction log of `mlopsnb serve`, its key from the environment; a warning when personal columns go unlogged for want of one."
+    "The prediction log of `mlopsnb serve`, its key from the environment; a warning when personal columns go unlogged."
     from mlopsnb.serve import PredictionLog
     key = os.environ.get(a.log_key_env) or None
     hashed = [c for c, how in scorer.pii.items() if how == "hash"]
     if key is None and hashed:
-        print(f"mlopsnb: warning: {a.log_key_env} is not set: personal columns ({', '.join(hashed)}) are left out of the prediction log "
-              f"(set it to log them as a keyed hash: monitoring joins labels on the ids)", file=sys.stderr, flush=True)
-    return PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db", max_bytes=int(a.log_max_mb * 2 ** 20) or None,
-                         max_age_s=a.log_rotate_hours * 3600 or None, max_queue=a.log_queue, retention_days=a.log_retention_days or None, key=key)
+        print(f"mlopsnb: warning: {a.log_key_env} is not set: personal columns ({', '.join(hashed)}) are left out of "
+              f"the prediction log (set it to log them as a keyed hash: monitoring joins labels on the ids)",
+              file=sys.stderr, flush=True)
+    return PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db",
+                         max_bytes=int(a.log_max_mb * 2 ** 20) or None, max_age_s=a.log_rotate_hours * 3600 or None,
+                         max_queue=a.log_queue, retention_days=a.log_retention_days or None, key=key)
 
 def _challenger(a, project, name: str, kw: dict):
     "The @challenger Scorer for --canary/--shadow (None, with a warning line, while there is none) and whether one is wanted."
@@ -366,7 +373,8 @@ def _progress_line(src: str, done: int, total: int | None, seconds: float) -> No
 def _score(a):
     from mlopsnb.serve import load_scorer, record_scoring, same_file, score_file
     if same_file(a.input, a.output):    # before anything: the input stays as it is
-        raise MlopsnbError(f"{a.output}: is the input file {a.input}; the scores would replace it (write them to another file)")
+        raise MlopsnbError(f"{a.output}: is the input file {a.input}; the scores would replace it "
+                           "(write them elsewhere)")
     project = _project(a)
     name = a.model or project.env.model_name
     if (a.workers is not None or a.scheduler) and not a.dask: raise MlopsnbError("--workers and --scheduler go with --dask")

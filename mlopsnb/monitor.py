@@ -35,14 +35,15 @@ def read_log(path: str | Path, # the prediction log (SQLite); the files it was r
              version: str | None = None, # only rows this version answered
              chunk_rows: int = 50_000, # rows per chunk
             ):
-    "Yield (features frame, scores, versions, times, authenticated, masking) chunks of the prediction log's scored rows in a window."
+    "Yield (features frame, scores, versions, times, authenticated, masking) chunks of the log's rows in a window."
     import sqlite3
     import numpy as np
     import orjson
     import pandas as pd
     from mlopsnb.serve import _rotated_at, rotated_logs
     path = Path(path)
-    files = [f for f in rotated_logs(path) if since is None or _rotated_at(f, path.suffix) >= since] + ([path] if path.is_file() else [])
+    files = [f for f in rotated_logs(path) if since is None or _rotated_at(f, path.suffix) >= since]   # oldest first
+    files += [path] if path.is_file() else []
     if not files: raise DataError(f"prediction log {path}: file not found (serve with --log, or pass --current FILE)")
     where, args = ["model = ?"], [model]
     if since is not None: where.append("ts >= ?"); args.append(since)
@@ -52,12 +53,14 @@ def read_log(path: str | Path, # the prediction log (SQLite); the files it was r
         con = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
         try:
             try:
-                have = {r[1] for r in con.execute("PRAGMA table_info(scored)")}     # a log older than `auth` and `masking`: neither
+                have = {r[1] for r in con.execute("PRAGMA table_info(scored)")}     # a log before `auth`, `masking`
                 extra = ", ".join(c if c in have else f"NULL AS {c}" for c in ("auth", "masking"))
-                cur = con.execute(f"SELECT features, probability, version, ts, {extra} FROM scored WHERE {' AND '.join(where)} ORDER BY seq", args)
+                cur = con.execute(f"SELECT features, probability, version, ts, {extra} FROM scored "
+                                  f"WHERE {' AND '.join(where)} ORDER BY seq", args)
             except sqlite3.DatabaseError as e: raise DataError(f"prediction log {f}: cannot read ({e})") from None
             while rows := cur.fetchmany(chunk_rows):
-                yield (pd.DataFrame.from_records([orjson.loads(r[0]) for r in rows]), np.array([r[1] for r in rows], dtype=float),
+                yield (pd.DataFrame.from_records([orjson.loads(r[0]) for r in rows]),
+                       np.array([r[1] for r in rows], dtype=float),
                        np.array([r[2] for r in rows], dtype=object), np.array([r[3] for r in rows], dtype=float),
                        np.array([bool(r[4]) for r in rows]), [r[5] for r in rows])
         finally: con.close()
@@ -113,7 +116,7 @@ def _keys(df, ids: list[str]) -> list[str]:
     return ["\x1f".join(t) for t in zip(*([id_text(v) for v in df[c].tolist()] for c in ids))]
 
 class _LogLabels:
-    "Join labels (keyed by clear ids) with prediction-log rows whose ids may be clear, hashed with the service's key, or dropped."
+    "Join labels (keyed by clear ids) with log rows whose ids are clear, hashed (the service's key) or dropped."
     def __init__(self, labels: dict, ids: list[str], hasher, log):
         self.labels, self.ids, self.hasher, self.log, self.maps, self.dropped = labels, ids, hasher, log, {}, 0
 
@@ -122,11 +125,13 @@ class _LogLabels:
         import numpy as np
         from mlopsnb.serve import id_text
         if any(c not in df.columns for c in self.ids) and all(m is None for m in masking):
-            raise DataError(f"prediction log {self.log}: the logged rows carry no id columns ({', '.join(self.ids)}) to join labels on")
+            raise DataError(f"prediction log {self.log}: the logged rows carry no id columns ({', '.join(self.ids)}) "
+                            "to join labels on")
         y, clear = np.full(len(df), np.nan), [None] * len(df)
         for m, rows in _groups(masking).items():
             how = tuple(self._how(json.loads(m) if m else {}, c) for c in self.ids)
-            if "dropped" in how: self.dropped += len(rows); continue       # the service had no key: these rows cannot be joined
+            if "dropped" in how:          # the service had no key: these rows cannot be joined
+                self.dropped += len(rows); continue
             table = self._map(how)
             vals = [df[c].to_numpy()[rows] for c in self.ids]
             for i, parts in zip(rows, zip(*vals)):
@@ -135,19 +140,24 @@ class _LogLabels:
         return y, clear
 
     def _how(self, masking: dict, c: str) -> str:
-        "How id column `c` was logged: clear, hash (with this key) or dropped; DataError if hashed with another key or none is given."
+        "How id column `c` was logged: clear, hash (this key) or dropped; DataError if another key or none."
         tag = masking.get(c)
         if tag is None: return "clear"
         if tag == "dropped": return "dropped"
-        if self.hasher is None: raise DataError(f"prediction log {self.log}: ids are hashed ({tag}); set MLOPSNB_LOG_KEY to the service's key to join labels")
+        if self.hasher is None:
+            raise DataError(f"prediction log {self.log}: ids are hashed ({tag}); set MLOPSNB_LOG_KEY to the service's "
+                            "key to join labels")
         if tag != self.hasher.tag:
-            raise DataError(f"prediction log {self.log}: ids were hashed with another key ({tag}, not {self.hasher.tag}): set MLOPSNB_LOG_KEY to the service's")
+            raise DataError(f"prediction log {self.log}: ids were hashed with another key ({tag}, "
+                            f"not {self.hasher.tag}): set MLOPSNB_LOG_KEY to the service's")
         return "hash"
 
     def _map(self, how: tuple) -> dict:
         "{log key: (label, clear id parts)} for rows whose ids were logged as `how` says."
         if how not in self.maps:
-            self.maps[how] = {"\x1f".join(self.hasher(p) if h == "hash" else p for p, h in zip(k.split("\x1f"), how)): (v, k.split("\x1f"))
+            split = {k: k.split("\x1f") for k in self.labels}
+            key = lambda k: "\x1f".join(self.hasher(p) if h == "hash" else p for p, h in zip(split[k], how))
+            self.maps[how] = {key(k): (v, split[k])
                               for k, v in self.labels.items()}
         return self.maps[how]
 
@@ -163,7 +173,7 @@ def load_reference(store, # a Store, Project or tracking URI
                    version: str = "@champion", # version number or @alias
                    with_model: bool = False, # also load the model (to score a file)
                   ) -> dict:
-    "Return {version, reference, recorded metrics, model, serving} of a registered version, verified against its manifest."
+    "Return {version, reference, recorded metrics, model, serving} of a registered version, verified (its manifest)."
     from mlopsnb.promotion import EVIDENCE_TAG
     from mlopsnb.registry import MODEL_FILE, load_model, verified_version
     from mlopsnb.serve import read_serving
@@ -180,11 +190,12 @@ def load_reference(store, # a Store, Project or tracking URI
 
 NOT_AUTHENTICATED = "not authenticated: the service answered it without a bearer token"
 
-def _chunks_of(current, log, name, since, until, version, cfg, model, label_column, labels, ids, positive, profiled=(), joiner=None):
-    "Yield (frame, scores, versions, labels, raw rows, why each row may not retrain or None, masked columns) from a file or the prediction log."
+def _chunks_of(current, log, name, since, until, version, cfg, model, label_column, labels, ids, positive, profiled=(),
+               joiner=None):
+    "Yield (frame, scores, versions, labels, raw rows, why a row may not retrain, masked columns) of a file or the log."
     import numpy as np
     from mlopsnb.registry import model_parts
-    if current is not None:     # scored with `model`; only the columns the model and the profile read, unless `profiled` is None
+    if current is not None:     # scored with `model`; only the columns the model and the profile read (or all)
         inputs = model_parts(model)[0]
         wanted = None if profiled is None else [*inputs, *profiled, *ids, *([label_column] if label_column else [])]   # None: every column
         for df in read_chunks(current, cfg.chunk_rows, wanted):
@@ -198,17 +209,19 @@ def _chunks_of(current, log, name, since, until, version, cfg, model, label_colu
     for df, s, vs, _, auth, masking in read_log(log, name, since, until, version, cfg.chunk_rows):
         y, clear, raw = None, None, df
         if joiner is not None: y, clear = joiner.join(df, masking)
-        if clear is not None and any(k is not None for k in clear):      # labelled rows get their clear ids back from the labels file
+        if clear is not None and any(k is not None for k in clear):      # labelled rows: their ids from the labels file
             raw = df.copy()
             for j, c in enumerate(ids):
                 old = df[c].tolist() if c in df.columns else [None] * len(df)
                 raw[c] = [k[j] if k is not None else o for k, o in zip(clear, old)]
         why = np.array([None if a else NOT_AUTHENTICATED for a in auth], dtype=object)
         masked = set()
-        for m, rows in _groups(masking).items():       # personal model inputs hashed or dropped: no drift on them, no retraining on the rows
+        for m, rows in _groups(masking).items():       # personal model inputs hashed or dropped: no drift, no retrain
             personal = sorted(set(json.loads(m)) - set(ids)) if m else []
             masked |= set(personal)
-            if personal: why[[i for i in rows if why[i] is None]] = f"personal model inputs not logged as sent ({', '.join(personal)})"
+            if personal:
+                reason = f"personal model inputs not logged as sent ({', '.join(personal)})"
+                why[[i for i in rows if why[i] is None]] = reason
         yield df.drop(columns=[c for c in masked if c in df.columns]), s, vs, y, raw, why, masked
 
 def monitor(store, # a Store, Project or tracking URI
@@ -226,8 +239,8 @@ def monitor(store, # a Store, Project or tracking URI
             policy=None, # a PromotionPolicy: the performance estimate is flagged below its minimums
             keep_labelled: bool = False, # keep the labelled rows (raw) in the result, for a retrain
             threshold_source: str = "--threshold", # what set `threshold`
-            fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source for a version carrying none (`spec_threshold`)
-            log_key: str | bytes | None = None, # the key the service hashed ids with (MLOPSNB_LOG_KEY), to join labels with the log
+            fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
+            log_key: str | bytes | None = None, # the key the service hashed ids with (MLOPSNB_LOG_KEY): to join labels
            ) -> dict:
     "Compare current data with the version's reference; return the summary (status ok / warn / drift and why)."
     import numpy as np
@@ -239,7 +252,8 @@ def monitor(store, # a Store, Project or tracking URI
     prof, v = ref["reference"], ref["version"]
     t, t_source = decision_threshold(ref["serving"], v, threshold, threshold_source, fallback)
     lab = read_labels(labels, list(ids), label_column or "label", positive) if labels else None
-    joiner = _LogLabels(lab, list(ids), LogHasher(log_key) if log_key else None, log) if lab is not None and current is None else None
+    hasher = LogHasher(log_key) if log_key else None
+    joiner = _LogLabels(lab, list(ids), hasher, log) if lab is not None and current is None else None
     acc, kept, masked = DriftAccumulator(prof, t), [], set()
     for df, s, vs, y, raw, why, m in _chunks_of(current, log, name, since, until, version and v, cfg, ref["model"],
                                                 label_column if not labels else None, lab, list(ids), positive,
@@ -250,10 +264,12 @@ def monitor(store, # a Store, Project or tracking URI
             kept.append(raw[ok].assign(**{"__label__": y[ok], "__refused__": why[ok] if why is not None else None}))
     if acc.rows == 0: raise DataError(f"no current rows for model {name}" + (f" in {current}" if current else f" in the prediction log's window ({log})"))
     if joiner is not None and joiner.dropped == acc.rows:
-        raise DataError(f"prediction log {log}: its rows carry no ids (the service ran without MLOPSNB_LOG_KEY), so labels cannot be joined")
+        raise DataError(f"prediction log {log}: its rows carry no ids (the service ran without MLOPSNB_LOG_KEY), "
+                        "so labels cannot be joined")
     res = drift_results(acc, cfg, v if v in acc.versions else None)
     for c in sorted(masked & acc.absent):      # personal inputs the log does not keep as sent: not judged, said so
-        res["features"][c] = {"kind": prof["columns"][c]["kind"], "status": "ok", "reason": "not in the prediction log as sent (personal data)"}
+        res["features"][c] = {"kind": prof["columns"][c]["kind"], "status": "ok",
+                              "reason": "not in the prediction log as sent (personal data)"}
     reasons = [f"{c}: {r.get('reason') or _why(r, cfg)}" for c, r in res["features"].items() if r["status"] != "ok"]
     if res["score"] and res["score"]["status"] != "ok": reasons.append(f"scores: {_why(res['score'], cfg)}")
     perf = _performance(acc, prof, ref["recorded"], cfg, v, policy)
@@ -320,12 +336,12 @@ def monitor_config(project, # the loaded Project
     return next((m for ps in found.values() for m in ps.values()), MonitorConfig())
 
 def spec_threshold(project) -> tuple[float, str]:
-    "Return the training spec's decision threshold and where it is declared: its `threshold` params when they agree, else 0.5."
+    "Return the spec's decision threshold and where it is declared: its `threshold` params if they agree, else 0.5."
     from mlopsnb.branches import spec_entry_names
     from mlopsnb.config import read_yaml, resolve_params
     found = [(t, ps["threshold"]) for t, ps in resolve_params(project.root, project.env, project.spec_file).items()
              if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    entry = spec_entry_names(read_yaml(project.root / project.spec_file), project.spec_file)   # a task's branches are one entry
+    entry = spec_entry_names(read_yaml(project.root / project.spec_file), project.spec_file)   # branches: one entry
     entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
     if len(values) == 1: return values.pop(), f"{project.spec_file}: " + ", ".join(f"{e}.threshold" for e in entries)
     return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file} disagree)" if found else "")
@@ -362,14 +378,15 @@ def _monitor_cmd(a) -> int:
     if a.history: return _print_history(project, cfg, name)
     until = _parse_time(a.until) or time.time()
     since = _parse_time(a.since) or until - 3600 * (a.hours or cfg.window_hours)
-    explicit = a.threshold if a.threshold is not None else cfg.threshold      # else the version's own (spec_threshold: for one carrying none)
+    explicit = a.threshold if a.threshold is not None else cfg.threshold      # None: the version's own
     retraining = a.retrain or cfg.retrain_on == "drift"
     data = project.env.data
     s = monitor(project.store, name, a.version, current=a.current,
                 log=None if a.current else Path(a.log) if a.log else project.products / "serving" / "predictions.db",
                 since=None if a.current else since, until=None if a.current else until, labels=a.labels,
                 label_column=a.label_column or (data.target if a.labels else None), ids=list(data.ids), positive=data.positive,
-                cfg=cfg, threshold=explicit, policy=spec_policy(project), keep_labelled=retraining, fallback=spec_threshold(project),
+                cfg=cfg, threshold=explicit, policy=spec_policy(project), keep_labelled=retraining,
+                fallback=spec_threshold(project),
                 threshold_source="--threshold" if a.threshold is not None else "the monitor config's threshold",
                 log_key=os.environ.get(a.log_key_env) or None)
     labelled = s.pop("labelled_rows", None)
@@ -407,9 +424,11 @@ def add_commands(sub, # the `mlopsnb` subparsers
     s.add_argument("--since", help="window start, ISO time (UTC unless it says)"); s.add_argument("--until", help="window end (default now)")
     s.add_argument("--labels", metavar="FILE", help="labels joined on the id columns (column: --label-column, default data.target)")
     s.add_argument("--label-column", help="the label column of --current (or of --labels)")
-    s.add_argument("--threshold", type=float, help="decision threshold (default: the monitor config's, else the one the version carries)")
+    s.add_argument("--threshold", type=float, help="threshold (default: the monitor config's, else the version's)")
     s.add_argument("--log-key-env", default="MLOPSNB_LOG_KEY", metavar="VAR",
-                   help="environment variable holding the key the service hashed ids with, to join --labels with the log (default MLOPSNB_LOG_KEY)")
+                   help="environment variable holding the key the service hashed ids with, to join --labels with the "
+                        "log "
+                        "(default MLOPSNB_LOG_KEY)")
     s.add_argument("--config", metavar="FILE", help="a YAML file of monitor settings (default: the serving spec's monitor param)")
     s.add_argument("--serve-spec", default="pipeline.serve.yaml", help="the serving spec holding the monitor param")
     s.add_argument("--webhook", metavar="URL", help="POST the JSON summary here on warn or drift")

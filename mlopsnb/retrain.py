@@ -10,15 +10,17 @@ __all__ = ['retraining_table', 'retrain']
 
 # %% ../notebooks/api/11e_retrain.ipynb #64f53a8b
 def retraining_table(source, # the training source's raw table
-                     labelled, # labelled current rows (raw columns, `__label__` 0/1, `__refused__`: why a row may not be used, or None)
+                     labelled, # labelled current rows (raw columns, `__label__` 0/1, `__refused__`: None or why not)
                      target: str, ids: list[str], positive, # data.target, data.ids, data.positive
                     ) -> tuple:
-    "Return the source table with the usable labelled rows appended (ids already present replaced), and {taken, replaced, refused: {why: rows}}."
+    "Return the source table with the usable labelled rows appended (ids present replaced), and what was taken/refused."
     import pandas as pd
     from mlopsnb.features import to_number
-    why = labelled["__refused__"] if "__refused__" in labelled.columns else pd.Series(None, index=labelled.index, dtype=object)
+    no = pd.Series(None, labelled.index, dtype=object)
+    why = labelled["__refused__"] if "__refused__" in labelled.columns else no
     ok = why.isna().to_numpy()
-    report = {"taken": int(ok.sum()), "replaced": 0, "refused": {str(k): int(n) for k, n in why[~ok].value_counts().items()}}
+    report = {"taken": int(ok.sum()), "replaced": 0,
+              "refused": {str(k): int(n) for k, n in why[~ok].value_counts().items()}}
     labelled = labelled[ok]
     values = [v for v in source[target].dropna().unique().tolist()]
     pos = next((v for v in values if str(v) == str(positive)), positive)
@@ -56,6 +58,7 @@ def retrain(project, # the loaded Project
                        env_file, project.spec_file)
     result = run(new, engine=engine)
     tags = {k: v for r in result.records for k, v in r.tags.items()}
-    return {"triggered": True, "ok": result.ok, "rows_added": rows["taken"], **counts, "training_rows": int(len(table)), "data": str(path),
+    return {"triggered": True, "ok": result.ok, "rows_added": rows["taken"], **counts, "training_rows": int(len(table)),
+            "data": str(path),
             "version": tags.get("mlopsnb.model_version"), "aliases": tags.get("mlopsnb.model_aliases"),
             "decision": tags.get("mlopsnb.model_decision"), "failures": [str(f) for f in result.failures]}

@@ -60,7 +60,7 @@ class Scorer:
     encoded: dict[str, set] = field(default_factory=dict)   # ONNX path: the categories its one-hot encoders know per column
     ranges: dict[str, tuple] = field(default_factory=dict)  # the data contract's (min, max) per number column (None: no bound); outside -> 422
     id_types: dict[str, str] = field(default_factory=dict)  # the data contract's type per id column: integer, number (others: text)
-    pii: dict[str, str] = field(default_factory=dict)       # personal columns: 'hash' or 'drop' in the prediction log (data contract `pii`)
+    pii: dict[str, str] = field(default_factory=dict)       # personal columns: 'hash' or 'drop' in the prediction log
 
     @property
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
@@ -215,7 +215,8 @@ def serving_info(threshold: float, # the decision threshold
     "Return what a model version carries for serving: its threshold and where it came from, its ids and data contract."
     t = float(threshold)
     if not 0.0 <= t <= 1.0: raise MlopsnbError(f"{source}: decision threshold {threshold} is not between 0 and 1")
-    return {"threshold": t, "threshold_source": source, "ids": list(ids), "contract": contract, "contract_file": contract_file}
+    return {"threshold": t, "threshold_source": source, "ids": list(ids), "contract": contract,
+            "contract_file": contract_file}
 
 def read_serving(folder: Path, # a verified model directory
                  what: str, # the version, named in errors
@@ -234,12 +235,14 @@ def decision_threshold(carried: dict | None, # the version's SERVING_FILE (None:
                        version: str, # the version number, named in the source
                        threshold: float | None = None, # an explicit threshold: overrides the version's
                        threshold_source: str = "--threshold", # what set `threshold`
-                       fallback: tuple[float, str] = (0.5, "default 0.5"), # for a version carrying none: the spec's (value, source)
+                       fallback: tuple[float, str] = (0.5, "default 0.5"), # for a version carrying none: the spec's
                       ) -> tuple[float, str]:
-    "Return the decision threshold of a model version and where it comes from: explicit, else the version's own, else `fallback`."
+    "Return a version's decision threshold and where it comes from: explicit, else the version's own, else `fallback`."
     if threshold is not None:
-        return float(threshold), threshold_source + (f" (version {version} carries {carried['threshold']:g})" if carried else "")
-    if carried is not None: return float(carried["threshold"]), f"version {version} ({carried.get('threshold_source') or SERVING_FILE})"
+        carries = f" (version {version} carries {carried['threshold']:g})" if carried else ""
+        return float(threshold), threshold_source + carries
+    if carried is not None:
+        return float(carried["threshold"]), f"version {version} ({carried.get('threshold_source') or SERVING_FILE})"
     return float(fallback[0]), f"{fallback[1]} (version {version} carries no {SERVING_FILE})"
 
 def pii_columns(contract: dict | None, # the version's data contract
@@ -268,19 +271,20 @@ def load_scorer(store, # a Store, Project or tracking URI
                 ids: list[str] = (), # the id columns of a version that carries none (data.ids)
                 threshold: float | None = None, # an explicit decision threshold: overrides the version's
                 threshold_source: str = "--threshold", # what set `threshold` (shown in /version)
-                fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source for a version carrying none (the spec's)
+                fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
                ) -> Scorer:
     "Download, verify (sha256 manifest) and load a registered version with the trusted-types loader; return its Scorer."
     try:
         with verified_version(store, name, version) as (local, v):
             model = load_model(local / MODEL_FILE, verify=False)
-            onnx = json.loads((local / ONNX_INFO).read_text()) if (local / ONNX_INFO).is_file() else {"converted": False, "reason": "no ONNX copy"}
+            onnx = (json.loads((local / ONNX_INFO).read_text()) if (local / ONNX_INFO).is_file()
+                    else {"converted": False, "reason": "no ONNX copy"})
             data = (local / ONNX_FILE).read_bytes() if onnx.get("converted") and (local / ONNX_FILE).is_file() else None
             sig_numbers = _signature_numbers(local)
             carried = read_serving(local, f"model {name} version {v}")
         inputs, dropped, coerced, _ = model_parts(model)
     except MlopsnbError: raise
-    except Exception as e:   # MLflow, the artifact store, the file system, a malformed file: one line, never a traceback
+    except Exception as e:   # MLflow, the artifact store, the file system, a malformed file: one line
         raise registry_failure(f"model {name} {version}", e) from e
     if carried is not None: contract, ids = carried.get("contract"), carried.get("ids", ids)
     t, source = decision_threshold(carried, v, threshold, threshold_source, fallback)
@@ -295,7 +299,8 @@ def load_scorer(store, # a Store, Project or tracking URI
     id_cols = [c for c in ids if c not in inputs]
     return Scorer(name, v, model, inputs, (sig_numbers | set(coerced)) & set(inputs), set(dropped), nullable, t, source,
                   id_cols, cats, session, onnx_kinds(session) if session else {}, onnx, encoded or {}, ranges,
-                  {c: cols[c].get("type") for c in ids if c in cols}, pii_columns(contract, [*inputs, *id_cols], id_cols))
+                  {c: cols[c].get("type") for c in ids if c in cols}, pii_columns(contract, [*inputs, *id_cols],
+                  id_cols))
 
 # %% ../notebooks/api/10_serve.ipynb #317a9574
 MAX_BODY = 1 << 20          # bytes: larger request bodies get 413
@@ -317,7 +322,7 @@ class _Metrics:
         r.register(self.scores)
         self.unknown = Counter("mlopsnb_unknown_categories", "Values outside the contract's categories (accepted)", ["column"], registry=r)
         self.model = Gauge("mlopsnb_model_info", "The versions serving (1) as champion or challenger, and their path", ["role", "name", "version", "path"], registry=r)
-        self.reloads = Counter("mlopsnb_reloads", "Alias checks: moves followed (loaded, removed), a version refused (its manifest), "
+        self.reloads = Counter("mlopsnb_reloads", "Alias checks: moves followed (loaded, removed), a version refused "
                                "or the check failed (the registry)", ["result", "role"], registry=r)
         self.shadow = Counter("mlopsnb_shadow_requests", "Requests scored in the shadow of the answer by the challenger: scored, refused "
                               "(its input check failed), dropped (the shadow queue was full) or failed", ["result", "version"], registry=r)
@@ -346,15 +351,22 @@ class _Health:
         g = lambda name, doc, value: GaugeMetricFamily(name, doc, value=value)
         if self.plog is not None:
             h = self.plog.health()
-            yield g("mlopsnb_prediction_log_healthy", "1 while the prediction log is written, 0 while its writes fail or rows are dropped", int(h["healthy"]))
-            yield g("mlopsnb_prediction_log_last_write_timestamp_seconds", "When the prediction log last committed (Unix time; 0: never)", h["last_write"] or 0)
-            yield g("mlopsnb_prediction_log_consecutive_failures", "Failed write attempts since the last commit (the batch is kept and retried)", h["failures"])
+            yield g("mlopsnb_prediction_log_healthy", "1 while the prediction log is written, 0 while its writes fail "
+                    "or rows are dropped", int(h["healthy"]))
+            yield g("mlopsnb_prediction_log_last_write_timestamp_seconds", "When the prediction log last committed "
+                    "(Unix time; 0: never)", h["last_write"] or 0)
+            yield g("mlopsnb_prediction_log_consecutive_failures", "Failed write attempts since the last commit "
+                    "(the batch is kept and retried)", h["failures"])
             yield g("mlopsnb_prediction_log_queue_rows", "Scored rows waiting to be written", h["queued"])
-            yield CounterMetricFamily("mlopsnb_prediction_log_dropped_rows", "Scored rows not logged: the queue was full, or given up at shutdown", value=h["dropped"])
-            yield CounterMetricFamily("mlopsnb_prediction_log_written_rows", "Scored rows written to the prediction log", value=h["written"])
+            yield CounterMetricFamily("mlopsnb_prediction_log_dropped_rows", "Scored rows not logged: the queue was "
+                                      "full, or given up at shutdown", value=h["dropped"])
+            yield CounterMetricFamily("mlopsnb_prediction_log_written_rows", "Scored rows written to the log",
+                                      value=h["written"])
         if self.svc.checks:
-            last = GaugeMetricFamily("mlopsnb_reload_last_success_timestamp_seconds", "When the alias was last checked successfully (0: never)", labels=["role"])
-            fails = GaugeMetricFamily("mlopsnb_reload_consecutive_failures", "Alias checks failed or refused since the last good one", labels=["role"])
+            last = GaugeMetricFamily("mlopsnb_reload_last_success_timestamp_seconds",
+                                     "When the alias was last checked successfully (0: never)", labels=["role"])
+            fails = GaugeMetricFamily("mlopsnb_reload_consecutive_failures",
+                                      "Alias checks failed or refused since the last good one", labels=["role"])
             for role, st in self.svc.checks.items():
                 last.add_metric([role], st["last_success"] or 0); fails.add_metric([role], st["failures"])
             yield last; yield fails
@@ -363,7 +375,7 @@ class _Service:
     "What the app's handlers share: the champion and challenger scorers (each swapped whole on reload), the routing and the metrics."
     def __init__(self, scorer: Scorer, metrics: _Metrics, challenger: Scorer | None = None, canary: float = 0.0, shadow: bool = False):
         self.scorer, self.challenger, self.metrics, self.canary, self.shadow = scorer, challenger, metrics, float(canary), bool(shadow)
-        self.checks: dict[str, dict] = {}   # per role followed: last successful alias check, failures since, the last error
+        self.checks: dict[str, dict] = {}   # per role followed: last good alias check, failures since, last error
         metrics.model.labels("champion", scorer.name, scorer.version, scorer.path).set(1)
         if challenger is not None: metrics.model.labels("challenger", challenger.name, challenger.version, challenger.path).set(1)
     def swap(self, new: Scorer | None, role: str = "champion") -> None:
@@ -514,15 +526,16 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     scoring = ThreadPoolExecutor(2, thread_name_prefix="mlopsnb-score")
 
     def follow(role: str, fn) -> bool:
-        "Check one alias and switch to the version it moved to; False if the check failed (whatever the error: serving goes on)."
+        "Check one alias and switch to the version it moved to; False if the check failed (any error: serving goes on)."
         current, st = svc.scorer if role == "champion" else svc.challenger, svc.checks[role]
         try: new = fn(current)
-        except Exception as e:       # a version failing its manifest, the registry down or answering nonsense: keep serving the old one
+        except Exception as e:       # a version failing its manifest, the registry down or answering nonsense
             st["failures"] += 1; st["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             svc.metrics.reloads.labels("refused" if isinstance(e, IntegrityError) else "failed", role).inc()
-            if not isinstance(e, MlopsnbError): log.exception("%s alias check failed, still serving version %s", role, current.version if current else "none")
-            else: log.warning("%s reload %s, still serving version %s: %s", role, "refused" if isinstance(e, IntegrityError) else "failed",
-                              current.version if current else "none", e)
+            old = current.version if current else "none"
+            if not isinstance(e, MlopsnbError): log.exception("%s alias check failed, still serving %s", role, old)
+            else: log.warning("%s reload %s, still serving version %s: %s", role,
+                              "refused" if isinstance(e, IntegrityError) else "failed", old, e)
             return False
         st.update(last_success=time.time(), failures=0, error=None)
         if new is NO_ALIAS:                # a champion alias removed: keep serving; a challenger removed: canary and shadow pause
@@ -536,7 +549,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         if fn: svc.checks[role] = {"last_success": None, "failures": 0, "error": None}
 
     def poll():
-        "The hot-reload thread: check the aliases every `reload_interval`; after a failure wait twice as long, up to 4 intervals."
+        "The hot-reload thread: check the aliases every `reload_interval`; after a failure, twice as long (up to 4x)."
         wait = reload_interval
         while not stop.wait(wait):
             ok = True
@@ -559,7 +572,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
             except Exception:             # the shadow never affects serving; a failure is logged and counted, not hidden
                 log.exception("shadow scoring with %s version %s failed", s.name, s.version)
                 svc.metrics.shadow.labels("failed", s.version).inc(); continue
-            if prediction_log is not None: prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=auth)
+            if prediction_log is not None:
+                prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=auth)
             svc.metrics.shadow.labels("scored", s.version).inc()
 
     @asynccontextmanager
@@ -623,23 +637,26 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     @app.get("/health", summary="The process is up")
     def health(): return {"status": "ok"}
 
-    @app.get("/ready", summary="A verified model is loaded, and the prediction log is written (503 with the reason otherwise)")
+    @app.get("/ready", summary="A verified model is loaded and the prediction log is written (else 503 and why)")
     def ready():
         s = svc.scorer
         why = prediction_log.problem() if prediction_log is not None and log_required else None
         if why is None: return {"ready": s is not None, "model": s.name, "version": s.version}
-        return Response(orjson.dumps({"ready": False, "model": s.name, "version": s.version, "reason": why}), status_code=503,
+        return Response(orjson.dumps({"ready": False, "model": s.name, "version": s.version, "reason": why}),
+                        status_code=503,
                         media_type="application/json")
 
     @app.get("/version", summary="The model version serving, its path (onnx or sklearn) and decision threshold; the challenger, canary and shadow")
     def version():
         s, ch = svc.scorer, svc.challenger
+        plog_health = prediction_log.health() if prediction_log is not None else None
         return {"model": s.name, "version": s.version, "path": s.path, "threshold": s.threshold, "threshold_source": s.threshold_source,
                 "onnx": s.onnx, "inputs": s.inputs, "ids": s.ids, "canary": svc.canary, "shadow": svc.shadow,
-                "challenger": None if ch is None else {"version": ch.version, "path": ch.path, "threshold": ch.threshold},
+                "challenger": None if ch is None else {"version": ch.version, "path": ch.path,
+                                                       "threshold": ch.threshold},
                 "reload": {role: {**st, "last_success": _iso(st["last_success"])} for role, st in svc.checks.items()},
-                "prediction_log": None if prediction_log is None else {**prediction_log.health(), "required": log_required,
-                                                                        "last_write": _iso(prediction_log.health()["last_write"])}}
+                "prediction_log": None if plog_health is None else {**plog_health, "required": log_required,
+                                                                    "last_write": _iso(plog_health["last_write"])}}
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics(): return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
@@ -657,7 +674,7 @@ def alias_reloader(store, # a Store, Project or tracking URI
                    name: str | None = None, # registered model name (default: the current scorer's)
                    **kw, # passed to `load_scorer` (fallback contract and ids, explicit threshold, fallback threshold)
                   ):
-    "Return a `reload` function for `make_app`: a new verified Scorer when `alias` moved, NO_ALIAS when it is gone, else None; RegistryError on any failure."
+    "Return make_app's `reload`: a verified Scorer if `alias` moved, NO_ALIAS if gone, else None; or RegistryError."
     def reload(current: Scorer | None) -> Scorer | str | None:
         model = name or current.name
         try:
@@ -687,7 +704,8 @@ _LOG_SCHEMA = ["""CREATE TABLE IF NOT EXISTS requests (
     """CREATE TABLE IF NOT EXISTS predictions (
     seq INTEGER PRIMARY KEY, request INTEGER NOT NULL REFERENCES requests(seq), row INTEGER NOT NULL,
     probability REAL NOT NULL, decision INTEGER NOT NULL)"""]
-# columns added since the first logs (an older file gets them on open; its rows: answered by the champion, not authenticated)
+# columns added since the first logs (an older file gets them on open; its rows: answered by the champion,
+# not authenticated)
 _LOG_ADDED = {"role": "TEXT NOT NULL DEFAULT 'champion'", "auth": "INTEGER NOT NULL DEFAULT 0", "masking": "TEXT"}
 # one line per scored row: `scored` holds the rows answered (by the champion, or the challenger on the canary), what the
 # monitoring side reads; `shadow_scored` the rows the challenger scored in the shadow of an answer (never returned)
@@ -705,7 +723,7 @@ def _log_schema(con) -> None:
         con.execute(f"DROP VIEW IF EXISTS {name}"); con.execute(_LOG_VIEW.format(name=name, test=test))
 
 LOG_PAGE_SIZE = 32768   # bytes per SQLite page of a new prediction log
-LOG_KEY_ENV = "MLOPSNB_LOG_KEY"   # the key of the prediction log's keyed hash (`mlopsnb serve` and `mlopsnb monitor` read it)
+LOG_KEY_ENV = "MLOPSNB_LOG_KEY"   # the key of the prediction log's keyed hash (read by `mlopsnb serve` and `monitor`)
 
 class LogError(MlopsnbError, OSError):
     "Raised when the prediction log cannot be opened or its key is unusable."
@@ -726,13 +744,14 @@ def id_text(v) -> str:
     return str(int(x)) if x.is_integer() and abs(x) < 2 ** 63 else repr(x)
 
 class LogHasher:
-    "The prediction log's keyed hash of personal values (HMAC-SHA256 of `id_text`, 128 bits as hex); the same in serving and monitoring."
+    "The prediction log's keyed hash of personal values: HMAC-SHA256 of `id_text`, 128 bits in hex."
     def __init__(self, key: str | bytes, # the secret key (at least 16 bytes), e.g. from MLOPSNB_LOG_KEY
                 ):
         k = key.encode() if isinstance(key, str) else bytes(key)
-        if len(k) < 16: raise LogError(f"{LOG_KEY_ENV}: the prediction log's key must be at least 16 bytes long (it is {len(k)})")
+        if len(k) < 16:
+            raise LogError(f"{LOG_KEY_ENV}: the prediction log's key must be at least 16 bytes long (it is {len(k)})")
         self._base = hmac.new(k, digestmod=hashlib.sha256)
-        self.key_id = hmac.new(k, b"mlopsnb prediction log key id", hashlib.sha256).hexdigest()[:8]   # names the key, reveals nothing
+        self.key_id = hmac.new(k, b"mlopsnb prediction log key id", hashlib.sha256).hexdigest()[:8]   # reveals nothing
         self.tag = f"hmac-sha256:{self.key_id}"
 
     def __call__(self, v) -> str | None:
@@ -754,7 +773,7 @@ def _log_records(rows: list, keep: set, hashed: list, hasher: LogHasher | None) 
     import orjson
     out = []
     for r in rows:
-        d = r if r.keys() <= keep else {k: v for k, v in r.items() if k in keep}   # a checked record holds nothing else but dropped columns
+        d = r if r.keys() <= keep else {k: v for k, v in r.items() if k in keep}   # checked: only dropped columns go
         if hashed:
             d = dict(d) if d is r else d
             for c in hashed:
@@ -768,7 +787,8 @@ def rotated_logs(path: str | Path, # the live prediction log
                 ) -> list[Path]:
     "Return the files `path` was rotated into (`<stem>-<UTC time><suffix>`), oldest first."
     path = Path(path)
-    found = [f for f in path.parent.glob(f"{path.stem}-*{path.suffix}") if _ROTATED.search(f.name[: len(f.name) - len(path.suffix)])]
+    found = [f for f in path.parent.glob(f"{path.stem}-*{path.suffix}")
+             if _ROTATED.search(f.name[: len(f.name) - len(path.suffix)])]
     return sorted(found, key=lambda f: f.name)
 
 def _rotated_at(f: Path, suffix: str) -> float:
@@ -784,7 +804,7 @@ def _private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 class PredictionLog:
-    "Append scored rows to a SQLite file (WAL) off the request path; a failing write is retried, never fatal; `close` writes everything queued."
+    "Append scored rows to a SQLite file (WAL) off the request path; failed writes are retried; `close` writes all."
     def __init__(self, path: str | Path, # the SQLite file (created with its folder)
                  max_bytes: int | None = None, # rotate when the file (with its WAL) reaches this size
                  max_age_s: float | None = None, # rotate when the file has been written to for this long
@@ -792,7 +812,7 @@ class PredictionLog:
                  max_queue: int = 100_000, # rows waiting to be written; beyond, rows are dropped (counted)
                  retention_days: float | None = None, # rotated files older than this are deleted (None: kept)
                  key: str | bytes | None = None, # the keyed hash's key (None: personal columns are dropped)
-                 busy_s: float = 1.0, # how long a write waits for another connection's lock before it fails (and is retried)
+                 busy_s: float = 1.0, # how long a write waits for another connection's lock before failing (retried)
                  retry_max_s: float = 5.0, # the longest wait between retries of a failed write
                 ):
         import queue, sqlite3
@@ -817,7 +837,7 @@ class PredictionLog:
     def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions, role: str = "champion",
                auth: bool = False, # the request was checked against a bearer token
               ) -> None:
-        "Queue one request's rows (returns at once; dropped and counted when `max_queue` rows wait); `role`: champion, challenger (canary) or shadow."
+        "Queue one request's rows (dropped, counted, past `max_queue`); `role`: champion, challenger or shadow."
         n = len(rows)
         with self._lock:
             if self.queued + n > self.max_queue: self.dropped += n; return
@@ -825,20 +845,23 @@ class PredictionLog:
         self._q.put((time.time(), request_id, scorer, rows, probabilities, decisions, role, bool(auth)))
 
     def health(self) -> dict:
-        "The writer's state: healthy, last commit (Unix time), failed attempts since, the last error, rows queued, dropped and written."
+        "The writer's state: healthy, last commit (Unix time), failures since, last error, rows queued/dropped/written."
         alive = self._thread.is_alive() or self._closing.is_set()
         return {"healthy": alive and self.failures == 0 and self.queued < self.max_queue, "last_write": self.last_write,
-                "failures": self.failures, "error": self.error, "queued": self.queued, "dropped": self.dropped, "written": self.written}
+                "failures": self.failures, "error": self.error, "queued": self.queued, "dropped": self.dropped,
+                "written": self.written}
 
     def problem(self) -> str | None:
         "Why the log cannot be written now, in one line (None while it can)."
         h = self.health()
         if h["healthy"]: return None
-        if not (self._thread.is_alive() or self._closing.is_set()): return f"prediction log {self.path}: its writer stopped"
+        if not (self._thread.is_alive() or self._closing.is_set()):
+            return f"prediction log {self.path}: its writer stopped"
         if h["failures"]:
             since = f"last written {_iso(h['last_write'])}" if h["last_write"] else "nothing written yet"
-            return f"prediction log {self.path}: cannot write ({h['error']}); {h['failures']} failed attempts, {since}; {h['queued']} rows waiting"
-        return f"prediction log {self.path}: {h['queued']} rows waiting, the queue is full ({h['dropped']} rows dropped)"
+            return (f"prediction log {self.path}: cannot write ({h['error']}); {h['failures']} failed attempts, "
+                    f"{since}; {h['queued']} rows waiting")
+        return f"prediction log {self.path}: {h['queued']} rows waiting, the queue is full ({h['dropped']} dropped)"
 
     def _open(self):
         "Connect to the file (created 0600, WAL, its schema up to date)."
@@ -846,7 +869,7 @@ class PredictionLog:
         _private_file(self.path)
         con = sqlite3.connect(self.path, timeout=self.busy_s)
         try:
-            con.execute(f"PRAGMA page_size={LOG_PAGE_SIZE}")    # a new file only: a request's features are one large value, fewer pages to write
+            con.execute(f"PRAGMA page_size={LOG_PAGE_SIZE}")    # a new file only: a request's features are one value
             con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
             with con: _log_schema(con)
         except BaseException: con.close(); raise
@@ -888,7 +911,7 @@ class PredictionLog:
         "Wait for a request, let others gather for `flush_s`, and return them all and whether `close` was called."
         import queue
         batch = [self._q.get()]                            # asleep until a request comes
-        if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # then let others gather: few transactions, the GIL left to the requests
+        if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # let others gather: few transactions
         while True:
             try: batch.append(self._q.get_nowait())
             except queue.Empty: break
@@ -904,9 +927,9 @@ class PredictionLog:
             try:
                 con = self._commit(con or self._open(), batch)
                 wait = 0.1
-            except Exception as e:      # locked, disk full, I/O, the folder gone: nothing is lost yet, the batch is retried
+            except Exception as e:      # locked, disk full, I/O, the folder gone: nothing lost yet, the batch retried
                 con = self._failed(con, e)
-                if self._closing.is_set():       # stopping: retry until the deadline `close` set, then count the rest as dropped
+                if self._closing.is_set():       # stopping: retry until `close`'s deadline, then count the rest dropped
                     if time.monotonic() >= self._give_up_at: self._give_up(batch); break
                     time.sleep(min(wait, 0.2))
                 else: self._closing.wait(wait)
@@ -914,7 +937,7 @@ class PredictionLog:
         if con is not None: con.close()
 
     def _commit(self, con, batch: list):
-        "Write `batch` in transactions of whole requests (rotating when due); committed requests leave `batch`; return the connection."
+        "Write `batch` in transactions of whole requests (rotating when due), emptying it; return the connection."
         while batch:
             k = rows = 0
             with con:     # one transaction: whole requests, or nothing after a crash
@@ -925,18 +948,19 @@ class PredictionLog:
             self.pending = 0                          # committed: in the file's size now
             with self._lock: self.queued -= rows
             self.written += rows; self.last_write = time.time()
-            if self.failures: log.warning("prediction log %s written again after %d failed attempts", self.path, self.failures)
+            if self.failures: log.warning("prediction log %s written again after %d failures", self.path, self.failures)
             self.failures, self.error = 0, None
             if self._due(): con = self._rotate(con)
         return con
 
     def _failed(self, con, e: Exception):
-        "Count a failed write, say so (the first time, then every 10th), and drop the connection (reopened on the next attempt)."
+        "Count a failed write, say so (the first time, then every 10th), and drop the connection (reopened next time)."
         import sqlite3
         self.failures += 1; self.pending = 0
         self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         if self.failures == 1 or self.failures % 10 == 0:
-            log.error("prediction log %s: write failed (%s), %d rows waiting; retrying", self.path, self.error, self.queued)
+            log.error("prediction log %s: write failed (%s), %d rows waiting; retrying", self.path, self.error,
+                      self.queued)
         if con is not None:
             try: con.close()
             except sqlite3.Error: pass       # the connection is given up either way
@@ -958,10 +982,13 @@ class PredictionLog:
         import itertools, orjson
         keep, hashed, masking = _log_plan(scorer, self.hasher)
         features = _log_records(rows, keep, hashed, self.hasher)
-        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role, auth, masking) "
+        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role, auth, "
+                          "masking) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth), masking)).lastrowid
-        p, d, threshold = np.ascontiguousarray(probs, dtype=float), np.asarray(decs), scorer.threshold   # a strided column: orjson wants it contiguous
+                          (ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth),
+                           masking)).lastrowid
+        # a column of predict_proba is a strided view: orjson wants it contiguous
+        p, d, threshold = np.ascontiguousarray(probs, dtype=float), np.asarray(decs), scorer.threshold
         if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
             # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same doubles), the GIL released
             con.execute("INSERT INTO predictions (request, row, probability, decision) SELECT ?, key, value, value >= ? FROM json_each(?)",
@@ -971,7 +998,7 @@ class PredictionLog:
                             zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
         return len(features) + 32 * len(rows)
 
-    def close(self, timeout_s: float = 30.0, # how long to keep retrying a failing write before giving up (counted as dropped)
+    def close(self, timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
              ) -> None:
         "Write everything queued, then stop the writer."
         self._give_up_at = time.monotonic() + timeout_s
@@ -1062,7 +1089,8 @@ def score_file(scorer: Scorer, # from `load_scorer`
     from mlopsnb.core import atomic_path
     src, n, hist, total_p, positives = Path(src), 0, np.zeros(SCORE_BINS, dtype=np.int64), 0.0, 0
     if not src.is_file(): raise MlopsnbError(f"{src}: file not found")
-    if same_file(src, dst): raise MlopsnbError(f"{dst}: is the input file {src}; the scores would replace it (write them to another file)")
+    if same_file(src, dst):
+        raise MlopsnbError(f"{dst}: is the input file {src}; the scores would replace it (write them elsewhere)")
     total = pq.ParquetFile(src).metadata.num_rows if src.suffix.lower() in {".parquet", ".pq"} else None
     with atomic_path(dst) as tmp:
         writer = None

@@ -42,9 +42,10 @@ root = project.root
 now = time.time()
 summary = monitor(task_store(), model_name, version, current=root / current if current else None, log=None if current else root / log,
                   since=None if current else now - 3600 * cfg.window_hours, until=None if current else now,
-                  label_column=label_column, ids=list(ids or []), positive=positive, cfg=cfg, policy=spec_policy(project),
-                  threshold=cfg.threshold, threshold_source="the monitor settings' threshold",   # null: the version's own
-                  fallback=spec_threshold(project), log_key=os.environ.get("MLOPSNB_LOG_KEY") or None)
+                  label_column=label_column, ids=list(ids or []), positive=positive, cfg=cfg,
+                  policy=spec_policy(project), threshold=cfg.threshold,   # null: the version's own
+                  threshold_source="the monitor settings' threshold", fallback=spec_threshold(project),
+                  log_key=os.environ.get("MLOPSNB_LOG_KEY") or None)
 print(f"{model_name} version {summary['version']}: {summary['status'].upper()} on {summary['rows']} rows")
 pd.DataFrame({c: {k: r.get(k) for k in ("status", "psi", "ks", "cramers_v", "missing_change", "new_share")}
               for c, r in summary["features"].items()}).T.sort_values("status")

@@ -29,8 +29,9 @@ cfg, root = ScoringConfig.model_validate(scoring), task_root()
 contract_file = root / contract if contract else None
 scorer = load_scorer(task_store(), cfg.model_name, cfg.version, contract=read_contract(contract_file) if contract_file and contract_file.is_file() else None,
                      ids=list(ids or []), threshold=threshold, threshold_source="score_batch.threshold",
-                     fallback=spec_threshold(Project.load(root)))   # a version registered without its threshold: the training spec's
-print(f"scoring {cfg.input} with {cfg.model_name} version {scorer.version} ({scorer.path} path), threshold {scorer.threshold:g} ({scorer.threshold_source})")
+                     fallback=spec_threshold(Project.load(root)))   # a version carrying no threshold: the spec's
+print(f"scoring {cfg.input} with {cfg.model_name} version {scorer.version} ({scorer.path} path), "
+      f"threshold {scorer.threshold:g} ({scorer.threshold_source})")
 
 # %%
 summary = score_file(scorer, root / cfg.input, product["scored"], chunk_rows=cfg.chunk_rows)

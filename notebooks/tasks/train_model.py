@@ -57,8 +57,9 @@ contract_file = json.loads(Path(upstream["validate_data"]["report"]).read_text()
 write_json(serving_info(threshold, ids, read_contract(contract_file), "the training build's train_model.threshold",
                         Path(contract_file).name), product["serving"])
 # hashed, then uploaded as is: the model that is evaluated, timed and registered is these bytes
-logged = log_model(task_store(), model, X_train.head(20), current_run_id(), local_copy=product["model"], X_check=X_val,   # X_val: the ONNX parity check
-                   extra_files={TRAINING_ROWS_FILE: product["rows"], REFERENCE_FILE: product["reference"], SERVING_FILE: product["serving"]})
+shipped = {TRAINING_ROWS_FILE: product["rows"], REFERENCE_FILE: product["reference"], SERVING_FILE: product["serving"]}
+logged = log_model(task_store(), model, X_train.head(20), current_run_id(), extra_files=shipped,
+                   local_copy=product["model"], X_check=X_val)   # X_val: the ONNX copy's parity check
 write_json({**logged, "candidate": best["candidate"], f"val_{metric}": float(best[metric]),
             "features": list(X_train.columns)}, product["info"])
 print(f"best: {best['candidate']} (validation {metric} {best[metric]:.4f}); logged as {logged['model_uri']}")
