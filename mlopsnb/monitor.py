@@ -40,9 +40,9 @@ def read_log(path: str | Path, # the prediction log (SQLite); the files it was r
     import numpy as np
     import orjson
     import pandas as pd
-    from mlopsnb.serve import _rotated_at, rotated_logs
+    from mlopsnb.serve import rotated_logs, rotation_time
     path = Path(path)
-    files = [f for f in rotated_logs(path) if since is None or _rotated_at(f, path.suffix) >= since]   # oldest first
+    files = [f for f in rotated_logs(path) if since is None or rotation_time(f, path.suffix) >= since]   # oldest first
     files += [path] if path.is_file() else []
     if not files: raise DataError(f"prediction log {path}: file not found (serve with --log, or pass --current FILE)")
     where, args = ["model = ?"], [model]

@@ -31,8 +31,8 @@ __all__ = ['log', 'MAX_NUMBER', 'SERVING_FILE', 'MAX_BODY', 'MAX_ROWS', 'OFF_LOO
            'LOG_KEY_ENV', 'ID_NUMBER_TYPES', 'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories',
            'serving_info', 'read_serving', 'decision_threshold', 'pii_columns', 'load_scorer', 'key_position',
            'request_key', 'make_app', 'alias_reloader', 'serve', 'LogError', 'id_text', 'LogHasher', 'rotated_logs',
-           'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema', 'score_histogram', 'score_summary',
-           'same_file', 'score_file', 'record_scoring']
+           'rotation_time', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema', 'score_histogram',
+           'score_summary', 'same_file', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -642,9 +642,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         s = svc.scorer
         why = prediction_log.problem() if prediction_log is not None and log_required else None
         if why is None: return {"ready": s is not None, "model": s.name, "version": s.version}
-        return Response(orjson.dumps({"ready": False, "model": s.name, "version": s.version, "reason": why}),
-                        status_code=503,
-                        media_type="application/json")
+        body = {"ready": False, "model": s.name, "version": s.version, "reason": why}
+        return Response(orjson.dumps(body), status_code=503, media_type="application/json")
 
     @app.get("/version", summary="The model version serving, its path (onnx or sklearn) and decision threshold; the challenger, canary and shadow")
     def version():
@@ -771,6 +770,8 @@ def _log_plan(scorer: Scorer, hasher: LogHasher | None) -> tuple[set, list, str 
 def _log_records(rows: list, keep: set, hashed: list, hasher: LogHasher | None) -> str:
     "The JSON array of a request's records as logged: only the columns in `keep`, those in `hashed` hashed."
     import orjson
+    if not hashed and all(map(keep.issuperset, rows)):   # nothing to leave out or hash (checked at C speed): as they are
+        return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode()
     out = []
     for r in rows:
         d = r if r.keys() <= keep else {k: v for k, v in r.items() if k in keep}   # checked: only dropped columns go
@@ -791,8 +792,10 @@ def rotated_logs(path: str | Path, # the live prediction log
              if _ROTATED.search(f.name[: len(f.name) - len(path.suffix)])]
     return sorted(found, key=lambda f: f.name)
 
-def _rotated_at(f: Path, suffix: str) -> float:
-    "The Unix time a rotated file was rotated (from its name)."
+def rotation_time(f: Path, # a file from `rotated_logs`
+                  suffix: str, # the live log's suffix (.db)
+                 ) -> float:
+    "Return the Unix time a rotated prediction log was rotated (from its name)."
     import datetime as dt
     stamp = _ROTATED.search(f.name[: len(f.name) - len(suffix)]).group(1)
     return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
@@ -902,7 +905,7 @@ class PredictionLog:
         if not self.retention_s: return []
         cutoff, gone = time.time() - self.retention_s, []
         for f in rotated_logs(self.path):
-            if _rotated_at(f, self.path.suffix) < cutoff:
+            if rotation_time(f, self.path.suffix) < cutoff:
                 f.unlink(missing_ok=True); gone.append(f)
                 log.info("prediction log %s deleted (older than the retention)", f)
         return gone
