@@ -116,7 +116,7 @@ def test_the_log_writer_survives_a_locked_file_ready_says_so_and_drops_beyond_th
         finally:
             blocker.rollback(); blocker.close()
         wait_for(lambda: httpx.get(s.url + "/ready", headers=AUTH).status_code == 200, what="/ready 200 again")
-        assert metric(s, "mlopsnb_prediction_log_written_rows_total") == 150
+        wait_for(lambda: metric(s, "mlopsnb_prediction_log_written_rows_total") == 150, what="the kept rows written")
         assert metric(s, "mlopsnb_prediction_log_healthy") == 1
         assert metric(s, "mlopsnb_prediction_log_last_write_timestamp_seconds") > time.time() - 30
     finally: s.stop()

@@ -12,7 +12,7 @@ product = None
 scoring: "ScoringConfig" = None   # input file, model_name, version (@champion), chunk_rows
 ids = None                        # identifier columns: carried through to the scored file
 contract = None                   # the data contract file: blanks allowed, known categories
-threshold: float = None           # a decision threshold overriding the version's own (null: the one it carries)
+threshold: float | None = None    # a decision threshold overriding the version's own (null: the one it carries)
 
 # %%
 import numpy as np
