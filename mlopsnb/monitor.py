@@ -33,37 +33,60 @@ def read_log(path: str | Path, # the prediction log (SQLite); the files it was r
              model: str, # registered model name
              since: float | None = None, until: float | None = None, # window, as Unix times
              version: str | None = None, # only rows this version answered
-             chunk_rows: int = 50_000, # rows per chunk
+             chunk_rows: int = 50_000, # rows per chunk (at least; whole requests)
             ):
-    "Yield (features frame, scores, versions, times, authenticated, masking) chunks of the log's rows in a window."
+    "Yield (features frame, scores, versions, times, authenticated, masking) chunks of the answered rows in a window."
     import sqlite3
-    import numpy as np
-    import orjson
-    import pandas as pd
+    from itertools import groupby
+    from operator import itemgetter
     from mlopsnb.serve import rotated_logs, rotation_time
     path = Path(path)
     files = [f for f in rotated_logs(path) if since is None or rotation_time(f, path.suffix) >= since]   # oldest first
     files += [path] if path.is_file() else []
     if not files: raise DataError(f"prediction log {path}: file not found (serve with --log, or pass --current FILE)")
-    where, args = ["model = ?"], [model]
-    if since is not None: where.append("ts >= ?"); args.append(since)
-    if until is not None: where.append("ts < ?"); args.append(until)
-    if version is not None: where.append("version = ?"); args.append(str(version))
+    where, args = ["r.model = ?"], [model]
+    if since is not None: where.append("r.ts >= ?"); args.append(since)
+    if until is not None: where.append("r.ts < ?"); args.append(until)
+    if version is not None: where.append("r.version = ?"); args.append(str(version))
     for f in files:
         con = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
         try:
             try:
-                have = {r[1] for r in con.execute("PRAGMA table_info(scored)")}     # a log before `auth`, `masking`
-                extra = ", ".join(c if c in have else f"NULL AS {c}" for c in ("auth", "masking"))
-                cur = con.execute(f"SELECT features, probability, version, ts, {extra} FROM scored "
-                                  f"WHERE {' AND '.join(where)} ORDER BY seq", args)
+                have = {r[1] for r in con.execute("PRAGMA table_info(requests)")}     # old logs: no `auth`, `masking`
+                extra = ", ".join(f"r.{c}" if c in have else f"NULL AS {c}" for c in ("auth", "masking"))
+                cond = " AND ".join(where + (["r.role != 'shadow'"] if "role" in have else []))
+                reqs = con.execute(f"SELECT r.seq, r.features, r.version, r.ts, {extra} FROM requests r "
+                                   f"WHERE {cond} ORDER BY r.seq", args)
+                preds = con.cursor().execute(f"SELECT p.request, p.probability FROM predictions p "
+                                             f"JOIN requests r ON r.seq = p.request WHERE {cond} ORDER BY p.seq", args)
+                yield from _log_chunks(reqs, groupby(preds, key=itemgetter(0)), chunk_rows)
             except sqlite3.DatabaseError as e: raise DataError(f"prediction log {f}: cannot read ({e})") from None
-            while rows := cur.fetchmany(chunk_rows):
-                yield (pd.DataFrame.from_records([orjson.loads(r[0]) for r in rows]),
-                       np.array([r[1] for r in rows], dtype=float),
-                       np.array([r[2] for r in rows], dtype=object), np.array([r[3] for r in rows], dtype=float),
-                       np.array([bool(r[4]) for r in rows]), [r[5] for r in rows])
         finally: con.close()
+
+def _log_chunks(reqs, scored, chunk_rows: int):
+    "Merge a log's requests (seq order) with their scores (grouped by request, the same order) into chunks of rows."
+    import orjson
+    cols, meta, n = {}, [], 0
+    by_seq = iter(reqs)
+    for seq, group in scored:
+        r = next(by_seq)
+        while r[0] != seq: r = next(by_seq)          # a request with no scored rows: none
+        p = [x[1] for x in group]
+        feats, m = orjson.loads(r[1]), len(p)
+        if isinstance(feats, list):                   # a log written before: an array of records
+            feats = {k: [d.get(k) for d in feats] for k in dict.fromkeys(k for d in feats for k in d)}
+        for c in set(cols) | set(feats): cols.setdefault(c, [None] * n).extend(feats.get(c, [None] * m))
+        meta.append((p, r[2], r[3], bool(r[4]), r[5], m)); n += m
+        if n >= chunk_rows: yield _log_chunk(cols, meta); cols, meta, n = {}, [], 0
+    if n: yield _log_chunk(cols, meta)
+
+def _log_chunk(cols: dict, meta: list) -> tuple:
+    "One chunk of `read_log`: the features frame and, per row, score, version, time, authenticated and masking."
+    import numpy as np
+    import pandas as pd
+    rep = lambda i, dtype: np.repeat(np.array([x[i] for x in meta], dtype=dtype), [x[5] for x in meta])
+    return (pd.DataFrame(cols), np.array([v for x in meta for v in x[0]], dtype=float), rep(1, object), rep(2, float),
+            rep(3, bool), [x[4] for x in meta for _ in range(x[5])])
 
 def read_chunks(path: str | Path, # a CSV or Parquet file
                 chunk_rows: int = 50_000, # rows per chunk

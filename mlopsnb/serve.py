@@ -567,13 +567,14 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
             s = svc.challenger
             if s is None: continue
             try:
-                p = s.score(s.columns(rows), len(rows))
+                cols = s.columns(rows); p = s.score(cols, len(rows))
             except RequestError: svc.metrics.shadow.labels("refused", s.version).inc(); continue
             except Exception:             # the shadow never affects serving; a failure is logged and counted, not hidden
                 log.exception("shadow scoring with %s version %s failed", s.name, s.version)
                 svc.metrics.shadow.labels("failed", s.version).inc(); continue
             if prediction_log is not None:
-                prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=auth)
+                prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=auth,
+                                      columns=cols)
             svc.metrics.shadow.labels("scored", s.version).inc()
 
     @asynccontextmanager
@@ -624,7 +625,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         t = s.threshold
         decisions = (p >= t).astype(int)
         preds = _predictions(rows, s.ids, p, decisions)
-        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions, role=role, auth=auth)
+        if prediction_log is not None:
+            prediction_log.append(rid, s, rows, p, decisions, role=role, auth=auth, columns=cols)
         if svc.shadow and role == "champion" and svc.challenger is not None:
             try: shadows.put_nowait((rid, rows))
             except queue.Full: m.shadow.labels("dropped", svc.challenger.version).inc()
@@ -709,7 +711,10 @@ _LOG_ADDED = {"role": "TEXT NOT NULL DEFAULT 'champion'", "auth": "INTEGER NOT N
 # one line per scored row: `scored` holds the rows answered (by the champion, or the challenger on the canary), what the
 # monitoring side reads; `shadow_scored` the rows the challenger scored in the shadow of an answer (never returned)
 _LOG_VIEW = """CREATE VIEW {name} AS SELECT p.seq, r.ts, r.request_id, r.model, r.version, r.path, p.row,
-    json_extract(r.features, '$[' || p.row || ']') AS features, p.probability, p.decision, r.role, r.auth, r.masking
+    CASE WHEN json_type(r.features) = 'object'
+         THEN (SELECT json_group_object(j.key, j.value -> ('$[' || p.row || ']')) FROM json_each(r.features) j)
+         ELSE json_extract(r.features, '$[' || p.row || ']') END AS features,
+    p.probability, p.decision, r.role, r.auth, r.masking
     FROM predictions p JOIN requests r ON r.seq = p.request WHERE r.role {test} 'shadow'"""
 
 def _log_schema(con) -> None:
@@ -759,28 +764,28 @@ class LogHasher:
         h = self._base.copy(); h.update(id_text(v).encode())
         return h.hexdigest()[:32]
 
-def _log_plan(scorer: Scorer, hasher: LogHasher | None) -> tuple[set, list, str | None]:
-    "What the log keeps of a scorer's records: (columns kept, of them the ones hashed, the masking as JSON or None)."
-    allowed = (set(scorer.inputs) - set(scorer.dropped)) | set(scorer.ids)
-    gone = {c for c, how in scorer.pii.items() if how == "drop" or hasher is None} & allowed
-    hashed = sorted(c for c, how in scorer.pii.items() if how == "hash" and hasher is not None and c in allowed)
-    masking = {c: hasher.tag for c in hashed} | {c: "dropped" for c in sorted(gone)}
-    return allowed - gone, hashed, json.dumps(masking) if masking else None
+def _log_plan(scorer: Scorer, hasher: LogHasher | None) -> tuple[list, set, str | None]:
+    "What the log keeps of a scorer's records: (columns kept, in order; those hashed; the masking as JSON or None)."
+    allowed = [c for c in scorer.inputs if c not in scorer.dropped] + [c for c in scorer.ids if c not in scorer.inputs]
+    gone = {c for c, how in scorer.pii.items() if how == "drop" or hasher is None} & set(allowed)
+    hashed = {c for c, how in scorer.pii.items() if how == "hash" and hasher is not None and c in allowed}
+    masking = {c: hasher.tag for c in sorted(hashed)} | {c: "dropped" for c in sorted(gone)}
+    return [c for c in allowed if c not in gone], hashed, json.dumps(masking) if masking else None
 
-def _log_records(rows: list, keep: set, hashed: list, hasher: LogHasher | None) -> str:
-    "The JSON array of a request's records as logged: only the columns in `keep`, those in `hashed` hashed."
+def _log_features(rows: list, # the request's records (checked)
+                  columns: dict | None, # their checked columns (`Scorer.columns`), or None: taken from `rows`
+                  keep: list, hashed: set, # from `_log_plan`
+                  hasher: LogHasher | None, # the keyed hash
+                 ) -> str:
+    "A request's features as logged: one JSON object of columns (only those in `keep`; those in `hashed` hashed)."
     import orjson
-    if not hashed and all(map(keep.issuperset, rows)):   # nothing to leave out or hash (checked at C speed): as they are
-        return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    out = []
-    for r in rows:
-        d = r if r.keys() <= keep else {k: v for k, v in r.items() if k in keep}   # checked: only dropped columns go
-        if hashed:
-            d = dict(d) if d is r else d
-            for c in hashed:
-                if c in d: d[c] = hasher(d[c])
-        out.append(d)
-    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    out = {}
+    for c in keep:
+        if columns is not None and c in columns: v = columns[c]
+        elif any(c in r for r in rows): v = [r.get(c) for r in rows]
+        else: continue                                # an id column the request did not send
+        out[c] = [hasher(x) for x in v] if c in hashed else v
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode()   # number arrays (NaN: null), text lists
 
 _ROTATED = re.compile(r"-(\d{8}T\d{12}Z)$")
 
@@ -839,13 +844,14 @@ class PredictionLog:
 
     def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions, role: str = "champion",
                auth: bool = False, # the request was checked against a bearer token
+               columns: dict | None = None, # the rows' checked columns (`Scorer.columns`), logged as checked
               ) -> None:
         "Queue one request's rows (dropped, counted, past `max_queue`); `role`: champion, challenger or shadow."
         n = len(rows)
         with self._lock:
             if self.queued + n > self.max_queue: self.dropped += n; return
             self.queued += n
-        self._q.put((time.time(), request_id, scorer, rows, probabilities, decisions, role, bool(auth)))
+        self._q.put((time.time(), request_id, scorer, rows, probabilities, decisions, role, bool(auth), columns))
 
     def health(self) -> dict:
         "The writer's state: healthy, last commit (Unix time), failures since, last error, rows queued/dropped/written."
@@ -980,11 +986,11 @@ class PredictionLog:
         with self._lock: self.queued -= lost; self.dropped += lost
         log.error("prediction log %s: gave up at shutdown, %d rows not written (%s)", self.path, lost, self.error)
 
-    def _insert(self, con, ts, rid, scorer, rows, probs, decs, role, auth) -> int:
+    def _insert(self, con, ts, rid, scorer, rows, probs, decs, role, auth, columns) -> int:
         "Insert one request and its rows; return the bytes its features take."
         import itertools, orjson
         keep, hashed, masking = _log_plan(scorer, self.hasher)
-        features = _log_records(rows, keep, hashed, self.hasher)
+        features = _log_features(rows, columns, keep, hashed, self.hasher)
         seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role, auth, "
                           "masking) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
