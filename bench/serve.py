@@ -184,6 +184,8 @@ def main() -> int:
     ap.add_argument("--log-cost", action="store_true", help="also time mlopsnb serve --no-log (the prediction log's cost)")
     ap.add_argument("--micro-batch", action="store_true", help="also time mlopsnb serve --micro-batch-ms 2 (adaptive micro-batching)")
     ap.add_argument("--baseline", help="also time `mlopsnb serve` imported from this folder (e.g. an older checkout): the change, side by side")
+    ap.add_argument("--with-ids", action="store_true", help="mlopsnb's requests carry the id columns too, and its "
+                    "servers a MLOPSNB_LOG_KEY: the prediction log hashes every id (its costliest work per row)")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -201,17 +203,20 @@ def run(a, project: Path) -> int:
     cfg = p.env.data
     raw = read_source(cfg, project).drop(columns=[cfg.target, *cfg.ids])
     rows = json.loads(raw.head(max(a.batch, 200)).to_json(orient="records"))
+    full = read_source(cfg, project).drop(columns=[cfg.target]).head(max(a.batch, 200))
+    twin = {id(r): w for r, w in zip(rows, json.loads(full.to_json(orient="records")))}   # each record with its ids
+    key = {"MLOPSNB_LOG_KEY": "bench key: sixteen bytes or more"} if a.with_ids else {}
     name = p.env.model_name
     uri = p.store.tracking_uri
     pm, pl = free_port(), free_port()
     mlflow_body = lambda rs: json.dumps({"dataframe_records": rs}).encode()
-    ours_body = lambda rs: json.dumps(rs).encode()
+    ours_body = lambda rs: json.dumps([twin[id(r)] for r in rs] if a.with_ids else rs).encode()   # (with their ids)
     servers = [
         Served("mlflow", [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
                           "--host", "127.0.0.1", "--port", str(pm)], pm, project, clean_env({"MLFLOW_TRACKING_URI": uri}),
                "/invocations", mlflow_body),
         Served("mlopsnb", [str(BIN / "mlopsnb"), "serve", "--port", str(pl), "--reload-interval", "0", "--log", str(project / "bench-predictions.db")],
-               pl, project, clean_env(), "/predict", ours_body),
+               pl, project, clean_env(key), "/predict", ours_body),
     ]
     if a.log_cost:   # the same service without its prediction log: what logging costs
         pn = free_port()
@@ -221,11 +226,12 @@ def run(a, project: Path) -> int:
         pbase = free_port()
         servers.append(Served("mlopsnb-base", [str(BIN / "mlopsnb"), "serve", "--port", str(pbase),
                                                "--reload-interval", "0", "--log", str(project / "bench-predictions-base.db")], pbase, project,
-                              clean_env({"PYTHONPATH": str(Path(a.baseline).resolve())}), "/predict", ours_body))
+                              clean_env({"PYTHONPATH": str(Path(a.baseline).resolve()), **key}), "/predict", ours_body))
     if a.micro_batch:   # the same service, concurrent single-row requests scored together (waiting at most 2 ms)
         pb = free_port()
         servers.append(Served("mlopsnb-mb", [str(BIN / "mlopsnb"), "serve", "--port", str(pb), "--reload-interval", "0", "--micro-batch-ms", "2",
-                                             "--log", str(project / "bench-predictions-mb.db")], pb, project, clean_env(), "/predict", ours_body))
+                                             "--log", str(project / "bench-predictions-mb.db")], pb, project,
+                              clean_env(key), "/predict", ours_body))
     try:
         servers[0].wait("/ping")
         for s in servers[1:]: s.wait("/ready")

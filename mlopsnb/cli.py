@@ -208,7 +208,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="registered model name (default: env.yaml's model_name)")
     s.add_argument("--version", default="@champion", help="version number or @alias to serve (default @champion, followed on reload)")
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--threshold", type=float, help="decision threshold (default: the spec's evaluation threshold)")
+    s.add_argument("--threshold", type=float, help="decision threshold for every version served, overriding the one "
+                   "each "
+                   "version carries (mlopsnb/serving.json; a version without it: the spec's threshold)")
     s.add_argument("--reload-interval", type=float, default=5.0, help="seconds between checks of the alias (0: never)")
     s.add_argument("--max-body", type=int, default=1 << 20, help="request body cap in bytes (default 1 MiB)")
     s.add_argument("--max-rows", type=int, default=10_000, help="rows per request cap")
@@ -217,7 +219,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-log", action="store_true", help="do not log predictions")
     s.add_argument("--log-max-mb", type=float, default=0, metavar="MB",
                    help="rotate the prediction log when it reaches MB (renamed <name>-<UTC time>.db; default 0: never)")
-    s.add_argument("--log-rotate-hours", type=float, default=0, metavar="H", help="rotate the prediction log every H hours (default 0: never)")
+    s.add_argument("--log-rotate-hours", type=float, default=24, metavar="H",
+                   help="rotate the prediction log every H hours (default 24; 0: never)")
+    s.add_argument("--log-retention-days", type=float, default=30, metavar="D",
+                   help="delete rotated prediction logs older than D days (default 30; 0: keep them)")
+    s.add_argument("--log-queue", type=int, default=100_000, metavar="ROWS",
+                   help="scored rows waiting to be logged at most; beyond, rows are dropped, counted (default 100000)")
+    s.add_argument("--log-required", action=argparse.BooleanOptionalAction, default=True,
+                   help="/ready answers 503 while the prediction log cannot be written (default; or not)")
+    s.add_argument("--log-key-env", default="MLOPSNB_LOG_KEY", metavar="VAR",
+                   help="environment variable holding the key that hashes personal columns in the log "
+                        "(default MLOPSNB_LOG_KEY; unset: they are dropped)")
     s.add_argument("--canary", type=float, default=0.0, metavar="FRACTION",
                    help="answer this fraction of requests with @challenger (sticky per X-Request-Key header, else per id of a one-record request)")
     s.add_argument("--shadow", action="store_true", help="also score every request with @challenger off the request path and log it as shadow (never returned)")
@@ -228,7 +240,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("input"); s.add_argument("output")
     s.add_argument("--model", help="registered model name (default: env.yaml's model_name)")
     s.add_argument("--version", default="@champion", help="version number or @alias (default @champion)")
-    s.add_argument("--threshold", type=float, help="decision threshold (default: the spec's evaluation threshold)")
+    s.add_argument("--threshold", type=float, help="decision threshold, overriding the version's own (default: the one "
+                   "it "
+                   "carries, mlopsnb/serving.json; a version without it: the spec's threshold)")
     s.add_argument("--chunk-rows", type=int, default=50_000, help="rows read and scored at a time")
     s.add_argument("--dask", action="store_true", help="score partition by partition on Dask (a LocalCluster unless --scheduler)")
     s.add_argument("--workers", type=int, help="with --dask: LocalCluster worker processes (default: one per core)")
@@ -298,27 +312,16 @@ def _ui(a):
     os.execve(argv[0], argv, env)
 
 # %% ../notebooks/api/09_cli.ipynb #317274f6
-def _threshold(a, project) -> tuple[float, str]:
-    "The decision threshold and where it comes from: --threshold, the spec's one `threshold` param, or 0.5."
-    from mlopsnb.branches import spec_entry_names
-    from mlopsnb.config import read_yaml, resolve_params
-    if a.threshold is not None: return a.threshold, "--threshold"
-    found = [(t, ps["threshold"]) for t, ps in resolve_params(project.root, project.env, project.spec_file).items()
-             if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    entry = spec_entry_names(read_yaml(project.root / project.spec_file), project.spec_file)   # a task's branches are one entry
-    entries, values = {entry.get(t, t) for t, _ in found}, {float(v) for _, v in found}
-    if len(entries) == 1 and len(values) == 1: return values.pop(), f"{project.spec_file}: {entries.pop()}.threshold"
-    return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file})" if found else "")
-
 def _scorer_args(a, project) -> dict:
+    "What `load_scorer` gets: --threshold (an override); the project's contract, ids, threshold as fallbacks."
     from mlopsnb.data import read_contract
+    from mlopsnb.monitor import spec_threshold
     path = project.env.data.contract_path(project.root)
-    threshold, source = _threshold(a, project)
     return {"contract": read_contract(path) if path.is_file() else None, "ids": list(project.env.data.ids),
-            "threshold": threshold, "threshold_source": source}
+            "threshold": a.threshold, "threshold_source": "--threshold", "fallback": spec_threshold(project)}
 
 def _serve(a):
-    from mlopsnb.serve import PredictionLog, alias_reloader, load_scorer, make_app, serve
+    from mlopsnb.serve import alias_reloader, load_scorer, make_app, serve
     project = _project(a)
     name, kw = a.model or project.env.model_name, _scorer_args(a, project)
     token = os.environ.get(a.token_env) or None
@@ -328,9 +331,9 @@ def _serve(a):
     scorer = load_scorer(project.store, name, a.version, **kw)
     challenger, split = _challenger(a, project, name, kw)
     follow = a.version.startswith("@") and a.reload_interval > 0
-    plog = None if a.no_log else PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db",
-                                               max_bytes=int(a.log_max_mb * 2 ** 20) or None, max_age_s=a.log_rotate_hours * 3600 or None)
+    plog = None if a.no_log else _prediction_log(a, project, scorer)
     app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
+                   log_required=a.log_required,
                    reload=alias_reloader(project.store, a.version, **kw) if follow else None, reload_interval=a.reload_interval or 5.0,
                    challenger=challenger, canary=a.canary, shadow=a.shadow, micro_batch_ms=a.micro_batch_ms,
                    reload_challenger=alias_reloader(project.store, "@challenger", name, **kw) if split and a.reload_interval > 0 else None)
@@ -343,6 +346,19 @@ def _serve(a):
         print(f"challenger: {name} version {challenger.version} ({challenger.path} path) " + "; ".join(roles), flush=True)
     serve(app, a.host, a.port)
     return 0
+
+def _prediction_log(a, project, scorer):
+    "The prediction log of `mlopsnb serve`, its key from the environment; a warning when personal columns go unlogged."
+    from mlopsnb.serve import PredictionLog
+    key = os.environ.get(a.log_key_env) or None
+    hashed = [c for c, how in scorer.pii.items() if how == "hash"]
+    if key is None and hashed:
+        print(f"mlopsnb: warning: {a.log_key_env} is not set: personal columns ({', '.join(hashed)}) are left out of "
+              f"the prediction log (set it to log them as a keyed hash: monitoring joins labels on the ids)",
+              file=sys.stderr, flush=True)
+    return PredictionLog(Path(a.log) if a.log else project.products / "serving" / "predictions.db",
+                         max_bytes=int(a.log_max_mb * 2 ** 20) or None, max_age_s=a.log_rotate_hours * 3600 or None,
+                         max_queue=a.log_queue, retention_days=a.log_retention_days or None, key=key)
 
 def _challenger(a, project, name: str, kw: dict):
     "The @challenger Scorer for --canary/--shadow (None, with a warning line, while there is none) and whether one is wanted."
@@ -386,7 +402,10 @@ def _dask_layout(workers: int, partitions: int, chunk_rows: int) -> str:
     return out
 
 def _score(a):
-    from mlopsnb.serve import load_scorer, record_scoring, score_file
+    from mlopsnb.serve import load_scorer, record_scoring, same_file, score_file
+    if same_file(a.input, a.output):    # before anything: the input stays as it is
+        raise MlopsnbError(f"{a.output}: is the input file {a.input}; the scores would replace it "
+                           "(write them elsewhere)")
     project = _project(a)
     name = a.model or project.env.model_name
     if (a.workers is not None or a.scheduler) and not a.dask: raise MlopsnbError("--workers and --scheduler go with --dask")

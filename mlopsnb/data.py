@@ -333,7 +333,7 @@ def check_contract(df: pd.DataFrame, # the table to check
 
 # %% ../notebooks/api/02_data.ipynb #2d3dd887
 CONTRACT_KEYS = ("name", "rows", "severity", "columns")
-SPEC_KEYS = ("type", "missing", "min", "max", "values", "severity")
+SPEC_KEYS = ("type", "missing", "min", "max", "values", "severity", "pii")
 
 def _found(v) -> str:
     "Describe a YAML value for an error message."
@@ -359,6 +359,8 @@ def _check_spec(spec, at: str) -> None:
         raise ContractError(f"{at}.missing: expected a fraction from 0 to 1, found {_found(spec['missing'])}")
     if "values" in spec and not isinstance(spec["values"], list): raise ContractError(f"{at}.values: expected a list of categories, found {_found(spec['values'])}")
     if "severity" in spec and spec["severity"] not in SEVERITIES: raise ContractError(f"{at}.severity: unknown severity {spec['severity']!r} ({', '.join(SEVERITIES)})")
+    if "pii" in spec and not (isinstance(spec["pii"], bool) or spec["pii"] in ("hash", "drop")):
+        raise ContractError(f"{at}.pii: expected true, false, hash or drop, found {_found(spec['pii'])}")
 
 def validate_contract(doc, # a parsed contract file
                       where: str = "contract", # the file, named in errors

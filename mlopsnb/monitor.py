@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,35 +25,68 @@ from .retrain import retrain, retraining_table
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DRIFT_EXIT', 'read_log', 'read_chunks', 'encode_labels', 'read_labels', 'load_reference', 'monitor',
-           'monitor_config', 'spec_threshold', 'spec_policy', 'add_commands']
+__all__ = ['log', 'NOT_AUTHENTICATED', 'DRIFT_EXIT', 'read_log', 'read_chunks', 'encode_labels', 'read_labels', 'load_reference',
+           'monitor', 'monitor_config', 'spec_threshold', 'spec_policy', 'add_commands']
 
 # %% ../notebooks/api/11_monitor.ipynb #4f677a30
-def read_log(path: str | Path, # the prediction log (SQLite)
+def read_log(path: str | Path, # the prediction log (SQLite); the files it was rotated into are read too
              model: str, # registered model name
              since: float | None = None, until: float | None = None, # window, as Unix times
              version: str | None = None, # only rows this version answered
-             chunk_rows: int = 50_000, # rows per chunk
+             chunk_rows: int = 50_000, # rows per chunk (at least; whole requests)
             ):
-    "Yield (features frame, scores, versions, times) chunks of the prediction log's scored rows in a window."
+    "Yield (features frame, scores, versions, times, authenticated, masking) chunks of the answered rows in a window."
     import sqlite3
-    import numpy as np
-    import orjson
-    import pandas as pd
+    from itertools import groupby
+    from operator import itemgetter
+    from mlopsnb.serve import rotated_logs, rotation_time
     path = Path(path)
-    if not path.is_file(): raise DataError(f"prediction log {path}: file not found (serve with --log, or pass --current FILE)")
-    where, args = ["model = ?"], [model]
-    if since is not None: where.append("ts >= ?"); args.append(since)
-    if until is not None: where.append("ts < ?"); args.append(until)
-    if version is not None: where.append("version = ?"); args.append(str(version))
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        try: cur = con.execute(f"SELECT features, probability, version, ts FROM scored WHERE {' AND '.join(where)} ORDER BY seq", args)
-        except sqlite3.DatabaseError as e: raise DataError(f"prediction log {path}: cannot read ({e})") from None
-        while rows := cur.fetchmany(chunk_rows):
-            yield (pd.DataFrame.from_records([orjson.loads(r[0]) for r in rows]), np.array([r[1] for r in rows], dtype=float),
-                   np.array([r[2] for r in rows], dtype=object), np.array([r[3] for r in rows], dtype=float))
-    finally: con.close()
+    files = [f for f in rotated_logs(path) if since is None or rotation_time(f, path.suffix) >= since]   # oldest first
+    files += [path] if path.is_file() else []
+    if not files: raise DataError(f"prediction log {path}: file not found (serve with --log, or pass --current FILE)")
+    where, args = ["r.model = ?"], [model]
+    if since is not None: where.append("r.ts >= ?"); args.append(since)
+    if until is not None: where.append("r.ts < ?"); args.append(until)
+    if version is not None: where.append("r.version = ?"); args.append(str(version))
+    for f in files:
+        con = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
+        try:
+            try:
+                have = {r[1] for r in con.execute("PRAGMA table_info(requests)")}     # old logs: no `auth`, `masking`
+                extra = ", ".join(f"r.{c}" if c in have else f"NULL AS {c}" for c in ("auth", "masking"))
+                cond = " AND ".join(where + (["r.role != 'shadow'"] if "role" in have else []))
+                reqs = con.execute(f"SELECT r.seq, r.features, r.version, r.ts, {extra} FROM requests r "
+                                   f"WHERE {cond} ORDER BY r.seq", args)
+                preds = con.cursor().execute(f"SELECT p.request, p.probability FROM predictions p "
+                                             f"JOIN requests r ON r.seq = p.request WHERE {cond} ORDER BY p.seq", args)
+                yield from _log_chunks(reqs, groupby(preds, key=itemgetter(0)), chunk_rows)
+            except sqlite3.DatabaseError as e: raise DataError(f"prediction log {f}: cannot read ({e})") from None
+        finally: con.close()
+
+def _log_chunks(reqs, scored, chunk_rows: int):
+    "Merge a log's requests (seq order) with their scores (grouped by request, the same order) into chunks of rows."
+    import orjson
+    cols, meta, n = {}, [], 0
+    by_seq = iter(reqs)
+    for seq, group in scored:
+        r = next(by_seq)
+        while r[0] != seq: r = next(by_seq)          # a request with no scored rows: none
+        p = [x[1] for x in group]
+        feats, m = orjson.loads(r[1]), len(p)
+        if isinstance(feats, list):                   # a log written before: an array of records
+            feats = {k: [d.get(k) for d in feats] for k in dict.fromkeys(k for d in feats for k in d)}
+        for c in set(cols) | set(feats): cols.setdefault(c, [None] * n).extend(feats.get(c, [None] * m))
+        meta.append((p, r[2], r[3], bool(r[4]), r[5], m)); n += m
+        if n >= chunk_rows: yield _log_chunk(cols, meta); cols, meta, n = {}, [], 0
+    if n: yield _log_chunk(cols, meta)
+
+def _log_chunk(cols: dict, meta: list) -> tuple:
+    "One chunk of `read_log`: the features frame and, per row, score, version, time, authenticated and masking."
+    import numpy as np
+    import pandas as pd
+    rep = lambda i, dtype: np.repeat(np.array([x[i] for x in meta], dtype=dtype), [x[5] for x in meta])
+    return (pd.DataFrame(cols), np.array([v for x in meta for v in x[0]], dtype=float), rep(1, object), rep(2, float),
+            rep(3, bool), [x[4] for x in meta for _ in range(x[5])])
 
 def read_chunks(path: str | Path, # a CSV or Parquet file
                 chunk_rows: int = 50_000, # rows per chunk
@@ -90,7 +124,7 @@ def read_labels(path: str | Path, # a CSV or Parquet of ids and a label column
                 column: str, # the label column
                 positive, # the positive label
                ) -> dict:
-    "Return {id key: 0/1} from a labels file."
+    "Return {id key: 0/1} from a labels file (the key: the id columns' `id_text`, joined)."
     import pandas as pd
     df = pd.concat(read_chunks(path))
     for c in [*ids, column]:
@@ -100,13 +134,61 @@ def read_labels(path: str | Path, # a CSV or Parquet of ids and a label column
     return dict(zip(_keys(df, ids), y.tolist()))
 
 def _keys(df, ids: list[str]) -> list[str]:
-    "Return one text key per row from its id columns (1, 1.0 and '1' agree)."
-    import pandas as pd
-    parts = []
-    for c in ids:
-        num = pd.to_numeric(df[c], errors="coerce")
-        parts.append([f"{n:g}" if n == n else str(v) for n, v in zip(num.tolist(), df[c].tolist())])
-    return ["\x1f".join(t) for t in zip(*parts)]
+    "Return one text key per row from its id columns (1, 1.0 and '1' agree; large integers stay exact)."
+    from mlopsnb.serve import id_text
+    return ["\x1f".join(t) for t in zip(*([id_text(v) for v in df[c].tolist()] for c in ids))]
+
+class _LogLabels:
+    "Join labels (keyed by clear ids) with log rows whose ids are clear, hashed (the service's key) or dropped."
+    def __init__(self, labels: dict, ids: list[str], hasher, log):
+        self.labels, self.ids, self.hasher, self.log, self.maps, self.dropped = labels, ids, hasher, log, {}, 0
+
+    def join(self, df, masking: list) -> tuple:
+        "Return (labels, clear ids per row or None) for a chunk of log rows."
+        import numpy as np
+        from mlopsnb.serve import id_text
+        if any(c not in df.columns for c in self.ids) and all(m is None for m in masking):
+            raise DataError(f"prediction log {self.log}: the logged rows carry no id columns ({', '.join(self.ids)}) "
+                            "to join labels on")
+        y, clear = np.full(len(df), np.nan), [None] * len(df)
+        for m, rows in _groups(masking).items():
+            how = tuple(self._how(json.loads(m) if m else {}, c) for c in self.ids)
+            if "dropped" in how:          # the service had no key: these rows cannot be joined
+                self.dropped += len(rows); continue
+            table = self._map(how)
+            vals = [df[c].to_numpy()[rows] for c in self.ids]
+            for i, parts in zip(rows, zip(*vals)):
+                key = "\x1f".join(str(v) if h == "hash" else id_text(v) for v, h in zip(parts, how))
+                if key in table: y[i], clear[i] = table[key]
+        return y, clear
+
+    def _how(self, masking: dict, c: str) -> str:
+        "How id column `c` was logged: clear, hash (this key) or dropped; DataError if another key or none."
+        tag = masking.get(c)
+        if tag is None: return "clear"
+        if tag == "dropped": return "dropped"
+        if self.hasher is None:
+            raise DataError(f"prediction log {self.log}: ids are hashed ({tag}); set MLOPSNB_LOG_KEY to the service's "
+                            "key to join labels")
+        if tag != self.hasher.tag:
+            raise DataError(f"prediction log {self.log}: ids were hashed with another key ({tag}, "
+                            f"not {self.hasher.tag}): set MLOPSNB_LOG_KEY to the service's")
+        return "hash"
+
+    def _map(self, how: tuple) -> dict:
+        "{log key: (label, clear id parts)} for rows whose ids were logged as `how` says."
+        if how not in self.maps:
+            split = {k: k.split("\x1f") for k in self.labels}
+            key = lambda k: "\x1f".join(self.hasher(p) if h == "hash" else p for p, h in zip(split[k], how))
+            self.maps[how] = {key(k): (v, split[k])
+                              for k, v in self.labels.items()}
+        return self.maps[how]
+
+def _groups(values: list) -> dict:
+    "{value: [row positions]} of a list, in first-seen order."
+    out: dict = {}
+    for i, v in enumerate(values): out.setdefault(v, []).append(i)
+    return out
 
 # %% ../notebooks/api/11_monitor.ipynb #06e54540
 def load_reference(store, # a Store, Project or tracking URI
@@ -114,24 +196,29 @@ def load_reference(store, # a Store, Project or tracking URI
                    version: str = "@champion", # version number or @alias
                    with_model: bool = False, # also load the model (to score a file)
                   ) -> dict:
-    "Return {version, reference, recorded metrics, model} of a registered version, verified against its manifest."
+    "Return {version, reference, recorded metrics, model, serving} of a registered version, verified (its manifest)."
     from mlopsnb.promotion import EVIDENCE_TAG
     from mlopsnb.registry import MODEL_FILE, load_model, verified_version
+    from mlopsnb.serve import read_serving
     with verified_version(store, name, version) as (local, v):
         f = local / REFERENCE_FILE
         if not f.is_file(): raise DataError(f"model {name} version {v}: carries no reference profile ({REFERENCE_FILE}); retrain it with this mlopsnb")
         ref = json.loads(f.read_text())
         model = load_model(local / MODEL_FILE, verify=False) if with_model else None
+        serving = read_serving(local, f"model {name} version {v}")   # its threshold (None: registered without one)
     from mlopsnb.config import as_store
     tags = as_store(store).client().get_model_version(name, v).tags
     recorded = (json.loads(tags[EVIDENCE_TAG]).get("metrics") if EVIDENCE_TAG in tags else None) or ref.get("metrics") or {}
-    return {"version": v, "reference": ref, "recorded": recorded, "model": model}
+    return {"version": v, "reference": ref, "recorded": recorded, "model": model, "serving": serving}
 
-def _chunks_of(current, log, name, since, until, version, cfg, model, label_column, labels, ids, positive, profiled=()):
-    "Yield (frame, scores, versions, labels) from a file (scored with `model`; only the columns the model and the profile read, unless `profiled` is None) or the prediction log."
+NOT_AUTHENTICATED = "not authenticated: the service answered it without a bearer token"
+
+def _chunks_of(current, log, name, since, until, version, cfg, model, label_column, labels, ids, positive, profiled=(),
+               joiner=None):
+    "Yield (frame, scores, versions, labels, raw rows, why a row may not retrain, masked columns) of a file or the log."
     import numpy as np
     from mlopsnb.registry import model_parts
-    if current is not None:
+    if current is not None:     # scored with `model`; only the columns the model and the profile read (or all)
         inputs = model_parts(model)[0]
         wanted = None if profiled is None else [*inputs, *profiled, *ids, *([label_column] if label_column else [])]   # None: every column
         for df in read_chunks(current, cfg.chunk_rows, wanted):
@@ -140,14 +227,25 @@ def _chunks_of(current, log, name, since, until, version, cfg, model, label_colu
             if label_column and label_column not in df.columns: raise DataError(f"{current}: no label column {label_column!r}")
             y = encode_labels(df[label_column], positive, str(current)).to_numpy() if label_column else None
             if labels is not None: y = np.array([labels.get(k, np.nan) for k in _keys(df, ids)], dtype=float)
-            yield df, model.predict_proba(df[inputs])[:, 1], None, y, df
+            yield df, model.predict_proba(df[inputs])[:, 1], None, y, df, None, set()
         return
-    for df, s, vs, _ in read_log(log, name, since, until, version, cfg.chunk_rows):
-        y = None
-        if labels is not None:
-            if any(c not in df.columns for c in ids): raise DataError(f"prediction log {log}: the logged rows carry no id columns ({', '.join(ids)}) to join labels on")
-            y = np.array([labels.get(k, np.nan) for k in _keys(df, ids)], dtype=float)
-        yield df, s, vs, y, df
+    for df, s, vs, _, auth, masking in read_log(log, name, since, until, version, cfg.chunk_rows):
+        y, clear, raw = None, None, df
+        if joiner is not None: y, clear = joiner.join(df, masking)
+        if clear is not None and any(k is not None for k in clear):      # labelled rows: their ids from the labels file
+            raw = df.copy()
+            for j, c in enumerate(ids):
+                old = df[c].tolist() if c in df.columns else [None] * len(df)
+                raw[c] = [k[j] if k is not None else o for k, o in zip(clear, old)]
+        why = np.array([None if a else NOT_AUTHENTICATED for a in auth], dtype=object)
+        masked = set()
+        for m, rows in _groups(masking).items():       # personal model inputs hashed or dropped: no drift, no retrain
+            personal = sorted(set(json.loads(m)) - set(ids)) if m else []
+            masked |= set(personal)
+            if personal:
+                reason = f"personal model inputs not logged as sent ({', '.join(personal)})"
+                why[[i for i in rows if why[i] is None]] = reason
+        yield df.drop(columns=[c for c in masked if c in df.columns]), s, vs, y, raw, why, masked
 
 def monitor(store, # a Store, Project or tracking URI
             name: str, # registered model name
@@ -160,26 +258,41 @@ def monitor(store, # a Store, Project or tracking URI
             ids: list[str] = (), # id columns
             positive="1", # the positive label
             cfg: MonitorConfig | None = None, # thresholds
-            threshold: float = 0.5, # decision threshold
+            threshold: float | None = None, # an explicit decision threshold (None: the version's own)
             policy=None, # a PromotionPolicy: the performance estimate is flagged below its minimums
             keep_labelled: bool = False, # keep the labelled rows (raw) in the result, for a retrain
+            threshold_source: str = "--threshold", # what set `threshold`
+            fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
+            log_key: str | bytes | None = None, # the key the service hashed ids with (MLOPSNB_LOG_KEY): to join labels
            ) -> dict:
     "Compare current data with the version's reference; return the summary (status ok / warn / drift and why)."
     import numpy as np
     import pandas as pd
+    from mlopsnb.serve import LogHasher, decision_threshold
     cfg = cfg or MonitorConfig()
     t0 = time.time()
     ref = load_reference(store, name, version or "@champion", with_model=current is not None)
     prof, v = ref["reference"], ref["version"]
+    t, t_source = decision_threshold(ref["serving"], v, threshold, threshold_source, fallback)
     lab = read_labels(labels, list(ids), label_column or "label", positive) if labels else None
-    acc, kept = DriftAccumulator(prof, threshold), []
-    for df, s, vs, y, raw in _chunks_of(current, log, name, since, until, version and v, cfg, ref["model"],
-                                        label_column if not labels else None, lab, list(ids), positive,
-                                        None if keep_labelled else list(prof["columns"])):
-        acc.update(df, s, vs, y)
-        if keep_labelled and y is not None and (~np.isnan(y)).any(): kept.append(raw[~np.isnan(y)].assign(**{"__label__": y[~np.isnan(y)]}))
+    hasher = LogHasher(log_key) if log_key else None
+    joiner = _LogLabels(lab, list(ids), hasher, log) if lab is not None and current is None else None
+    acc, kept, masked = DriftAccumulator(prof, t), [], set()
+    for df, s, vs, y, raw, why, m in _chunks_of(current, log, name, since, until, version and v, cfg, ref["model"],
+                                                label_column if not labels else None, lab, list(ids), positive,
+                                                None if keep_labelled else list(prof["columns"]), joiner):
+        acc.update(df, s, vs, y); masked |= m
+        if keep_labelled and y is not None and (~np.isnan(y)).any():
+            ok = ~np.isnan(y)
+            kept.append(raw[ok].assign(**{"__label__": y[ok], "__refused__": why[ok] if why is not None else None}))
     if acc.rows == 0: raise DataError(f"no current rows for model {name}" + (f" in {current}" if current else f" in the prediction log's window ({log})"))
+    if joiner is not None and joiner.dropped == acc.rows:
+        raise DataError(f"prediction log {log}: its rows carry no ids (the service ran without MLOPSNB_LOG_KEY), "
+                        "so labels cannot be joined")
     res = drift_results(acc, cfg, v if v in acc.versions else None)
+    for c in sorted(masked & acc.absent):      # personal inputs the log does not keep as sent: not judged, said so
+        res["features"][c] = {"kind": prof["columns"][c]["kind"], "status": "ok",
+                              "reason": "not in the prediction log as sent (personal data)"}
     reasons = [f"{c}: {r.get('reason') or _why(r, cfg)}" for c, r in res["features"].items() if r["status"] != "ok"]
     if res["score"] and res["score"]["status"] != "ok": reasons.append(f"scores: {_why(res['score'], cfg)}")
     perf = _performance(acc, prof, ref["recorded"], cfg, v, policy)
@@ -191,7 +304,7 @@ def monitor(store, # a Store, Project or tracking URI
         status, reasons = "warn", [f"only {acc.rows} current rows (min_rows {cfg.min_rows}): too few to judge drift"]
     out = {"model": name, "version": v, "status": status, "reasons": reasons, "rows": acc.rows,
            "source": str(current) if current else f"prediction log {log}", "window": {"since": since, "until": until},
-           "versions": {k: g["rows"] for k, g in acc.versions.items()}, "threshold": threshold,
+           "versions": {k: g["rows"] for k, g in acc.versions.items()}, "threshold": t, "threshold_source": t_source,
            "drifted": [c for c, r in res["features"].items() if r["status"] == "drift"],
            "features": res["features"], "score": res["score"], "performance": perf, "ab": ab_compare(acc, cfg, v),
            "config": cfg.model_dump(), "seconds": round(time.time() - t0, 3),
@@ -245,12 +358,16 @@ def monitor_config(project, # the loaded Project
     found = params_of_type(resolve_params(project.root, project.env, spec), project.root, spec, MonitorConfig)
     return next((m for ps in found.values() for m in ps.values()), MonitorConfig())
 
-def spec_threshold(project) -> float:
-    "Return the training spec's one `threshold` param (the decision threshold), else 0.5."
-    from mlopsnb.config import resolve_params
-    found = [ps["threshold"] for ps in resolve_params(project.root, project.env, project.spec_file).values()
+def spec_threshold(project) -> tuple[float, str]:
+    "Return the spec's decision threshold and where it is declared: its `threshold` params if they agree, else 0.5."
+    from mlopsnb.branches import spec_entry_names
+    from mlopsnb.config import read_yaml, resolve_params
+    found = [(t, ps["threshold"]) for t, ps in resolve_params(project.root, project.env, project.spec_file).items()
              if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    return float(found[0]) if len(found) == 1 else 0.5
+    entry = spec_entry_names(read_yaml(project.root / project.spec_file), project.spec_file)   # branches: one entry
+    entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
+    if len(values) == 1: return values.pop(), f"{project.spec_file}: " + ", ".join(f"{e}.threshold" for e in entries)
+    return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file} disagree)" if found else "")
 
 def spec_policy(project):
     "Return the training spec's PromotionPolicy param (None when it declares none)."
@@ -287,14 +404,17 @@ def _monitor_cmd(a) -> int:
     if a.history: return _print_history(project, cfg, name)
     until = _parse_time(a.until) or time.time()
     since = _parse_time(a.since) or until - 3600 * (a.hours or cfg.window_hours)
-    threshold = a.threshold if a.threshold is not None else cfg.threshold if cfg.threshold is not None else spec_threshold(project)
+    explicit = a.threshold if a.threshold is not None else cfg.threshold      # None: the version's own
     retraining = a.retrain or cfg.retrain_on == "drift"
     data = project.env.data
     s = monitor(project.store, name, a.version, current=a.current,
                 log=None if a.current else Path(a.log) if a.log else project.products / "serving" / "predictions.db",
                 since=None if a.current else since, until=None if a.current else until, labels=a.labels,
                 label_column=a.label_column or (data.target if a.labels else None), ids=list(data.ids), positive=data.positive,
-                cfg=cfg, threshold=threshold, policy=spec_policy(project), keep_labelled=retraining)
+                cfg=cfg, threshold=explicit, policy=spec_policy(project), keep_labelled=retraining,
+                fallback=spec_threshold(project),
+                threshold_source="--threshold" if a.threshold is not None else "the monitor config's threshold",
+                log_key=os.environ.get(a.log_key_env) or None)
     labelled = s.pop("labelled_rows", None)
     folder = project.products / "monitoring" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for line in [f"{name} version {s['version']}: {s['status'].upper()} on {s['rows']} rows from {s['source']}", *(f"  {r}" for r in s["reasons"])]:
@@ -330,7 +450,11 @@ def add_commands(sub, # the `mlopsnb` subparsers
     s.add_argument("--since", help="window start, ISO time (UTC unless it says)"); s.add_argument("--until", help="window end (default now)")
     s.add_argument("--labels", metavar="FILE", help="labels joined on the id columns (column: --label-column, default data.target)")
     s.add_argument("--label-column", help="the label column of --current (or of --labels)")
-    s.add_argument("--threshold", type=float, help="decision threshold (default: the monitor config's, else the spec's)")
+    s.add_argument("--threshold", type=float, help="threshold (default: the monitor config's, else the version's)")
+    s.add_argument("--log-key-env", default="MLOPSNB_LOG_KEY", metavar="VAR",
+                   help="environment variable holding the key the service hashed ids with, to join --labels with the "
+                        "log "
+                        "(default MLOPSNB_LOG_KEY)")
     s.add_argument("--config", metavar="FILE", help="a YAML file of monitor settings (default: the serving spec's monitor param)")
     s.add_argument("--serve-spec", default="pipeline.serve.yaml", help="the serving spec holding the monitor param")
     s.add_argument("--webhook", metavar="URL", help="POST the JSON summary here on warn or drift")

@@ -10,12 +10,18 @@ __all__ = ['retraining_table', 'retrain']
 
 # %% ../notebooks/api/11e_retrain.ipynb #64f53a8b
 def retraining_table(source, # the training source's raw table
-                     labelled, # labelled current rows (raw columns and `__label__` 0/1)
+                     labelled, # labelled current rows (raw columns, `__label__` 0/1, `__refused__`: None or why not)
                      target: str, ids: list[str], positive, # data.target, data.ids, data.positive
-                    ):
-    "Return the source table with the labelled window appended (ids already present replaced)."
+                    ) -> tuple:
+    "Return the source table with the usable labelled rows appended (ids present replaced), and what was taken/refused."
     import pandas as pd
     from mlopsnb.features import to_number
+    no = pd.Series(None, labelled.index, dtype=object)
+    why = labelled["__refused__"] if "__refused__" in labelled.columns else no
+    ok = why.isna().to_numpy()
+    report = {"taken": int(ok.sum()), "replaced": 0,
+              "refused": {str(k): int(n) for k, n in why[~ok].value_counts().items()}}
+    labelled = labelled[ok]
     values = [v for v in source[target].dropna().unique().tolist()]
     pos = next((v for v in values if str(v) == str(positive)), positive)
     neg = next((v for v in values if str(v) != str(positive)), 0)
@@ -25,7 +31,10 @@ def retraining_table(source, # the training source's raw table
         if pd.api.types.is_numeric_dtype(source[c]) and not pd.api.types.is_bool_dtype(source[c]): w[c] = to_number(w[c])
         elif source[c].dtype == object or pd.api.types.is_string_dtype(source[c]): w[c] = w[c].map(lambda v: None if v is None or v != v else str(v))
     both = pd.concat([source, w[source.columns]], ignore_index=True)
-    return both.drop_duplicates(subset=list(ids), keep="last").reset_index(drop=True) if ids else both
+    if not ids: return both, report
+    out = both.drop_duplicates(subset=list(ids), keep="last").reset_index(drop=True)
+    report["replaced"] = len(both) - len(out)
+    return out, report
 
 def retrain(project, # the loaded Project
             labelled, # labelled current rows (raw columns and `__label__`)
@@ -39,12 +48,17 @@ def retrain(project, # the loaded Project
     from mlopsnb.pipeline import run
     if labelled is None or not len(labelled): return {"triggered": False, "reason": "no labelled rows in the window to retrain on"}
     cfg = project.env.data
-    table = retraining_table(read_source(cfg, project.root), labelled, cfg.target, list(cfg.ids), cfg.positive)
+    table, rows = retraining_table(read_source(cfg, project.root), labelled, cfg.target, list(cfg.ids), cfg.positive)
+    counts = {"rows_taken": rows["taken"], "rows_replaced": rows["replaced"], "rows_refused": rows["refused"]}
+    if not rows["taken"]:
+        why = "; ".join(f"{n} {k}" for k, n in rows["refused"].items())
+        return {"triggered": False, "reason": f"no labelled rows usable for retraining ({why})", **counts}
     path = write_frame(table, project.products / "monitoring" / "retrain" / "training.parquet")
     new = Project.load(project.root, [*(overrides or []), f"data.source={path}", f"data.contract={cfg.contract_path(project.root)}"],
                        env_file, project.spec_file)
     result = run(new, engine=engine)
     tags = {k: v for r in result.records for k, v in r.tags.items()}
-    return {"triggered": True, "ok": result.ok, "rows_added": int(len(labelled)), "training_rows": int(len(table)), "data": str(path),
+    return {"triggered": True, "ok": result.ok, "rows_added": rows["taken"], **counts, "training_rows": int(len(table)),
+            "data": str(path),
             "version": tags.get("mlopsnb.model_version"), "aliases": tags.get("mlopsnb.model_aliases"),
             "decision": tags.get("mlopsnb.model_decision"), "failures": [str(f) for f in result.failures]}

@@ -22,15 +22,17 @@ from starlette.requests import Request   # at module level: FastAPI resolves the
 
 from .core import IntegrityError, MlopsnbError
 from .registry import (MODEL_FILE, ONNX_FILE, ONNX_INFO, get_alias, load_model, model_parts, onnx_feed, onnx_kinds,
-                              onnx_session, verified_version, walk_estimators)
+                              onnx_session, registry_failure, verified_version, walk_estimators)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MAX_NUMBER', 'MAX_BODY', 'MAX_ROWS', 'OFF_LOOP_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE', 'ID_NUMBER_TYPES',
-           'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories', 'load_scorer', 'key_position', 'request_key',
-           'make_app', 'alias_reloader', 'serve', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema',
-           'score_histogram', 'score_summary', 'score_file', 'record_scoring']
+__all__ = ['log', 'MAX_NUMBER', 'SERVING_FILE', 'MAX_BODY', 'MAX_ROWS', 'OFF_LOOP_ROWS', 'NO_ALIAS', 'LOG_PAGE_SIZE',
+           'LOG_KEY_ENV', 'ID_NUMBER_TYPES', 'SCORE_BINS', 'RequestError', 'Scorer', 'encoder_categories',
+           'serving_info', 'read_serving', 'decision_threshold', 'pii_columns', 'load_scorer', 'key_position',
+           'request_key', 'make_app', 'alias_reloader', 'serve', 'LogError', 'id_text', 'LogHasher', 'rotated_logs',
+           'rotation_time', 'PredictionLog', 'csv_dtypes', 'score_chunk', 'output_schema', 'score_histogram',
+           'score_summary', 'same_file', 'score_file', 'record_scoring']
 
 # %% ../notebooks/api/10_serve.ipynb #724ebbff
 class RequestError(MlopsnbError, ValueError):
@@ -58,6 +60,7 @@ class Scorer:
     encoded: dict[str, set] = field(default_factory=dict)   # ONNX path: the categories its one-hot encoders know per column
     ranges: dict[str, tuple] = field(default_factory=dict)  # the data contract's (min, max) per number column (None: no bound); outside -> 422
     id_types: dict[str, str] = field(default_factory=dict)  # the data contract's type per id column: integer, number (others: text)
+    pii: dict[str, str] = field(default_factory=dict)       # personal columns: 'hash' or 'drop' in the prediction log
 
     @property
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
@@ -201,6 +204,59 @@ def _json_type(v) -> str:
     return {bool: "a boolean", dict: "an object", list: "a list", str: "text"}.get(type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
 
 # %% ../notebooks/api/10_serve.ipynb #85c45c07
+SERVING_FILE = "mlopsnb/serving.json"   # in the model directory, under its manifest: threshold, ids, data contract
+
+def serving_info(threshold: float, # the decision threshold
+                 ids: list[str], # the id columns
+                 contract: dict | None, # the data contract the model was trained under (None: none)
+                 source: str, # where the threshold is declared, e.g. "pipeline.yaml: train_model.threshold"
+                 contract_file: str | None = None, # the contract's file, for the record
+                ) -> dict:
+    "Return what a model version carries for serving: its threshold and where it came from, its ids and data contract."
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0: raise MlopsnbError(f"{source}: decision threshold {threshold} is not between 0 and 1")
+    return {"threshold": t, "threshold_source": source, "ids": list(ids), "contract": contract,
+            "contract_file": contract_file}
+
+def read_serving(folder: Path, # a verified model directory
+                 what: str, # the version, named in errors
+                ) -> dict | None:
+    "Return the version's `SERVING_FILE` (None for a version registered without one); MlopsnbError if it is malformed."
+    f = Path(folder) / SERVING_FILE
+    if not f.is_file(): return None
+    try: info = json.loads(f.read_text())
+    except ValueError as e: raise MlopsnbError(f"{what}: {SERVING_FILE} is not JSON ({e})") from None
+    t = info.get("threshold") if isinstance(info, dict) else None
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0):
+        raise MlopsnbError(f"{what}: {SERVING_FILE}: threshold: expected a number from 0 to 1, found {t!r}")
+    return info
+
+def decision_threshold(carried: dict | None, # the version's SERVING_FILE (None: it carries none)
+                       version: str, # the version number, named in the source
+                       threshold: float | None = None, # an explicit threshold: overrides the version's
+                       threshold_source: str = "--threshold", # what set `threshold`
+                       fallback: tuple[float, str] = (0.5, "default 0.5"), # for a version carrying none: the spec's
+                      ) -> tuple[float, str]:
+    "Return a version's decision threshold and where it comes from: explicit, else the version's own, else `fallback`."
+    if threshold is not None:
+        carries = f" (version {version} carries {carried['threshold']:g})" if carried else ""
+        return float(threshold), threshold_source + carries
+    if carried is not None:
+        return float(carried["threshold"]), f"version {version} ({carried.get('threshold_source') or SERVING_FILE})"
+    return float(fallback[0]), f"{fallback[1]} (version {version} carries no {SERVING_FILE})"
+
+def pii_columns(contract: dict | None, # the version's data contract
+                columns: list[str], # the columns a request may hold (inputs and ids)
+                ids: list[str], # id columns: personal unless the contract says `pii: false`
+               ) -> dict[str, str]:
+    "Return {column: 'hash' or 'drop'} for the columns the prediction log may not keep as sent (the contract's `pii`)."
+    spec, out = (contract or {}).get("columns", {}), {}
+    for c in columns:
+        v = spec.get(c, {}).get("pii", c in ids)
+        if v is True or v == "hash": out[c] = "hash"
+        elif v == "drop": out[c] = "drop"
+    return out
+
 def _signature_numbers(folder: Path) -> set[str]:
     "The columns the MLmodel signature types as numbers."
     import yaml
@@ -211,18 +267,27 @@ def _signature_numbers(folder: Path) -> set[str]:
 def load_scorer(store, # a Store, Project or tracking URI
                 name: str, # registered model name
                 version: str = "@champion", # version number or @alias
-                contract: dict | None = None, # the data contract: blanks allowed, known categories
-                ids: list[str] = (), # identifier columns accepted and echoed back
-                threshold: float = 0.5, # the decision threshold
-                threshold_source: str = "default 0.5", # where it comes from (shown in /version)
+                contract: dict | None = None, # the data contract of a version that carries none (the project's)
+                ids: list[str] = (), # the id columns of a version that carries none (data.ids)
+                threshold: float | None = None, # an explicit decision threshold: overrides the version's
+                threshold_source: str = "--threshold", # what set `threshold` (shown in /version)
+                fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
                ) -> Scorer:
     "Download, verify (sha256 manifest) and load a registered version with the trusted-types loader; return its Scorer."
-    with verified_version(store, name, version) as (local, v):
-        model = load_model(local / MODEL_FILE, verify=False)
-        onnx = json.loads((local / ONNX_INFO).read_text()) if (local / ONNX_INFO).is_file() else {"converted": False, "reason": "no ONNX copy"}
-        data = (local / ONNX_FILE).read_bytes() if onnx.get("converted") and (local / ONNX_FILE).is_file() else None
-        sig_numbers = _signature_numbers(local)
-    inputs, dropped, coerced, _ = model_parts(model)
+    try:
+        with verified_version(store, name, version) as (local, v):
+            model = load_model(local / MODEL_FILE, verify=False)
+            onnx = (json.loads((local / ONNX_INFO).read_text()) if (local / ONNX_INFO).is_file()
+                    else {"converted": False, "reason": "no ONNX copy"})
+            data = (local / ONNX_FILE).read_bytes() if onnx.get("converted") and (local / ONNX_FILE).is_file() else None
+            sig_numbers = _signature_numbers(local)
+            carried = read_serving(local, f"model {name} version {v}")
+        inputs, dropped, coerced, _ = model_parts(model)
+    except MlopsnbError: raise
+    except Exception as e:   # MLflow, the artifact store, the file system, a malformed file: one line
+        raise registry_failure(f"model {name} {version}", e) from e
+    if carried is not None: contract, ids = carried.get("contract"), carried.get("ids", ids)
+    t, source = decision_threshold(carried, v, threshold, threshold_source, fallback)
     cols = (contract or {}).get("columns", {})
     nullable = {c for c in inputs if c not in cols or cols[c].get("missing", 0) > 0}
     cats = {c: set(map(str, s["values"])) for c, s in cols.items() if c in inputs and s.get("type") == "category" and "values" in s}
@@ -231,9 +296,11 @@ def load_scorer(store, # a Store, Project or tracking URI
     encoded = encoder_categories(model)
     if data is not None and encoded is None: data, onnx = None, {**onnx, "converted": False, "reason": "one-hot encoder outside a ColumnTransformer"}
     session = onnx_session(data) if data is not None else None
-    return Scorer(name, v, model, inputs, (sig_numbers | set(coerced)) & set(inputs), set(dropped), nullable, float(threshold),
-                  threshold_source, [c for c in ids if c not in inputs], cats, session, onnx_kinds(session) if session else {}, onnx,
-                  encoded or {}, ranges, {c: cols[c].get("type") for c in ids if c in cols})
+    id_cols = [c for c in ids if c not in inputs]
+    return Scorer(name, v, model, inputs, (sig_numbers | set(coerced)) & set(inputs), set(dropped), nullable, t, source,
+                  id_cols, cats, session, onnx_kinds(session) if session else {}, onnx, encoded or {}, ranges,
+                  {c: cols[c].get("type") for c in ids if c in cols}, pii_columns(contract, [*inputs, *id_cols],
+                  id_cols))
 
 # %% ../notebooks/api/10_serve.ipynb #317a9574
 MAX_BODY = 1 << 20          # bytes: larger request bodies get 413
@@ -255,7 +322,8 @@ class _Metrics:
         r.register(self.scores)
         self.unknown = Counter("mlopsnb_unknown_categories", "Values outside the contract's categories (accepted)", ["column"], registry=r)
         self.model = Gauge("mlopsnb_model_info", "The versions serving (1) as champion or challenger, and their path", ["role", "name", "version", "path"], registry=r)
-        self.reloads = Counter("mlopsnb_reloads", "Alias moves followed (loaded, removed) or refused", ["result", "role"], registry=r)
+        self.reloads = Counter("mlopsnb_reloads", "Alias checks: moves followed (loaded, removed), a version refused "
+                               "or the check failed (the registry)", ["result", "role"], registry=r)
         self.shadow = Counter("mlopsnb_shadow_requests", "Requests scored in the shadow of the answer by the challenger: scored, refused "
                               "(its input check failed), dropped (the shadow queue was full) or failed", ["result", "version"], registry=r)
 
@@ -274,10 +342,40 @@ class _BulkHistogram:
         buckets = [(f"{e:g}" if e != int(e) else f"{e:.1f}", n) for e, n in zip(self.edges.tolist(), cum)] + [("+Inf", cum[-1])]
         yield HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=total)
 
+class _Health:
+    "Gauges read when /metrics is scraped: the prediction log's writer and the alias checks (the hot-reload thread)."
+    def __init__(self, svc, plog):
+        self.svc, self.plog = svc, plog
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        g = lambda name, doc, value: GaugeMetricFamily(name, doc, value=value)
+        if self.plog is not None:
+            h = self.plog.health()
+            yield g("mlopsnb_prediction_log_healthy", "1 while the prediction log is written, 0 while its writes fail "
+                    "or rows are dropped", int(h["healthy"]))
+            yield g("mlopsnb_prediction_log_last_write_timestamp_seconds", "When the prediction log last committed "
+                    "(Unix time; 0: never)", h["last_write"] or 0)
+            yield g("mlopsnb_prediction_log_consecutive_failures", "Failed write attempts since the last commit "
+                    "(the batch is kept and retried)", h["failures"])
+            yield g("mlopsnb_prediction_log_queue_rows", "Scored rows waiting to be written", h["queued"])
+            yield CounterMetricFamily("mlopsnb_prediction_log_dropped_rows", "Scored rows not logged: the queue was "
+                                      "full, or given up at shutdown", value=h["dropped"])
+            yield CounterMetricFamily("mlopsnb_prediction_log_written_rows", "Scored rows written to the log",
+                                      value=h["written"])
+        if self.svc.checks:
+            last = GaugeMetricFamily("mlopsnb_reload_last_success_timestamp_seconds",
+                                     "When the alias was last checked successfully (0: never)", labels=["role"])
+            fails = GaugeMetricFamily("mlopsnb_reload_consecutive_failures",
+                                      "Alias checks failed or refused since the last good one", labels=["role"])
+            for role, st in self.svc.checks.items():
+                last.add_metric([role], st["last_success"] or 0); fails.add_metric([role], st["failures"])
+            yield last; yield fails
+
 class _Service:
     "What the app's handlers share: the champion and challenger scorers (each swapped whole on reload), the routing and the metrics."
     def __init__(self, scorer: Scorer, metrics: _Metrics, challenger: Scorer | None = None, canary: float = 0.0, shadow: bool = False):
         self.scorer, self.challenger, self.metrics, self.canary, self.shadow = scorer, challenger, metrics, float(canary), bool(shadow)
+        self.checks: dict[str, dict] = {}   # per role followed: last good alias check, failures since, last error
         metrics.model.labels("champion", scorer.name, scorer.version, scorer.path).set(1)
         if challenger is not None: metrics.model.labels("challenger", challenger.name, challenger.version, challenger.path).set(1)
     def swap(self, new: Scorer | None, role: str = "champion") -> None:
@@ -408,6 +506,7 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
              shadow_queue: int = 1000, # requests waiting for the shadow scorer; more are dropped (counted)
              micro_batch_ms: float = 0.0, # wait up to this long to score concurrent small requests in one call (0: off)
              micro_batch_rows: int = 64, # flush a micro-batch at this many rows
+             log_required: bool = True, # /ready answers 503 while the prediction log cannot be written
             ):
     "Return the FastAPI scoring app (an ASGI app; wrapped for the bearer token when one is given)."
     import asyncio
@@ -426,36 +525,56 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     from concurrent.futures import ThreadPoolExecutor
     scoring = ThreadPoolExecutor(2, thread_name_prefix="mlopsnb-score")
 
-    def follow(role: str, fn) -> None:
-        current = svc.scorer if role == "champion" else svc.challenger
+    def follow(role: str, fn) -> bool:
+        "Check one alias and switch to the version it moved to; False if the check failed (any error: serving goes on)."
+        current, st = svc.scorer if role == "champion" else svc.challenger, svc.checks[role]
         try: new = fn(current)
-        except MlopsnbError as e:      # a version failing its manifest, or the registry down: keep serving the old one
-            svc.metrics.reloads.labels("refused", role).inc()
-            log.warning("%s reload refused, still serving version %s: %s", role, current.version if current else "none", e); return
+        except Exception as e:       # a version failing its manifest, the registry down or answering nonsense
+            st["failures"] += 1; st["error"] = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            svc.metrics.reloads.labels("refused" if isinstance(e, IntegrityError) else "failed", role).inc()
+            old = current.version if current else "none"
+            if not isinstance(e, MlopsnbError): log.exception("%s alias check failed, still serving %s", role, old)
+            else: log.warning("%s reload %s, still serving version %s: %s", role,
+                              "refused" if isinstance(e, IntegrityError) else "failed", old, e)
+            return False
+        st.update(last_success=time.time(), failures=0, error=None)
         if new is NO_ALIAS:                # a champion alias removed: keep serving; a challenger removed: canary and shadow pause
             if role == "challenger" and current is not None:
                 svc.swap(None, role); svc.metrics.reloads.labels("removed", role).inc(); log.warning("no @challenger any more: every request goes to the champion")
         elif isinstance(new, Scorer):
             svc.swap(new, role); svc.metrics.reloads.labels("loaded", role).inc(); log.warning("now serving %s version %s (%s) as %s", new.name, new.version, new.path, role)
+        return True
+
+    for role, fn in (("champion", reload), ("challenger", reload_challenger)):
+        if fn: svc.checks[role] = {"last_success": None, "failures": 0, "error": None}
 
     def poll():
-        while not stop.wait(reload_interval):
-            if reload: follow("champion", reload)
-            if reload_challenger: follow("challenger", reload_challenger)
+        "The hot-reload thread: check the aliases every `reload_interval`; after a failure, twice as long (up to 4x)."
+        wait = reload_interval
+        while not stop.wait(wait):
+            ok = True
+            for role, fn in (("champion", reload), ("challenger", reload_challenger)):
+                if not fn: continue
+                try: ok = follow(role, fn) and ok
+                except Exception:          # never let the thread die: the next check may succeed
+                    log.exception("%s alias check", role); ok = False
+            wait = reload_interval if ok else min(2 * wait, 4 * reload_interval)
 
     def shadow_worker():
         "Score queued requests with the challenger and log them as shadow rows (never answered)."
         while (job := shadows.get()) is not None:
-            rid, rows, body = job
+            rid, rows = job
             s = svc.challenger
             if s is None: continue
             try:
-                p = s.score(s.columns(rows), len(rows))
+                cols = s.columns(rows); p = s.score(cols, len(rows))
             except RequestError: svc.metrics.shadow.labels("refused", s.version).inc(); continue
             except Exception:             # the shadow never affects serving; a failure is logged and counted, not hidden
                 log.exception("shadow scoring with %s version %s failed", s.name, s.version)
                 svc.metrics.shadow.labels("failed", s.version).inc(); continue
-            if prediction_log is not None: prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", body=body)
+            if prediction_log is not None:
+                prediction_log.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=auth,
+                                      columns=cols)
             svc.metrics.shadow.labels("scored", s.version).inc()
 
     @asynccontextmanager
@@ -474,6 +593,8 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
                   description=f"Scores raw records with {scorer.name} (the version behind the alias, verified against its sha256 manifest).")
     app.state.service = svc
     m = svc.metrics
+    m.registry.register(_Health(svc, prediction_log))
+    auth = token is not None         # every request reaching a handler carried the token: recorded with its logged rows
 
     def fail(status: int, message: str, rid: str, version: str, role: str) -> Response:
         m.requests.labels(str(status), version, role).inc()
@@ -504,9 +625,10 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
         t = s.threshold
         decisions = (p >= t).astype(int)
         preds = _predictions(rows, s.ids, p, decisions)
-        if prediction_log is not None: prediction_log.append(rid, s, rows, p, decisions, role=role, body=body)
+        if prediction_log is not None:
+            prediction_log.append(rid, s, rows, p, decisions, role=role, auth=auth, columns=cols)
         if svc.shadow and role == "champion" and svc.challenger is not None:
-            try: shadows.put_nowait((rid, rows, body))
+            try: shadows.put_nowait((rid, rows))
             except queue.Full: m.shadow.labels("dropped", svc.challenger.version).inc()
         m.requests.labels("200", s.version, role).inc(); m.batch.observe(len(rows))
         m.scores.observe_many(p)
@@ -517,36 +639,52 @@ def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the cham
     @app.get("/health", summary="The process is up")
     def health(): return {"status": "ok"}
 
-    @app.get("/ready", summary="A verified model is loaded")
+    @app.get("/ready", summary="A verified model is loaded and the prediction log is written (else 503 and why)")
     def ready():
         s = svc.scorer
-        return {"ready": s is not None, "model": s.name, "version": s.version}
+        why = prediction_log.problem() if prediction_log is not None and log_required else None
+        if why is None: return {"ready": s is not None, "model": s.name, "version": s.version}
+        body = {"ready": False, "model": s.name, "version": s.version, "reason": why}
+        return Response(orjson.dumps(body), status_code=503, media_type="application/json")
 
     @app.get("/version", summary="The model version serving, its path (onnx or sklearn) and decision threshold; the challenger, canary and shadow")
     def version():
         s, ch = svc.scorer, svc.challenger
+        plog_health = prediction_log.health() if prediction_log is not None else None
         return {"model": s.name, "version": s.version, "path": s.path, "threshold": s.threshold, "threshold_source": s.threshold_source,
                 "onnx": s.onnx, "inputs": s.inputs, "ids": s.ids, "canary": svc.canary, "shadow": svc.shadow,
-                "challenger": None if ch is None else {"version": ch.version, "path": ch.path, "threshold": ch.threshold}}
+                "challenger": None if ch is None else {"version": ch.version, "path": ch.path,
+                                                       "threshold": ch.threshold},
+                "reload": {role: {**st, "last_success": _iso(st["last_success"])} for role, st in svc.checks.items()},
+                "prediction_log": None if plog_health is None else {**plog_health, "required": log_required,
+                                                                    "last_write": _iso(plog_health["last_write"])}}
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics(): return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     return _bearer(app, token) if token else app
 
+def _iso(t: float | None) -> str | None:
+    "A Unix time as ISO 8601 UTC (None stays None)."
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
 NO_ALIAS = "no alias"   # what a reload function returns when its alias no longer exists (the challenger was removed)
 
 def alias_reloader(store, # a Store, Project or tracking URI
                    alias: str = "@champion", # the alias to follow
                    name: str | None = None, # registered model name (default: the current scorer's)
-                   **kw, # passed to `load_scorer` (contract, ids, threshold, threshold_source)
+                   **kw, # passed to `load_scorer` (fallback contract and ids, explicit threshold, fallback threshold)
                   ):
-    "Return a `reload` function for `make_app`: a new verified Scorer when `alias` moved, NO_ALIAS when it is gone, else None."
+    "Return make_app's `reload`: a verified Scorer if `alias` moved, NO_ALIAS if gone, else None; or RegistryError."
     def reload(current: Scorer | None) -> Scorer | str | None:
-        v = get_alias(store, name or current.name, alias.lstrip("@"))
-        if v is None: return NO_ALIAS
-        if current is not None and v == current.version: return None
-        return load_scorer(store, name or current.name, v, **kw)
+        model = name or current.name
+        try:
+            v = get_alias(store, model, alias.lstrip("@"))
+            if v is None: return NO_ALIAS
+            if current is not None and v == current.version: return None
+            return load_scorer(store, model, v, **kw)    # the version's own threshold and contract
+        except MlopsnbError: raise
+        except Exception as e: raise registry_failure(f"model {model} {alias}", e) from e
     return reload
 
 def serve(app, # from `make_app`
@@ -562,61 +700,188 @@ def serve(app, # from `make_app`
 # %% ../notebooks/api/10_serve.ipynb #5c2a7d31
 _LOG_SCHEMA = ["""CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL,
-    path TEXT NOT NULL, rows INTEGER NOT NULL, features TEXT NOT NULL, role TEXT NOT NULL DEFAULT 'champion')""",
+    path TEXT NOT NULL, rows INTEGER NOT NULL, features TEXT NOT NULL, role TEXT NOT NULL DEFAULT 'champion',
+    auth INTEGER NOT NULL DEFAULT 0, masking TEXT)""",
     """CREATE TABLE IF NOT EXISTS predictions (
     seq INTEGER PRIMARY KEY, request INTEGER NOT NULL REFERENCES requests(seq), row INTEGER NOT NULL,
     probability REAL NOT NULL, decision INTEGER NOT NULL)"""]
+# columns added since the first logs (an older file gets them on open; its rows: answered by the champion,
+# not authenticated)
+_LOG_ADDED = {"role": "TEXT NOT NULL DEFAULT 'champion'", "auth": "INTEGER NOT NULL DEFAULT 0", "masking": "TEXT"}
 # one line per scored row: `scored` holds the rows answered (by the champion, or the challenger on the canary), what the
 # monitoring side reads; `shadow_scored` the rows the challenger scored in the shadow of an answer (never returned)
 _LOG_VIEW = """CREATE VIEW {name} AS SELECT p.seq, r.ts, r.request_id, r.model, r.version, r.path, p.row,
-    json_extract(r.features, '$[' || p.row || ']') AS features, p.probability, p.decision, r.role
+    CASE WHEN json_type(r.features) = 'object'
+         THEN (SELECT json_group_object(j.key, j.value -> ('$[' || p.row || ']')) FROM json_each(r.features) j)
+         ELSE json_extract(r.features, '$[' || p.row || ']') END AS features,
+    p.probability, p.decision, r.role, r.auth, r.masking
     FROM predictions p JOIN requests r ON r.seq = p.request WHERE r.role {test} 'shadow'"""
 
 def _log_schema(con) -> None:
-    "Create the log's tables and views, or bring an older log up to date (the `role` column; views recreated)."
+    "Create the log's tables and views, or bring an older log up to date (the columns added since; views recreated)."
     for stmt in _LOG_SCHEMA: con.execute(stmt)
-    if "role" not in {r[1] for r in con.execute("PRAGMA table_info(requests)")}:
-        con.execute("ALTER TABLE requests ADD COLUMN role TEXT NOT NULL DEFAULT 'champion'")
+    have = {r[1] for r in con.execute("PRAGMA table_info(requests)")}
+    for col, decl in _LOG_ADDED.items():
+        if col not in have: con.execute(f"ALTER TABLE requests ADD COLUMN {col} {decl}")
     for name, test in (("scored", "!="), ("shadow_scored", "=")):
         con.execute(f"DROP VIEW IF EXISTS {name}"); con.execute(_LOG_VIEW.format(name=name, test=test))
 
 LOG_PAGE_SIZE = 32768   # bytes per SQLite page of a new prediction log
+LOG_KEY_ENV = "MLOPSNB_LOG_KEY"   # the key of the prediction log's keyed hash (read by `mlopsnb serve` and `monitor`)
 
-def _features_text(rows: list, body: bytes | None) -> str:
-    "The JSON array of a request's records: its body as received when given (a single record wrapped), else `rows` encoded."
+class LogError(MlopsnbError, OSError):
+    "Raised when the prediction log cannot be opened or its key is unusable."
+
+def id_text(v) -> str:
+    "The text an id (or personal) value is joined and hashed as: 7, 7.0 and '7' agree; other values as text."
+    if isinstance(v, (bool, np.bool_)): return str(bool(v))
+    if isinstance(v, (int, np.integer)): return str(int(v))
+    if isinstance(v, str):
+        t = v.strip()
+        if t.lstrip("+-").isdigit(): return str(int(t))
+        try: x = float(t)
+        except ValueError: return v
+    else:
+        try: x = float(v)
+        except (TypeError, ValueError): return str(v)
+    if x != x or abs(x) == float("inf"): return str(v)
+    return str(int(x)) if x.is_integer() and abs(x) < 2 ** 63 else repr(x)
+
+class LogHasher:
+    "The prediction log's keyed hash of personal values: HMAC-SHA256 of `id_text`, 128 bits in hex."
+    def __init__(self, key: str | bytes, # the secret key (at least 16 bytes), e.g. from MLOPSNB_LOG_KEY
+                ):
+        k = key.encode() if isinstance(key, str) else bytes(key)
+        if len(k) < 16:
+            raise LogError(f"{LOG_KEY_ENV}: the prediction log's key must be at least 16 bytes long (it is {len(k)})")
+        self._base = hmac.new(k, digestmod=hashlib.sha256)
+        self.key_id = hmac.new(k, b"mlopsnb prediction log key id", hashlib.sha256).hexdigest()[:8]   # reveals nothing
+        self.tag = f"hmac-sha256:{self.key_id}"
+
+    def __call__(self, v) -> str | None:
+        "The hash of one value (None stays None: a blank is not personal)."
+        if v is None or (isinstance(v, float) and v != v): return None
+        h = self._base.copy(); h.update(id_text(v).encode())
+        return h.hexdigest()[:32]
+
+def _log_plan(scorer: Scorer, hasher: LogHasher | None) -> tuple[list, set, str | None]:
+    "What the log keeps of a scorer's records: (columns kept, in order; those hashed; the masking as JSON or None)."
+    allowed = [c for c in scorer.inputs if c not in scorer.dropped] + [c for c in scorer.ids if c not in scorer.inputs]
+    gone = {c for c, how in scorer.pii.items() if how == "drop" or hasher is None} & set(allowed)
+    hashed = {c for c, how in scorer.pii.items() if how == "hash" and hasher is not None and c in allowed}
+    masking = {c: hasher.tag for c in sorted(hashed)} | {c: "dropped" for c in sorted(gone)}
+    return [c for c in allowed if c not in gone], hashed, json.dumps(masking) if masking else None
+
+def _log_features(rows: list, # the request's records (checked)
+                  columns: dict | None, # their checked columns (`Scorer.columns`), or None: taken from `rows`
+                  keep: list, hashed: set, # from `_log_plan`
+                  hasher: LogHasher | None, # the keyed hash
+                 ) -> str:
+    "A request's features as logged: one JSON object of columns (only those in `keep`; those in `hashed` hashed)."
     import orjson
-    if body is None: return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    text = body.decode()
-    return text if re.match(r"\s*\[", text) else f"[{text}]"
+    out = {}
+    for c in keep:
+        if columns is not None and c in columns: v = columns[c]
+        elif any(c in r for r in rows): v = [r.get(c) for r in rows]
+        else: continue                                # an id column the request did not send
+        out[c] = [hasher(x) for x in v] if c in hashed else v
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode()   # number arrays (NaN: null), text lists
+
+_ROTATED = re.compile(r"-(\d{8}T\d{12}Z)$")
+
+def rotated_logs(path: str | Path, # the live prediction log
+                ) -> list[Path]:
+    "Return the files `path` was rotated into (`<stem>-<UTC time><suffix>`), oldest first."
+    path = Path(path)
+    found = [f for f in path.parent.glob(f"{path.stem}-*{path.suffix}")
+             if _ROTATED.search(f.name[: len(f.name) - len(path.suffix)])]
+    return sorted(found, key=lambda f: f.name)
+
+def rotation_time(f: Path, # a file from `rotated_logs`
+                  suffix: str, # the live log's suffix (.db)
+                 ) -> float:
+    "Return the Unix time a rotated prediction log was rotated (from its name)."
+    import datetime as dt
+    stamp = _ROTATED.search(f.name[: len(f.name) - len(suffix)]).group(1)
+    return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+def _private_file(path: Path) -> None:
+    "Create `path` readable and writable by its owner only (0600), or make an existing one so."
+    import os
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
 
 class PredictionLog:
-    "Append scored rows to a SQLite file (WAL) off the request path; `close` writes everything queued."
+    "Append scored rows to a SQLite file (WAL) off the request path; failed writes are retried; `close` writes all."
     def __init__(self, path: str | Path, # the SQLite file (created with its folder)
                  max_bytes: int | None = None, # rotate when the file (with its WAL) reaches this size
                  max_age_s: float | None = None, # rotate when the file has been written to for this long
                  flush_s: float = 0.1, # the writer wakes at most this often: what arrived meanwhile goes in one transaction
+                 max_queue: int = 100_000, # rows waiting to be written; beyond, rows are dropped (counted)
+                 retention_days: float | None = None, # rotated files older than this are deleted (None: kept)
+                 key: str | bytes | None = None, # the keyed hash's key (None: personal columns are dropped)
+                 busy_s: float = 1.0, # how long a write waits for another connection's lock before failing (retried)
+                 retry_max_s: float = 5.0, # the longest wait between retries of a failed write
                 ):
-        import queue
-        self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
+        import queue, sqlite3
+        self.path = Path(path)
         self.max_bytes, self.max_age_s, self.flush_s, self.rotated = max_bytes, max_age_s, flush_s, []   # rotated: (file, seconds the rotation took)
-        self._open().close()
-        self._q, self.written = queue.SimpleQueue(), 0
+        self.max_queue, self.busy_s, self.retry_max_s = int(max_queue), float(busy_s), float(retry_max_s)
+        self.retention_s = retention_days * 86400 if retention_days else None
+        self.hasher = LogHasher(key) if key else None
+        self.written = self.dropped = self.queued = self.failures = 0
+        self.last_write, self.error, self.pending, self.opened = None, None, 0, time.time()
+        self._lock, self._closing, self._give_up_at = threading.Lock(), threading.Event(), float("inf")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open().close()
+            self.pruned = self._prune()
+        except (OSError, sqlite3.Error) as e:
+            raise LogError(f"prediction log {self.path}: cannot open ({type(e).__name__}: {e})") from None
+        self._q = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
         self._thread.start()
 
     def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions, role: str = "champion",
-               body: bytes | None = None, # the request's JSON as received (the records): logged as is instead of encoding `rows` again
+               auth: bool = False, # the request was checked against a bearer token
+               columns: dict | None = None, # the rows' checked columns (`Scorer.columns`), logged as checked
               ) -> None:
-        "Queue one request's rows (returns at once); `role`: champion, challenger (canary) or shadow."
-        self._q.put((time.time(), request_id, scorer.name, scorer.version, scorer.path, rows, body, probabilities, decisions, scorer.threshold, role))
+        "Queue one request's rows (dropped, counted, past `max_queue`); `role`: champion, challenger or shadow."
+        n = len(rows)
+        with self._lock:
+            if self.queued + n > self.max_queue: self.dropped += n; return
+            self.queued += n
+        self._q.put((time.time(), request_id, scorer, rows, probabilities, decisions, role, bool(auth), columns))
+
+    def health(self) -> dict:
+        "The writer's state: healthy, last commit (Unix time), failures since, last error, rows queued/dropped/written."
+        alive = self._thread.is_alive() or self._closing.is_set()
+        return {"healthy": alive and self.failures == 0 and self.queued < self.max_queue, "last_write": self.last_write,
+                "failures": self.failures, "error": self.error, "queued": self.queued, "dropped": self.dropped,
+                "written": self.written}
+
+    def problem(self) -> str | None:
+        "Why the log cannot be written now, in one line (None while it can)."
+        h = self.health()
+        if h["healthy"]: return None
+        if not (self._thread.is_alive() or self._closing.is_set()):
+            return f"prediction log {self.path}: its writer stopped"
+        if h["failures"]:
+            since = f"last written {_iso(h['last_write'])}" if h["last_write"] else "nothing written yet"
+            return (f"prediction log {self.path}: cannot write ({h['error']}); {h['failures']} failed attempts, "
+                    f"{since}; {h['queued']} rows waiting")
+        return f"prediction log {self.path}: {h['queued']} rows waiting, the queue is full ({h['dropped']} dropped)"
 
     def _open(self):
+        "Connect to the file (created 0600, WAL, its schema up to date)."
         import sqlite3
-        con = sqlite3.connect(self.path)
-        con.execute(f"PRAGMA page_size={LOG_PAGE_SIZE}")    # a new file only: a request's features are one large value, fewer pages to write
-        con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
-        with con: _log_schema(con)
-        self.opened, self.pending = time.time(), 0
+        _private_file(self.path)
+        con = sqlite3.connect(self.path, timeout=self.busy_s)
+        try:
+            con.execute(f"PRAGMA page_size={LOG_PAGE_SIZE}")    # a new file only: a request's features are one value
+            con.execute("PRAGMA journal_mode=WAL"); con.execute("PRAGMA synchronous=NORMAL")
+            with con: _log_schema(con)
+        except BaseException: con.close(); raise
         return con
 
     def _due(self) -> bool:
@@ -635,39 +900,104 @@ class PredictionLog:
         dest = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
         os.replace(self.path, dest)                       # atomic: readers see the old file whole, or the new one
         for extra in ("-wal", "-shm"): self.path.with_name(self.path.name + extra).unlink(missing_ok=True)
-        con = self._open()
+        con, self.opened = self._open(), time.time()
         self.rotated.append((dest, time.perf_counter() - t0))
         log.info("prediction log rotated to %s", dest)
+        self.pruned += self._prune()
         return con
 
-    def _write(self):
-        import queue
-        con, done = self._open(), False
-        while not done:
-            batch = [self._q.get()]                           # asleep until a request comes
-            if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # then let others gather: few transactions, the GIL left to the requests
-            while True:
-                try: batch.append(self._q.get_nowait())
-                except queue.Empty: break
-            done = None in batch
-            batch = [b for b in batch if b is not None]
-            k = 0
-            while k < len(batch):
-                with con:     # one transaction: whole requests, or nothing after a crash
-                    while k < len(batch):
-                        self.pending += self._insert(con, *batch[k]); k += 1
-                        if self._due(): break
-                self.pending = 0                          # committed: in the file's size now
-                if self._due(): con = self._rotate(con)
-        con.close()
+    def _prune(self) -> list[Path]:
+        "Delete the rotated files older than the retention (by the time in their name); return them."
+        if not self.retention_s: return []
+        cutoff, gone = time.time() - self.retention_s, []
+        for f in rotated_logs(self.path):
+            if rotation_time(f, self.path.suffix) < cutoff:
+                f.unlink(missing_ok=True); gone.append(f)
+                log.info("prediction log %s deleted (older than the retention)", f)
+        return gone
 
-    def _insert(self, con, ts, rid, name, v, path, rows, body, probs, decs, threshold, role) -> int:
+    def _gather(self) -> tuple[list, bool]:
+        "Wait for a request, let others gather for `flush_s`, and return them all and whether `close` was called."
+        import queue
+        batch = [self._q.get()]                            # asleep until a request comes
+        if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # let others gather: few transactions
+        while True:
+            try: batch.append(self._q.get_nowait())
+            except queue.Empty: break
+        return [b for b in batch if b is not None], None in batch
+
+    def _write(self):
+        "The writer thread: write what is queued; on an error keep the batch, back off and retry (never die)."
+        con, done, batch, wait = None, False, [], 0.1
+        while batch or not done:
+            if not batch:
+                batch, done = self._gather()
+                continue
+            try:
+                con = self._commit(con or self._open(), batch)
+                wait = 0.1
+            except Exception as e:      # locked, disk full, I/O, the folder gone: nothing lost yet, the batch retried
+                con = self._failed(con, e)
+                if self._closing.is_set():       # stopping: retry until `close`'s deadline, then count the rest dropped
+                    if time.monotonic() >= self._give_up_at: self._give_up(batch); break
+                    time.sleep(min(wait, 0.2))
+                else: self._closing.wait(wait)
+                wait = min(2 * wait, self.retry_max_s)
+        if con is not None: con.close()
+
+    def _commit(self, con, batch: list):
+        "Write `batch` in transactions of whole requests (rotating when due), emptying it; return the connection."
+        while batch:
+            k = rows = 0
+            with con:     # one transaction: whole requests, or nothing after a crash
+                while k < len(batch):
+                    self.pending += self._insert(con, *batch[k]); rows += len(batch[k][3]); k += 1
+                    if self._due(): break
+            del batch[:k]
+            self.pending = 0                          # committed: in the file's size now
+            with self._lock: self.queued -= rows
+            self.written += rows; self.last_write = time.time()
+            if self.failures: log.warning("prediction log %s written again after %d failures", self.path, self.failures)
+            self.failures, self.error = 0, None
+            if self._due(): con = self._rotate(con)
+        return con
+
+    def _failed(self, con, e: Exception):
+        "Count a failed write, say so (the first time, then every 10th), and drop the connection (reopened next time)."
+        import sqlite3
+        self.failures += 1; self.pending = 0
+        self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        if self.failures == 1 or self.failures % 10 == 0:
+            log.error("prediction log %s: write failed (%s), %d rows waiting; retrying", self.path, self.error,
+                      self.queued)
+        if con is not None:
+            try: con.close()
+            except sqlite3.Error: pass       # the connection is given up either way
+        return None
+
+    def _give_up(self, batch: list) -> None:
+        "At shutdown past the deadline: count what could not be written as dropped, and say so."
+        import queue
+        lost = sum(len(b[3]) for b in batch)
+        while True:
+            try: item = self._q.get_nowait()
+            except queue.Empty: break
+            if item is not None: lost += len(item[3])
+        with self._lock: self.queued -= lost; self.dropped += lost
+        log.error("prediction log %s: gave up at shutdown, %d rows not written (%s)", self.path, lost, self.error)
+
+    def _insert(self, con, ts, rid, scorer, rows, probs, decs, role, auth, columns) -> int:
         "Insert one request and its rows; return the bytes its features take."
         import itertools, orjson
-        features = _features_text(rows, body)
-        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          (ts, rid, name, v, path, len(rows), features, role)).lastrowid
-        p, d = np.ascontiguousarray(probs, dtype=float), np.asarray(decs)   # a column of predict_proba is a strided view: orjson wants it contiguous
+        keep, hashed, masking = _log_plan(scorer, self.hasher)
+        features = _log_features(rows, columns, keep, hashed, self.hasher)
+        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role, auth, "
+                          "masking) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth),
+                           masking)).lastrowid
+        # a column of predict_proba is a strided view: orjson wants it contiguous
+        p, d, threshold = np.ascontiguousarray(probs, dtype=float), np.asarray(decs), scorer.threshold
         if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
             # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same doubles), the GIL released
             con.execute("INSERT INTO predictions (request, row, probability, decision) SELECT ?, key, value, value >= ? FROM json_each(?)",
@@ -675,12 +1005,13 @@ class PredictionLog:
         else:
             con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
                             zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
-        self.written += len(rows)
         return len(features) + 32 * len(rows)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
+             ) -> None:
         "Write everything queued, then stop the writer."
-        self._q.put(None); self._thread.join()
+        self._give_up_at = time.monotonic() + timeout_s
+        self._closing.set(); self._q.put(None); self._thread.join()
 
 # %% ../notebooks/api/10_serve.ipynb #79066cc2
 def csv_dtypes(scorer: Scorer) -> dict[str, type]:
@@ -749,6 +1080,13 @@ def score_summary(scorer: Scorer, n: int, total_p: float, positives: int, hist) 
     return {"rows": n, "model": scorer.name, "version": scorer.version, "path": scorer.path, "threshold": scorer.threshold,
             "score_mean": total_p / n, "score_p50": quantile(.5), "score_p90": quantile(.9), "positive_rate": positives / n}
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    "Whether two paths name the same file (through symlinks, `./`, `..` or hard links), existing or not."
+    import os
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists(): return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
 def score_file(scorer: Scorer, # from `load_scorer`
                src: str | Path, # CSV or Parquet of raw records
                dst: str | Path, # Parquet to write: ids, probability, decision
@@ -760,6 +1098,8 @@ def score_file(scorer: Scorer, # from `load_scorer`
     from mlopsnb.core import atomic_path
     src, n, hist, total_p, positives = Path(src), 0, np.zeros(SCORE_BINS, dtype=np.int64), 0.0, 0
     if not src.is_file(): raise MlopsnbError(f"{src}: file not found")
+    if same_file(src, dst):
+        raise MlopsnbError(f"{dst}: is the input file {src}; the scores would replace it (write them elsewhere)")
     total = pq.ParquetFile(src).metadata.num_rows if src.suffix.lower() in {".parquet", ".pq"} else None
     with atomic_path(dst) as tmp:
         writer = None

@@ -26,7 +26,7 @@ def test_the_expanded_dag_has_a_branch_per_family_wired_to_itself(spec_only):
     assert list(dag) == TASKS
     ups = {name: set(dag[name].upstream) for name in dag}
     for b in BRANCHES:
-        assert ups[f"train_model-{b}"] == {"split_data"}
+        assert ups[f"train_model-{b}"] == {"split_data", "validate_data"}     # the contract it ships inside the model
         assert ups[f"evaluate_model-{b}"] == {"split_data", f"train_model-{b}"}     # its own branch's model only
         assert dag[f"train_model-{b}"].params["grid"] and all(e["family"] == b for e in dag[f"train_model-{b}"].params["grid"])
         assert str(dag[f"train_model-{b}"].product["model"]).endswith(f"products/branches/{b}/model/mlflow_model")

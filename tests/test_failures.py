@@ -43,7 +43,7 @@ def test_misspelt_env_key_fails_before_any_task(project):
 
 
 def test_misspelt_param_in_pipeline_yaml(project):
-    edit(project / "pipeline.yaml", "threshold: 0.5", "treshold: 0.5")
+    edit(project / "pipeline.yaml", "threshold: *threshold", "treshold: *threshold")
     assert_one_error(cli(project, "run"), "pipeline.yaml: task 'evaluate_model': unknown param 'treshold'",
                      "evaluate_model.py declares: target, ids, threshold")
 

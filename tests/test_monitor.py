@@ -16,6 +16,7 @@ import pytest
 from conftest import SAMPLE, cli, make_project, store
 
 MONITOR_ENV = ["--env", "sample=600"]
+LOG_KEY = "a prediction-log key of 16+ bytes"
 
 
 def reference_data() -> pd.DataFrame:
@@ -183,7 +184,7 @@ def test_prediction_log_window_ab_and_labels(project, tmp_path):
     rows = df.drop(columns=["churn"]).to_dict("records")
     p = v1.model.predict_proba(df.drop(columns=["churn", "rownames"]))[:, 1]
     noisy = np.clip(0.3 * p + 0.7 * np.random.default_rng(0).uniform(size=len(p)), 0, 1)
-    log = PredictionLog(tmp_path / "predictions.db")
+    log = PredictionLog(tmp_path / "predictions.db", key=LOG_KEY)        # ids logged as a keyed hash: joined through it
     for i in range(0, 2400, 200):
         sl = slice(i, i + 200)
         sc, probs = (v1, p[sl]) if i % 400 == 0 else (v2, noisy[sl])
@@ -191,7 +192,8 @@ def test_prediction_log_window_ab_and_labels(project, tmp_path):
     log.close()
     df[["rownames", "churn"]].to_csv(tmp_path / "labels.csv", index=False)
     s = monitor(st, "churn", None, log=tmp_path / "predictions.db", since=time.time() - 3600, labels=tmp_path / "labels.csv",
-                label_column="churn", ids=["rownames"], positive="Yes", cfg=MonitorConfig(chunk_rows=500))
+                label_column="churn", ids=["rownames"], positive="Yes", cfg=MonitorConfig(chunk_rows=500),
+                log_key=LOG_KEY)
     assert s["rows"] == 2400 and s["versions"] == {"1": 1200, "2": 1200}
     assert s["status"] in {"ok", "warn"}, s["reasons"]
     ab = s["ab"]

@@ -98,7 +98,8 @@ def test_endpoints(server, project):
     assert len(one["predictions"]) == 1 and one["request_id"] != "req-1"
     assert httpx.get(server.url + "/ready", headers=AUTH).json() == {"ready": True, "model": "churn", "version": "1"}
     v = httpx.get(server.url + "/version", headers=AUTH).json()
-    assert (v["path"], v["threshold_source"], v["onnx"]["converted"]) == ("onnx", "pipeline.yaml: evaluate_model.threshold", True)
+    assert (v["path"], v["onnx"]["converted"]) == ("onnx", True)
+    assert v["threshold_source"] == "version 1 (the training build's train_model.threshold)"
     assert v["onnx"]["max_abs_diff"] <= 1e-6
     m = httpx.get(server.url + "/metrics", headers=AUTH).text
     assert 'mlopsnb_requests_total{role="champion",status="200",version="1"}' in m and "mlopsnb_request_seconds_bucket" in m
@@ -353,7 +354,7 @@ def test_sigterm_drains_the_request_in_flight_logs_every_answered_row_and_warns_
         assert [r[5] for r in mine] == [p["decision"] for p in preds] and all(r[2] == "1" for r in mine)
     assert len(list(tmp_path.glob("predictions-*.db"))) >= 2                 # rotated, and no row lost or doubled across the files
     first = json.loads(log[0][3])
-    assert set(first) == set(rows.columns) and first["rownames"] == int(rows["rownames"].iloc[0])   # the features as sent
+    assert set(first) == set(rows.columns) - {"rownames"}    # the model's inputs; the id dropped (no MLOPSNB_LOG_KEY)
     assert "warning: serving on 0.0.0.0 without a bearer token (set MLOPSNB_TOKEN)" in s.proc.stderr.read()
 
 

@@ -19,6 +19,7 @@ settings: "MonitorConfig" = None  # thresholds, window, webhook, retrain_on (mlo
 
 # %%
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,12 +39,13 @@ if batch and current is None: current = batch["input"]          # the batch just
 if batch and version is None: version = batch["version"]        # with the version that scored it
 project = Project.load(task_root())
 root = project.root
-threshold = cfg.threshold if cfg.threshold is not None else spec_threshold(project)
 now = time.time()
 summary = monitor(task_store(), model_name, version, current=root / current if current else None, log=None if current else root / log,
                   since=None if current else now - 3600 * cfg.window_hours, until=None if current else now,
-                  label_column=label_column, ids=list(ids or []), positive=positive, cfg=cfg, threshold=threshold,
-                  policy=spec_policy(project))
+                  label_column=label_column, ids=list(ids or []), positive=positive, cfg=cfg,
+                  policy=spec_policy(project), threshold=cfg.threshold,   # null: the version's own
+                  threshold_source="the monitor settings' threshold", fallback=spec_threshold(project),
+                  log_key=os.environ.get("MLOPSNB_LOG_KEY") or None)
 print(f"{model_name} version {summary['version']}: {summary['status'].upper()} on {summary['rows']} rows")
 pd.DataFrame({c: {k: r.get(k) for k in ("status", "psi", "ks", "cramers_v", "missing_change", "new_share")}
               for c, r in summary["features"].items()}).T.sort_values("status")

@@ -12,13 +12,15 @@ product = None
 scoring: "ScoringConfig" = None   # input file, model_name, version (@champion), chunk_rows
 ids = None                        # identifier columns: carried through to the scored file
 contract = None                   # the data contract file: blanks allowed, known categories
-threshold: float = None           # the decision threshold
+threshold: float | None = None    # a decision threshold overriding the version's own (null: the one it carries)
 
 # %%
 import numpy as np
 import pandas as pd
 from mlopsnb.config import ScoringConfig
+from mlopsnb.config import Project
 from mlopsnb.data import read_contract, write_json
+from mlopsnb.monitor import spec_threshold
 from mlopsnb.serve import load_scorer, score_file
 from mlopsnb.tracking import log_dict, log_metrics, set_tags, task_root, task_store
 
@@ -26,8 +28,10 @@ from mlopsnb.tracking import log_dict, log_metrics, set_tags, task_root, task_st
 cfg, root = ScoringConfig.model_validate(scoring), task_root()
 contract_file = root / contract if contract else None
 scorer = load_scorer(task_store(), cfg.model_name, cfg.version, contract=read_contract(contract_file) if contract_file and contract_file.is_file() else None,
-                     ids=list(ids or []), threshold=float(threshold), threshold_source="pipeline.serve.yaml: score_batch.threshold")
-print(f"scoring {cfg.input} with {cfg.model_name} version {scorer.version} ({scorer.path} path), threshold {scorer.threshold:g}")
+                     ids=list(ids or []), threshold=threshold, threshold_source="score_batch.threshold",
+                     fallback=spec_threshold(Project.load(root)))   # a version carrying no threshold: the spec's
+print(f"scoring {cfg.input} with {cfg.model_name} version {scorer.version} ({scorer.path} path), "
+      f"threshold {scorer.threshold:g} ({scorer.threshold_source})")
 
 # %%
 summary = score_file(scorer, root / cfg.input, product["scored"], chunk_rows=cfg.chunk_rows)
