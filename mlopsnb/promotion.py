@@ -150,13 +150,18 @@ def input_difference(champion_columns, # the columns the champion takes (None: u
                      columns, # the challenger's input columns
                      name: str, # the registered model name, named in the reason
                     ) -> str | None:
-    "Return why two models take different inputs, or None when they take the same columns."
+    "Return what changed between the champion's input columns and the challenger's (by name), or None when nothing did."
     if champion_columns is None: return None
     a, b = set(map(str, champion_columns)), set(map(str, columns))
     if a == b: return None
-    missing, extra = sorted(a - b), sorted(b - a)
-    return (f"the champion takes other input columns (it needs {', '.join(missing[:5]) or 'nothing more'}; "
-            f"the challenger adds {', '.join(extra[:5]) or 'nothing'}): two data sets share model_name {name!r}")
+    shown = lambda cols: ", ".join(sorted(cols)[:8]) + (f" and {len(cols) - 8} more" if len(cols) > 8 else "")
+    change = "; ".join(f"{what} {shown(cols)}" for what, cols in (("added", b - a), ("removed", a - b)) if cols)
+    kept = f"{len(a & b)} of the champion's {len(a)} kept"
+    # Another data set only when little overlaps: the two share fewer than half the columns of the one with fewer.
+    # Columns added to or removed from the same table (a subset or a superset) are a change of that table.
+    if len(a & b) < min(len(a), len(b)) / 2:
+        return f"the champion takes other input columns ({change}; {kept}): another data set under model_name {name!r}?"
+    return f"the input columns changed since the champion ({change}; {kept})"
 
 def champion_on_same_rows(store, # a Store, Project or URI
                           name: str, # registered model name

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,18 +15,23 @@ import sys
 from configparser import ConfigParser
 from pathlib import Path
 
-from .core import ConfigError, MlopsnbError, atomic_dir
+from .core import PIPELINE_FILE, ConfigError, MlopsnbError, atomic_dir
+
+log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['PACKAGED', 'POSITIVE_WORDS', 'POLICY', 'MAKEFILE', 'FIRST_TEST', 'GITIGNORE', 'PACKAGE_VARIABLE', 'WHEEL_DIR',
-           'ScaffoldError', 'template_files', 'template_root', 'describe_data', 'pipeline_yaml', 'installed_wheel',
-           'package_source', 'ci_workflow', 'readme', 'new_project', 'add_commands']
+__all__ = ['log', 'PACKAGED', 'SERVE_FILE', 'POSITIVE_WORDS', 'ID_WORDS', 'MIN_ROWS', 'DATE_SHARE', 'DATE_LIKE', 'POLICY',
+           'MAKEFILE', 'FIRST_TEST', 'GITIGNORE', 'PACKAGE_VARIABLE', 'WHEEL_DIR', 'ScaffoldError', 'template_files',
+           'template_root', 'date_share', 'id_kind', 'infer_roles', 'describe_data', 'pipeline_yaml',
+           'test_requirement', 'installed_wheel', 'package_source', 'ci_workflow', 'readme', 'data_columns',
+           'new_project', 'add_commands']
 
 # %% ../notebooks/api/13_scaffold.ipynb #f2334ddd
 class ScaffoldError(MlopsnbError, ValueError):
     "Raised when a new project cannot be created (folder in use, data without its target, no template)."
 
 PACKAGED = "_project"   # mlopsnb/_project: the reference project's files inside a built wheel
+SERVE_FILE = "pipeline.serve.yaml"   # the serving DAG (score_batch -> monitor_drift), carried into a new project too
 
 def template_files(root: Path) -> list[str]:
     "Return the reference project's files (settings.ini `project_files`) of a repository checkout, or every file packaged."
@@ -45,12 +51,61 @@ def template_root() -> Path:
 
 # %% ../notebooks/api/13_scaffold.ipynb #b134fd7f
 POSITIVE_WORDS = {"1", "true", "yes", "y", "positive"}
+ID_WORDS = {"id", "ids", "uid", "uuid", "guid", "pid", "key", "rownames", "nr", "seqn", "idx", "index"}
+MIN_ROWS = 20        # fewer rows: a column unique per row says nothing
+DATE_SHARE = 0.8     # a column whose values read as dates this often is a date
+_MONTHS = r"jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+DATE_LIKE = re.compile(rf"^\s*\d{{1,4}}[-/.]\d{{1,2}}[-/.]\d{{1,4}}"    # 2017-01-31, 31/01/2017, 2017.01.31...
+                       rf"|\b(?:{_MONTHS})[a-z]*\b.*\d|\d.*\b(?:{_MONTHS})[a-z]*\b", re.I)   # ...or a month and a number
+
+def _words(name: str) -> set[str]:
+    "A column name's words, lower-cased: split at non-letters and at camelCase humps (`idNum` -> id, num)."
+    return {w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)}
+
+def date_share(s, # a column
+               sample: int = 500, # values looked at (a seeded sample of the non-blank ones)
+              ) -> float:
+    "Return the share of a column's non-blank values that read as dates (1.0 for a datetime column)."
+    import pandas as pd
+    if pd.api.types.is_datetime64_any_dtype(s): return 1.0
+    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)): return 0.0
+    v = s.dropna().astype(str)
+    if v.empty: return 0.0
+    if len(v) > sample: v = v.sample(sample, random_state=0)
+    looks = v[v.str.contains(DATE_LIKE)]
+    return float(pd.to_datetime(looks, errors="coerce", format="mixed", utc=True).notna().sum()) / len(v)
+
+def id_kind(s, # a column
+            name: str, # its name
+           ) -> str | None:
+    "Return why a column is a row identifier (text, or integers named like an id or numbering the rows), or None."
+    import pandas as pd
+    n = len(s)
+    if n < MIN_ROWS or s.isna().any() or s.nunique() != n: return None
+    if pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s):
+        return f"text, unique in each of the {n:,} rows"
+    if not pd.api.types.is_integer_dtype(s): return None
+    if _words(name) & ID_WORDS: return f"integers named like an id, unique in each of the {n:,} rows"
+    if int(s.max()) - int(s.min()) < 2 * n: return f"integers {int(s.min())}..{int(s.max())}, numbering the {n:,} rows"
+    return None
+
+def infer_roles(df, # the table
+                target: str, # its target (never proposed)
+               ) -> list[tuple[str, str, str]]:
+    "Return (column, 'ids' or 'drop', why) for each column that looks like a row identifier or a date: proposals."
+    found = []
+    for c in df.columns:
+        if c == target: continue
+        share = date_share(df[c])
+        if share >= DATE_SHARE: found.append((str(c), "drop", f"a date in {share:.0%} of its values"))
+        elif why := id_kind(df[c], str(c)): found.append((str(c), "ids", why))
+    return found
 
 def describe_data(path: Path, # a .csv or .parquet table
                   target: str, # the column to predict
                   positive: str | None = None, # its positive value (found when obvious)
                  ):
-    "Return (positive label typed like the column, column names); ScaffoldError naming the file for a missing column or an unclear label."
+    "Return (positive label typed like the column, its columns, `infer_roles`); ScaffoldError on a bad column or label."
     import pandas as pd
     if not path.is_file(): raise ScaffoldError(f"--data {path}: file not found")
     if path.suffix.lower() not in {".csv", ".parquet", ".pq"}: raise ScaffoldError(f"--data {path}: expected a .csv or .parquet file")
@@ -62,19 +117,24 @@ def describe_data(path: Path, # a .csv or .parquet table
     if positive is not None:
         match = [v for v in values if str(v) == str(positive)]
         if not match: raise ScaffoldError(f"--positive {positive}: not a value of {target!r} in {path.name} ({', '.join(map(str, values))})")
-        return _plain(match[0]), list(map(str, df.columns))
+        return _plain(match[0]), list(map(str, df.columns)), infer_roles(df, target)
     found = [v for v in values if str(v).strip().lower() in POSITIVE_WORDS]
     if len(found) != 1: raise ScaffoldError(f"--target {target}: which of {', '.join(map(str, values))} is the positive class? Give --positive")
-    return _plain(found[0]), list(map(str, df.columns))
+    return _plain(found[0]), list(map(str, df.columns)), infer_roles(df, target)
 
 def _plain(v):
     "A numpy scalar as the Python value YAML writes."
     return v.item() if hasattr(v, "item") else v
 
 # %% ../notebooks/api/13_scaffold.ipynb #4a013b5d
-def _env_yaml(name: str, data: dict) -> str:
+def _env_yaml(name: str, data: dict, notes: dict[str, list[str]] | None = None) -> str:
+    "env.yaml of a new project: `data` its data block, `notes` comment lines above a data key (why it holds that)."
     import yaml
-    body = yaml.safe_dump({"data": data}, sort_keys=False, default_flow_style=None).rstrip()
+    lines = []
+    for line in yaml.safe_dump({"data": data}, sort_keys=False, default_flow_style=None, width=1000).splitlines():
+        key = re.match(r"  (\w+):", line)
+        lines += [f"  # {n}" for n in (notes or {}).get(key[1] if key else "", [])] + [line]
+    body = "\n".join(lines)
     return f"""# Values of the {{{{placeholders}}}} in pipeline.yaml. Override one for a run with
 #   mlopsnb run --env sample=500
 # Every key is validated: a misspelt one stops the run before any task starts.
@@ -118,6 +178,7 @@ MAKEFILE = """# `make run` builds the pipeline to a gated @champion; `make test`
 # mlopsnb comes from the environment it is installed in (CI installs the package that .github/workflows/ci.yml names).
 PYTHON  ?= python3
 MLOPSNB ?= mlopsnb
+PYTEST  ?= {pytest}
 ARGS    ?=
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
@@ -127,7 +188,9 @@ export PLOOMBER_VERSION_CHECK_DISABLED := true
 run:  ## build the pipeline (e.g. make run ARGS="--env sample=600")
 \t$(MLOPSNB) run $(ARGS)
 
-test:  ## the project's tests
+test:  ## the project's tests (pytest is installed first where $(PYTHON) has none)
+\t@$(PYTHON) -c "import pytest" 2>/dev/null || { echo "installing $(PYTEST) for the tests"; \\
+\t    $(PYTHON) -m pip install --quiet "$(PYTEST)"; }
 \t$(PYTHON) -m pytest tests -q
 
 status:  ## which tasks are up to date
@@ -164,6 +227,13 @@ GITIGNORE = ("# your table stays out of git: data/ is copied in by `mlopsnb new`
              ".ipynb_checkpoints/\n__pycache__/\n.pytest_cache/\n")
 PACKAGE_VARIABLE = "MLOPSNB_PACKAGE"   # the CI variable naming what to install when the project carries no wheel
 WHEEL_DIR = "ci"                        # where a new project keeps the mlopsnb wheel its CI installs
+
+def test_requirement() -> str:
+    "Return the pytest requirement of the installed mlopsnb (its `dev` extra), which a new project's `make test` installs."
+    from importlib.metadata import PackageNotFoundError, requires
+    try: found = requires("mlopsnb") or []
+    except PackageNotFoundError: found = []
+    return next((m[1].replace(" ", "") for r in found if (m := re.match(r"(pytest(?![\w-])[^;]*)", r))), "pytest")
 
 def installed_wheel() -> Path | None:
     "Return the wheel file this mlopsnb was installed from, when pip recorded one and it still exists."
@@ -244,23 +314,59 @@ def _git_commit(folder: Path) -> None:
 def _name(dest: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", dest.resolve().name).strip("-") or "model"
 
+def data_columns(roles: list[tuple[str, str, str]], # `infer_roles` of the table
+                 ids: list[str] | None = None, # --ids (None: the inferred ones)
+                 drop: list[str] | None = None, # --drop (None: the inferred ones)
+                ) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    "Return (data.ids, data.drop, env.yaml comments) and log a warning for each choice inferred rather than given."
+    why = {c: w for c, _, w in roles}
+    proposed = lambda key, given: [c for c, role, _ in roles if role == key and c not in (given or [])]
+    out = {"ids": proposed("ids", drop) if ids is None else ids,
+           "drop": proposed("drop", ids) if drop is None else drop}
+    notes = {"ids": ["ids: kept with each row (scores, prediction log), never a feature"],
+             "drop": ["drop: columns removed on load"]}
+    if ids is None and out["ids"]:
+        notes["ids"][0] += ". Inferred by `mlopsnb new` (review it):"
+        notes["ids"] += [f"  {c}: {why[c]}" for c in out["ids"]]
+        for c in out["ids"]:
+            log.warning("mlopsnb: warning: env.yaml data.ids: %s (%s): an identifier, never a feature; review it (--ids)",
+                        c, why[c])
+    elif ids is None:
+        notes["ids"][0] += ". `mlopsnb new` found no column unique per row: name yours if the table has one"
+        log.warning("mlopsnb: warning: env.yaml data.ids: no column is unique per row, none set (name one with --ids)")
+    if drop is None and out["drop"]:
+        notes["drop"][0] += ". Inferred by `mlopsnb new` (review it): dates, which as features are a new"
+        notes["drop"] += ["category every day, drifting for ever; keep them out, or derive features from them:"]
+        notes["drop"] += [f"  {c}: {why[c]}" for c in out["drop"]]
+        for c in out["drop"]:
+            log.warning("mlopsnb: warning: env.yaml data.drop: %s (%s): a raw date is no feature; review it (--drop)",
+                        c, why[c])
+    return out["ids"], out["drop"], notes
+
 def new_project(dest: str | Path, # the folder to create (must not exist, or be empty)
                 data: str | Path | None = None, # your table (.csv/.parquet), copied into data/; None: the embedded default
                 target: str | None = None, # its column to predict (with `data`)
                 positive: str | None = None, # the target's positive value (found when obvious)
                 git: bool = True, # git init and commit, so the first build is from a clean commit
                 package: str | None = None, # what CI installs: a wheel file or URL (default: the wheel mlopsnb came from)
+                ids: list[str] | None = None, # identifier columns (None: inferred, each choice logged as a warning)
+                drop: list[str] | None = None, # columns removed on load (None: the columns inferred as dates)
                ) -> Path:
     "Create a new project from the installed package's reference project; return its folder."
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())): raise ScaffoldError(f"{dest}: exists and is not empty")
     if (data is None) != (target is None): raise ScaffoldError("--data and --target go together (the table and the column to predict)")
-    if positive is not None and data is None: raise ScaffoldError("--positive needs --data and --target")
+    for flag, v in (("--positive", positive), ("--ids", ids), ("--drop", drop)):
+        if v is not None and data is None: raise ScaffoldError(f"{flag} needs --data and --target")
     ref, name = template_root(), _name(dest)
     source, wheel = package_source(package)
     if data is not None:
         data = Path(data)
-        label, columns = describe_data(data, target, positive)
+        label, columns, roles = describe_data(data, target, positive)
+        for flag, given in (("--ids", ids), ("--drop", drop)):
+            for c in given or []:
+                if c not in columns: raise ScaffoldError(f"{flag} {c}: no column {c!r} in {data.name}")
+                if c == target: raise ScaffoldError(f"{flag} {c}: that is the target")
     with atomic_dir(dest) as tmp:
         skip = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc")
         for f in template_files(ref):
@@ -270,13 +376,13 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             else: (tmp / f).parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, tmp / f)
         if data is not None:
             (tmp / "data").mkdir(); shutil.copyfile(data, tmp / "data" / data.name)
-            ids = [c for c in columns if c.lower() in {"rownames", "id"}][:1]
-            cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids, "drop": [],
-                   "sensitive": [], "contract": f"contracts/{data.stem}.yaml"}
-            (tmp / "env.yaml").write_text(_env_yaml(name, cfg), encoding="utf-8")
+            ids, drop, notes = data_columns(roles, ids, drop)
+            cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids,
+                   "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml"}
+            (tmp / "env.yaml").write_text(_env_yaml(name, cfg, notes), encoding="utf-8")
             (tmp / "pipeline.yaml").write_text(pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8")), encoding="utf-8")
             (tmp / "contracts").mkdir(exist_ok=True)
-        (tmp / "Makefile").write_text(MAKEFILE, encoding="utf-8")
+        (tmp / "Makefile").write_text(MAKEFILE.replace("{pytest}", test_requirement()), encoding="utf-8")
         (tmp / "tests").mkdir(); (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
         if wheel is not None: (tmp / WHEEL_DIR).mkdir(); shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
         (tmp / ".github" / "workflows").mkdir(parents=True)
@@ -284,7 +390,10 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
         (tmp / ".github/workflows/ci.yml").write_text(ci, encoding="utf-8")
         (tmp / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
         from mlopsnb.config import check_pipeline, load_env
-        try: env = load_env(tmp); check_pipeline(tmp)     # what was written validates, before it is put in place
+        try:                                             # what was written validates, before it is put in place
+            env = load_env(tmp)
+            for spec in (PIPELINE_FILE, SERVE_FILE):
+                if (tmp / spec).is_file(): check_pipeline(tmp, spec)
         except ConfigError as e: raise ScaffoldError(f"the new project does not validate: {e}") from None
         (tmp / "README.md").write_text(readme(env.model_name), encoding="utf-8")
         if git: _git_commit(tmp)
@@ -293,7 +402,7 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
 # %% ../notebooks/api/13_scaffold.ipynb #629f362e
 def _new(a):
     from mlopsnb.config import load_env
-    dest = new_project(a.dir, a.data, a.target, a.positive, package=a.package)
+    dest = new_project(a.dir, a.data, a.target, a.positive, package=a.package, ids=a.ids, drop=a.drop)
     env = load_env(dest)
     print(f"created {dest} ({'your data: ' + env.data.source if a.data else 'the embedded default data: ' + env.data.source}; "
           f"target {env.data.target} = {env.data.positive}), committed to a new git repository")
@@ -312,6 +421,11 @@ def add_commands(sub, # the `mlopsnb` subparsers
     s.add_argument("--data", help="your table (.csv or .parquet), copied into the project's data/ (default: the embedded churn data)")
     s.add_argument("--target", help="the column to predict (with --data)")
     s.add_argument("--positive", help="the target's positive class (found when it is plainly 1, true or yes)")
+    columns = lambda v: [c.strip() for c in v.split(",") if c.strip()]
+    s.add_argument("--ids", type=columns, help="identifier columns, comma-separated ('' for none; default: the columns "
+                                               "unique per row, each named in a warning)")
+    s.add_argument("--drop", type=columns, help="columns removed on load, comma-separated ('' for none; default: the "
+                                                "columns that hold dates, each named in a warning)")
     s.add_argument("--package", help="what the project's CI installs: an mlopsnb wheel file (copied into ci/) or an "
                                      "https:// URL (default: the wheel this mlopsnb was installed from)")
     s.set_defaults(fn=_new)

@@ -61,6 +61,17 @@ def test_lock_pins_every_declared_requirement_with_hashes():
     assert "--require-hashes" in make and "--no-deps" in make and "pip install -e" not in make
 
 
+@pytest.mark.parametrize("name, untested", [("jupyter-client", "8.0.0"), ("ipykernel", "6.30.0"), ("ipykernel", "7.0.0")])
+def test_a_wheel_install_resolves_the_tested_kernel_packages(name, untested):
+    "A wheel installed with its own requirements gets the locked kernel series, never ipykernel 7 (it warns of TCP without encryption)."
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    cfg = configparser.ConfigParser(delimiters=["="]); cfg.read(ROOT / "settings.ini")
+    reqs = {canonicalize_name(r.name): r for r in map(Requirement, cfg["DEFAULT"]["requirements"].split())}
+    assert name in reqs, f"settings.ini does not bound {name}"
+    assert reqs[name].specifier.contains(locked(ROOT / "requirements.lock")[name]), reqs[name]
+    assert not reqs[name].specifier.contains(untested), f"{reqs[name]} admits {name} {untested}"
+
 def test_ci_runs_what_the_readme_says():
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
