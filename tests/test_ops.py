@@ -395,7 +395,7 @@ def test_the_shipped_config_turns_ploombers_cloud_extension_off_and_keeps_inject
     assert shipped.get("ploomber/apikey")[0] == 404                                  # no server extension, no upload API
     assert "Registered ploomber-extension server extension" not in shipped.output()
     assert "ploomber-extension" in shipped.page_config()["disabledExtensions"]      # no front-end plugin either
-    assert 'upstream = {"split_data": {' in shipped.injected()                      # Ploomber's injection still works
+    assert '"split_data": {"nb": ' in shipped.injected()                     # Ploomber's injection still works
     assert shipped.get("api/contents/notebooks/tasks")[0] == 200                     # on the synchronous contents manager
 
 
@@ -405,4 +405,4 @@ def test_the_command_line_flag_turns_the_cloud_extension_off_for_mlopsnb_lab(lab
     from mlopsnb.pipeline import lab_command
     server = lab(lab_command(lab.project, [NO_CLOUD_FLAG]))
     assert server.get("ploomber/apikey")[0] == 404, server.output()
-    assert 'upstream = {"split_data": {' in server.injected()
+    assert '"split_data": {"nb": ' in server.injected()

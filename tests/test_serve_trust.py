@@ -302,5 +302,5 @@ def test_retraining_refuses_rows_from_an_unauthenticated_service(project, tmp_pa
     rt = summary["retrain"]
     assert rt["triggered"] is False and rt["rows_taken"] == 0, rt
     assert rt["rows_refused"] == {"not authenticated: the service answered it without a bearer token": len(batch)}, rt
-    assert "retrain: no labelled rows usable for retraining" in r.stdout
+    assert "retrain: not started: no labelled rows usable for retraining" in r.stdout, r.stdout
     assert len(store(project).search_model_versions("name='churn'")) == versions     # nothing built, nothing registered
