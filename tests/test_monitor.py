@@ -207,6 +207,34 @@ def test_prediction_log_window_ab_and_labels(project, tmp_path):
         monitor(st, "churn", None, log=tmp_path / "predictions.db", since=time.time() + 60)
 
 
+def products_of(project: Path) -> dict:
+    "The project build's product files (not monitoring's, not the build lock) and their modification times."
+    return {p: p.stat().st_mtime_ns for p in (project / "products").rglob("*")
+            if p.is_file() and "monitoring" not in p.parts and p.name != "build.lock"}
+
+
+@pytest.mark.slow
+def test_a_failed_retrain_leaves_the_build_up_to_date(project):
+    """A retrain builds apart (products/monitoring/retrain/build) while it holds the project's build lock: one that fails at
+    validate_data leaves the project's products, and `mlopsnb run`'s no-op, as they were; while a build runs, none starts."""
+    from mlopsnb.config import Project
+    from mlopsnb.staleness import build_lock
+    assert cli(project, "run", "--engine", "inprocess", *SAMPLE).returncode == 0       # up to date, whatever ran before
+    before = products_of(project)
+    r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)
+    assert r.returncode == 2, r.stdout + r.stderr
+    s = json.loads((sorted((project / "products" / "monitoring").glob("2*"))[-1] / "summary.json").read_text())
+    assert s["retrain"]["triggered"] and not s["retrain"]["ok"] and "monthly_charges" in s["retrain"]["failures"][0]
+    assert (project / "products/monitoring/retrain/build/data/raw.parquet").is_file()     # the retrain's own products
+    assert products_of(project) == before
+    again = cli(project, "run", "--engine", "inprocess", *SAMPLE)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do: all 9 tasks are up to date"), again.stdout
+    with build_lock(Project.load(project)):                                             # a build of the project is running
+        r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)
+    assert r.returncode == 2 and "retrain: not retrained: another build of this project is running (pid " in r.stdout, r.stdout
+    assert products_of(project) == before
+
+
 @pytest.mark.slow
 def test_retrain_on_drift_ends_at_the_gate(project):
     "--retrain on drift builds on training data + the labelled window: the contract still guards it, then the gate decides; both recorded."
