@@ -225,10 +225,10 @@ def test_a_failed_retrain_leaves_the_build_up_to_date(project):
     assert r.returncode == 2, r.stdout + r.stderr
     s = json.loads((sorted((project / "products" / "monitoring").glob("2*"))[-1] / "summary.json").read_text())
     assert s["retrain"]["triggered"] and not s["retrain"]["ok"] and "monthly_charges" in s["retrain"]["failures"][0]
-    assert (project / "products/monitoring/retrain/build/data/raw.parquet").is_file()     # the retrain's own products
-    assert products_of(project) == before
     again = cli(project, "run", "--engine", "inprocess", *SAMPLE)
     assert again.returncode == 0 and again.stdout.startswith("nothing to do: all 9 tasks are up to date"), again.stdout
+    assert products_of(project) == before
+    assert (project / "products/monitoring/retrain/build/data/raw.parquet").is_file()     # the retrain's own products
     with build_lock(Project.load(project)):                                             # a build of the project is running
         r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)
     assert r.returncode == 2 and "retrain: not retrained: another build of this project is running (pid " in r.stdout, r.stdout
