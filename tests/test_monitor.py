@@ -312,11 +312,12 @@ def test_performance_estimate_against_labelled_windows(project):
     by ~0.05 on average, PR AUC by ~0.09, Brier underestimated by ~0.02 (README, "Monitoring"). The bounds catch a broken estimate."""
     from mlopsnb.config import Store
     from mlopsnb.monitor import DriftAccumulator, calibrator, estimate_performance, label_metrics, load_reference
+    from mlopsnb.performance import estimate_interval
     ref = load_reference(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", "1", with_model=True)
     seen = pd.concat([pd.read_parquet(project / "products" / "data" / f"{s}.parquet") for s in ("train", "val", "test")])["rownames"]
     df = reference_data()
     unseen = df[~df["rownames"].isin(seen)]
-    cal, errors = calibrator(ref["reference"]), []
+    cal, errors, covered = calibrator(ref["reference"]), [], []
     for i in range(20):
         w = unseen.sample(500, random_state=i)
         p = ref["model"].predict_proba(w.drop(columns=["rownames", "churn"]))[:, 1]
@@ -325,8 +326,12 @@ def test_performance_estimate_against_labelled_windows(project):
         est = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, cal)
         true = label_metrics((w["churn"] == "Yes").astype(int), p)
         errors.append({k: est[k] - true[k] for k in ("roc_auc", "pr_auc", "brier")})
-    e = pd.DataFrame(errors)
+        ci = estimate_interval(g["hist"], g["sum"], g["sumsq"], acc.edges, ref["reference"], seed=i)
+        covered.append({k: ci[k][0] <= true[k] <= ci[k][1] for k in ("roc_auc", "pr_auc", "brier")})
+    e, c = pd.DataFrame(errors), pd.DataFrame(covered)
     print("estimate - actual over 20 windows of 500 unseen rows: mean", e.mean().round(4).to_dict(), "mean abs", e.abs().mean().round(4).to_dict())
+    print("windows whose labelled metric lies in the estimate's 95% interval:", c.sum().to_dict())
+    assert (c.mean() >= 0.7).all(), c.sum()
     assert e["roc_auc"].abs().mean() < 0.08 and e["brier"].abs().mean() < 0.04 and e["pr_auc"].abs().mean() < 0.15
 
 
