@@ -14,73 +14,189 @@ from pathlib import Path
 
 from .core import ConfigError, expand_vars
 from .drift import LEVELS
+from .reference import OTHER
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'report_html', 'summary_json', 'webhook_origin', 'check_webhook', 'post_webhook', 'record_monitoring',
-           'monitoring_history']
+__all__ = ['log', 'MISSING', 'report_figures', 'report_html', 'summary_json', 'webhook_origin', 'check_webhook', 'post_webhook',
+           'record_monitoring', 'monitoring_history']
 
 # %% ../notebooks/api/11d_alerts.ipynb #0d90cf28
-def _bars(ax, r: dict, title: str) -> None:
-    "Draw reference vs current fractions per bin or category of one result on `ax`."
-    import numpy as np
+MISSING = "–"         # what a table shows for a value that does not apply or was not measured
+_MAX_BARS = 16        # bars per categorical feature: the largest categories in either window, the rest pooled into one
+
+def _tick(label, width: int = 14, lines: int = 3) -> str:
+    "Return a tick label that fits: wrapped at `width` characters, `lines` lines at most, cut in the middle if longer."
+    import textwrap
+    text = "(other)" if label == OTHER else str(label)
+    room = width * lines - 4 * (lines - 1)         # wrapping at spaces leaves lines short
+    if len(text) > room:                           # cut in the middle: names often differ at the end
+        text = text[:room // 2] + "…" + text[len(text) - (room - room // 2 - 1):]
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder="…")) or text
+
+def _bins(r: dict) -> tuple[list[str], list[float], list[float]]:
+    "Return the names and the reference and current fractions of one result's bars (the smallest categories pooled)."
     b = r["bins"]
-    labels = b.get("categories") or [f"{lo:.4g}" for lo in b["edges"][:-1]]
-    x = np.arange(len(labels))
-    ax.bar(x - 0.2, b["ref"], 0.4, label="reference", color="#1f77b4"); ax.bar(x + 0.2, b["cur"], 0.4, label="current", color="#ff7f0e")
-    ax.set_xticks(x, [str(l)[:12] for l in labels], rotation=45, ha="right", fontsize=7)
-    ax.set_title(f"{title} ({r['status']}, PSI {r['psi']:.3f})", fontsize=9); ax.legend(fontsize=7)
+    if "categories" not in b: return [f"{lo:.4g}" for lo in b["edges"][:-1]], list(b["ref"]), list(b["cur"])
+    cats, ref, cur = list(b["categories"]), list(b["ref"]), list(b["cur"])
+    if len(cats) > _MAX_BARS:
+        keep = set(sorted(range(len(cats)), key=lambda i: -max(ref[i], cur[i]))[:_MAX_BARS - 1])
+        rest = [i for i in range(len(cats)) if i not in keep]
+        pick = lambda v: [v[i] for i in sorted(keep)] + [sum(v[i] for i in rest)]
+        cats, ref, cur = [cats[i] for i in sorted(keep)] + [f"({len(rest)} others)"], pick(ref), pick(cur)
+    return cats, ref, cur
+
+def _bars(ax, r: dict, title: str) -> None:
+    "Draw reference vs current fractions per bin or category of one result on `ax`: side by side, or one row each."
+    import numpy as np
+    names, ref, cur = _bins(r)
+    x, ticks = np.arange(len(names)), [_tick(n) for n in names]
+    what = "bins from (lower edge)" if "categories" not in r["bins"] else None
+    if len(names) <= 12 and sum(max(map(len, t.split("\n"))) for t in ticks) <= 48:
+        ax.bar(x - 0.2, ref, 0.4, label="reference", color="#1f77b4")
+        ax.bar(x + 0.2, cur, 0.4, label="current", color="#ff7f0e")
+        ax.set_xticks(x, ticks, fontsize=7)
+        if what: ax.set_xlabel(what, fontsize=7)
+    else:                       # too many or too long to stand side by side: one row per bar, the names on the left
+        ax.barh(x - 0.2, ref, 0.4, label="reference", color="#1f77b4")
+        ax.barh(x + 0.2, cur, 0.4, label="current", color="#ff7f0e")
+        ax.set_yticks(x, [_tick(n, 32, 1) for n in names], fontsize=7)
+        ax.invert_yaxis()                           # the first name on top
+        if what: ax.set_ylabel(what, fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"{_tick(title, 40, 1)} ({r['status']}, PSI {_num(r.get('psi'), 3)})", fontsize=9)
+
+def _legend(fig) -> None:
+    "One legend for the figure, above its plots (never over a bar)."
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncols=2, fontsize=8, frameon=False)
+
+def report_figures(summary: dict, # from `monitor`
+                   max_plots: int = 12, # feature figures (flagged first)
+                  ) -> list:
+    "Return the report's figures: the scores, then the features (the flagged first), reference vs current."
+    from matplotlib.figure import Figure
+    feats, figs = summary["features"], []
+    order = sorted((c for c, r in feats.items() if "bins" in r),
+                   key=lambda c: (-LEVELS.index(feats[c]["status"]), -feats[c]["psi"]))[:max_plots]
+    if summary.get("score") and "bins" in summary["score"]:
+        fig = Figure(figsize=(6, 3.4), layout="constrained")
+        _bars(fig.subplots(), summary["score"], "scores")
+        _legend(fig)
+        figs.append(fig)
+    if order:
+        cols = min(3, len(order))
+        rows = (len(order) + cols - 1) // cols
+        fig = Figure(figsize=(4 * cols, 3.4 * rows + 0.3), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, c in zip(axes, order): _bars(ax, feats[c], c)
+        for ax in axes[len(order):]: ax.axis("off")
+        _legend(fig)
+        figs.append(fig)
+    return figs
+
+# %% ../notebooks/api/11d_alerts.ipynb #dc09c565
+def _num(x, digits: int = 4) -> str:
+    "Format a number for a table: `digits` significant digits; a missing or non-finite one as `MISSING`."
+    if x is None: return MISSING
+    if hasattr(x, "item"): x = x.item()                  # a NumPy scalar
+    if isinstance(x, bool) or not isinstance(x, (int, float)): return str(x)
+    if isinstance(x, int): return str(x)
+    return f"{x:.{digits}g}" if math.isfinite(x) else MISSING
+
+def _metric(x, sign: bool = False, like=None) -> str:
+    "Format a metric: 4 decimals (2 from 10 up, or as many as `like` gets), signed if asked; a missing one as MISSING."
+    if x is None or not math.isfinite(x): return MISSING
+    return f"{x:{'+' if sign else ''}.{4 if abs(x if like is None else like) < 10 else 2}f}"
+
+def _with_ci(v, ci=None, sign: bool = False) -> str:
+    "Format a metric and its interval: `0.8123 [0.7901, 0.8345]`; what is missing as `MISSING`."
+    if v is None or not math.isfinite(v): return MISSING
+    if not ci or any(c is None or not math.isfinite(c) for c in ci): return _metric(v, sign)
+    return f"{_metric(v, sign)} [{_metric(ci[0], sign, v)}, {_metric(ci[1], sign, v)}]"
+
+_COLUMNS = {"status": "status", "kind": "kind", "rows": "rows", "psi": "PSI", "ks": "KS", "ks_p": "KS p",
+            "chi2_p": "chi-square p", "cramers_v": "Cramér's V", "missing_ref": "missing (reference)",
+            "missing_cur": "missing (current)", "new_share": "new categories"}
+
+def _table(rows: list[dict]) -> str:
+    "An HTML table of rows of formatted text (escaped here), without the columns that hold nothing."
+    import pandas as pd
+    df = pd.DataFrame(rows).fillna(MISSING)
+    return df.loc[:, (df != MISSING).any()].to_html(index=False, border=0, escape=True)
+
+def _features_table(feats: dict) -> str:
+    "The features, the flagged first: status, kind and every statistic; why a feature was not judged, if one was not."
+    notes = any(r.get("reason") for r in feats.values())
+    rows = []
+    for c in sorted(feats, key=lambda c: -LEVELS.index(feats[c]["status"])):
+        r = feats[c]
+        cells = {h: r.get(k, MISSING) if k in ("status", "kind") else _num(r.get(k)) for k, h in _COLUMNS.items()}
+        rows.append({"feature": c, **cells, **({"note": r.get("reason") or ""} if notes else {})})
+    return _table(rows)
+
+def _performance_table(perf: dict) -> str:
+    "Per metric: the estimate, the labelled value, the version's recorded one and the change, with their intervals."
+    est, ci, decay = perf.get("estimate", {}), perf.get("estimate_ci", {}), perf.get("decay", {})
+    rows = []
+    for k in dict.fromkeys([*est, *decay]):
+        d = decay.get(k, {})
+        rows.append({"metric": k, "estimated (no labels)": _with_ci(est.get(k), ci.get(k)),
+                     "actual (labelled)": _with_ci(d.get("current"), d.get("current_ci")),
+                     "recorded for the version": _with_ci(d.get("recorded")),
+                     "change": _with_ci(d.get("change"), d.get("change_ci"), sign=True),
+                     "status": d.get("status", MISSING)})
+    return _table(rows)
+
+def _ab_tables(ab: dict) -> list[str]:
+    "The versions side by side, and each one's differences from the baseline."
+    per = [{"version": v, "rows": str(r["rows"]), "decision rate": _metric(r["decision_rate"]),
+            "mean score": _metric(r["mean_score"]), "labelled": str(r.get("labelled", MISSING)),
+            **{k: _with_ci(m, r["ci"].get(k)) for k, m in r.get("metrics", {}).items()}}
+           for v, r in ab["versions"].items()]
+    yes_no = {True: "yes", False: "no"}
+    diffs = [{"version": v, "compared with": ab["baseline"], "measure": k,
+              "difference": _with_ci(x["difference"], x.get("ci"), sign=True),
+              "p-value": _num(x.get("p_value"), 2), "significant": yes_no.get(x.get("significant"), MISSING)}
+             for v, d in ab["differences"].items() for k, x in d.items()]
+    return [_table(per), _table(diffs)] if diffs else [_table(per)]
 
 def report_html(summary: dict, # from `monitor`
                 max_plots: int = 12, # feature figures (flagged first)
                ) -> str:
     "Return the self-contained HTML monitoring report of a summary."
     import base64, html, io
-    import pandas as pd
-    from matplotlib.figure import Figure
     def img(fig) -> str:
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=90)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
         return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-    feats = summary["features"]
-    order = sorted((c for c, r in feats.items() if "bins" in r), key=lambda c: (-LEVELS.index(feats[c]["status"]), -feats[c]["psi"]))[:max_plots]
-    figs = []
-    if summary.get("score") and "bins" in summary["score"]:
-        fig = Figure(figsize=(6, 3.2), layout="constrained"); _bars(fig.subplots(), summary["score"], "scores"); figs.append(img(fig))
-    if order:
-        cols = 3; rows = (len(order) + cols - 1) // cols
-        fig = Figure(figsize=(12, 3.2 * rows), layout="constrained"); axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax, c in zip(axes, order): _bars(ax, feats[c], c)
-        for ax in axes[len(order):]: ax.axis("off")
-        figs.append(img(fig))
-    keys = ["status", "kind", "rows", "psi", "ks", "ks_p", "chi2_p", "cramers_v", "missing_ref", "missing_cur", "new_share"]
-    table = pd.DataFrame({c: {k: r.get(k) for k in keys} for c, r in feats.items()}).T.rename_axis("feature")
-    table = table.sort_values("status", key=lambda s: s.map(LEVELS.index), ascending=False)
-    perf = summary.get("performance", {})
-    ptab = pd.DataFrame({k: v for k, v in {"estimated (no labels)": perf.get("estimate"), "actual (labelled)": perf.get("actual"),
-                                           "recorded for the version": {k: d["recorded"] for k, d in perf.get("decay", {}).items()}}.items() if v})
-    esc = html.escape
+    perf, esc = summary.get("performance", {}), html.escape
     colour = {"ok": "#2ca02c", "warn": "#ff7f0e", "drift": "#d62728"}[summary["status"]]
+    versions = ", ".join(f"{k} ({n})" for k, n in summary["versions"].items()) or "not recorded"
     parts = [f"<h1>Monitoring: {esc(summary['model'])} version {esc(str(summary['version']))}</h1>",
              f'<p class="status" style="background:{colour}">{summary["status"].upper()}</p>',
-             f"<p>{summary['rows']} current rows from {esc(summary['source'])}, {esc(summary['when'])}; versions in the window: "
-             f"{esc(', '.join(f'{k} ({n})' for k, n in summary['versions'].items()) or 'not recorded')}</p>",
+             f"<p>{summary['rows']} current rows from {esc(summary['source'])}, {esc(summary['when'])}; "
+             f"versions in the window: {esc(versions)}</p>",
              "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in summary["reasons"]) + "</ul>" if summary["reasons"] else "<p>No check fired.</p>",
-             "<h2>Distributions: reference vs current</h2>", *figs,
-             "<h2>Features</h2>", table.to_html(float_format=lambda x: f"{x:.4g}", na_rep="", border=0)]
-    if not ptab.empty: parts += ["<h2>Performance</h2>", ptab.to_html(float_format=lambda x: f"{x:.4f}", border=0)]
+             "<h2>Distributions: reference vs current</h2>", *(img(f) for f in report_figures(summary, max_plots)),
+             "<h2>Features</h2>", _features_table(summary["features"]),
+             f'<p class="note">{MISSING}: does not apply (KS to a categorical feature) or was not measured.</p>']
+    if perf.get("estimate") or perf.get("decay"):
+        labelled = f"{perf['labelled']} labelled rows" if perf.get("labelled") else "no labelled rows"
+        level = summary.get("config", {}).get("confidence", 0.95)
+        parts += ["<h2>Performance</h2>", _performance_table(perf),
+                  f'<p class="note">[low, high]: {level:.0%} intervals. The estimate (no labels) is where the labelled '
+                  f"metrics of these rows may fall; {labelled}.</p>"]
     if perf.get("flags"): parts.append("<p>Estimate outside the promotion policy: " + esc("; ".join(perf["flags"])) + "</p>")
     if summary.get("ab"):
-        ab = summary["ab"]
-        parts += [f"<h2>A/B: versions side by side (baseline {esc(ab['baseline'])})</h2>",
-                  pd.DataFrame({v: {"rows": r["rows"], "decision rate": r["decision_rate"], "mean score": r["mean_score"],
-                                    **{k: f"{m:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" for k, (m, ci) in
-                                       ((k, (r["metrics"][k], r["ci"][k])) for k in r.get("metrics", {}))}}
-                                for v, r in ab["versions"].items()}).to_html(border=0),
-                  "<pre>" + esc(json.dumps(ab["differences"], indent=1, default=str)) + "</pre>"]
+        parts += [f"<h2>A/B: versions side by side (baseline {esc(summary['ab']['baseline'])})</h2>",
+                  *_ab_tables(summary["ab"])]
     css = ("body{font-family:sans-serif;margin:2em;max-width:1300px} table{border-collapse:collapse;font-size:12px} "
-           "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right} .status{color:white;display:inline-block;padding:4px 14px;font-weight:bold} img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>mlopsnb monitoring</title><style>{css}</style></head><body>{''.join(parts)}</body></html>"
+           "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right} .note{font-size:12px;color:#555} "
+           ".status{color:white;display:inline-block;padding:4px 14px;font-weight:bold} img{max-width:100%}")
+    head = f"<head><meta charset='utf-8'><title>mlopsnb monitoring</title><style>{css}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(parts)}</body></html>"
 
 def summary_json(summary: dict) -> dict:
     "Return the summary without the bulky parts (bins, labelled rows), JSON-ready, a webhook URL cut to its host."

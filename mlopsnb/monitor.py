@@ -342,6 +342,9 @@ def _performance(acc: DriftAccumulator, prof: dict, recorded: dict, cfg: Monitor
     out: dict = {}
     if g is not None and prof.get("pairs"):
         out["estimate"] = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, calibrator(prof), acc.threshold, cfg.value_matrix)
+        from mlopsnb.performance import estimate_interval
+        out["estimate_ci"] = estimate_interval(g["hist"], g["sum"], g["sumsq"], acc.edges, prof, acc.threshold,
+                                               cfg.value_matrix, cfg.bootstrap, cfg.confidence, cfg.seed)
         out["flags"] = below_policy(out["estimate"], policy.minimums, policy.maximums) if policy is not None else []
     y, p = acc.labelled(version if version in acc.pairs else None)
     if len(y) >= 20 and 0 < y.sum() < len(y):

@@ -12,8 +12,8 @@ from .core import DataError
 from .drift import DriftAccumulator
 
 # %% auto #0
-__all__ = ['HIGHER_IS_BETTER', 'label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'below_policy',
-           'ab_compare']
+__all__ = ['HIGHER_IS_BETTER', 'label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'estimate_interval',
+           'below_policy', 'ab_compare']
 
 # %% ../notebooks/api/11c_performance.ipynb #050441dd
 HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "brier": False, "value_per_customer": True}
@@ -100,13 +100,25 @@ def estimate_performance(hist, total, sumsq, # per score bin: rows, sum of score
                         ) -> dict:
     "Estimate ROC AUC, PR AUC, Brier score (and value per customer) from binned scores and calibrated probabilities (CBPE)."
     import numpy as np
+    b = _bins(hist, total, sumsq, edges)
+    if b is None: return {}
+    return _binned_metrics(b, b["n"] * calibrate(b["mean"]), threshold, matrix)   # expected positives per bin
+
+def _bins(hist, total, sumsq, edges) -> dict | None:
+    "The non-empty score bins: rows, mean score, sum of squared scores, lower edge (None when every bin is empty)."
+    import numpy as np
     hist, total, sumsq = (np.asarray(a, dtype=float) for a in (hist, total, sumsq))
     m = hist > 0
-    n = hist[m].sum()
-    if n == 0: return {}
-    mean = total[m] / hist[m]; q = calibrate(mean)
-    P, N = hist[m] * q, hist[m] * (1 - q)                       # expected positives / negatives per bin
-    lo = np.asarray(edges)[:-1][m]
+    if not m.any(): return None
+    return {"n": hist[m], "mean": total[m] / hist[m], "sumsq": sumsq[m], "lo": np.asarray(edges)[:-1][m]}
+
+def _binned_metrics(b: dict, # from `_bins`
+                    P, # positives per bin: expected (calibrated probability times rows) or drawn
+                    threshold: float, matrix: dict | None) -> dict:
+    "Return ROC AUC, PR AUC, Brier score (and value per customer) of binned scores with `P` positives per bin."
+    import numpy as np
+    n, mean = b["n"], b["mean"]
+    N = n - P                                                       # negatives per bin
     order = np.argsort(-mean)
     Pd, Nd = P[order], N[order]
     cumP = np.cumsum(Pd) - Pd
@@ -115,12 +127,36 @@ def estimate_performance(hist, total, sumsq, # per score bin: rows, sum of score
         out["roc_auc"] = float(np.sum(Nd * (cumP + Pd / 2)) / (P.sum() * N.sum()))
         tp, fp = np.cumsum(Pd), np.cumsum(Nd)
         out["pr_auc"] = float(np.sum(Pd / P.sum() * tp / np.maximum(tp + fp, 1e-12)))
-    out["brier"] = float(np.sum(sumsq[m] - 2 * q * total[m] + P) / n)   # E[(s - y)^2], y ~ Bernoulli(q)
+    out["brier"] = float(np.sum(b["sumsq"] - 2 * mean * P + P) / n.sum())   # E[(s - y)^2], y ~ Bernoulli(q)
     if matrix:
-        act = lo >= threshold - 1e-12
+        act = b["lo"] >= threshold - 1e-12
         out["value_per_customer"] = float((matrix["tp"] * P[act].sum() + matrix["fp"] * N[act].sum()
-                                           + matrix["fn"] * P[~act].sum() + matrix["tn"] * N[~act].sum()) / n)
+                                           + matrix["fn"] * P[~act].sum() + matrix["tn"] * N[~act].sum()) / n.sum())
     return out
+
+def estimate_interval(hist, total, sumsq, # per score bin: rows, sum of scores, sum of squared scores
+                      edges, # the bins' edges
+                      reference: dict, # the profile, with held-out pairs
+                      threshold: float = 0.5, # decision threshold
+                      matrix: dict | None = None, # value per case of tp, fp, fn, tn
+                      n: int = 200, # draws
+                      confidence: float = 0.95, # the interval's level
+                      seed: int = 0, # random draws
+                     ) -> dict:
+    "Return {metric: [low, high]}: where the labelled metrics of these rows may fall, by chance (calibration, labels)."
+    import numpy as np
+    b = _bins(hist, total, sumsq, edges)
+    pr = reference.get("pairs")
+    if b is None or not pr: return {}
+    rng, s, y = np.random.default_rng(seed), np.asarray(pr["score"]), np.asarray(pr["label"])
+    rows, draws = b["n"].astype(int), []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))                    # the calibration, refitted on resampled held-out pairs
+        if len(set(y[i])) < 2: continue
+        q = calibrator({"pairs": {"score": s[i], "label": y[i]}})(b["mean"])
+        positives = rng.binomial(rows, q).astype(float)        # labels drawn at its probabilities
+        draws.append(_binned_metrics(b, positives, threshold, matrix))
+    return {k: _ci([d.get(k, float("nan")) for d in draws], confidence) for k in (draws[0] if draws else {})}
 
 def below_policy(estimate: dict, # estimated metrics
                  minimums: dict, maximums: dict, # the promotion policy's

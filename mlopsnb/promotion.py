@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'TRAINING_ROWS_FILE', 'HISTORY_PREFIX', 'EVIDENCE_TAG', 'DECISION_TAG', 'LOCK_MODEL', 'LOCK_LEASE',
            'ADVISORY_KEY', 'INTENT', 'DONE', 'APPLIED', 'NOT_APPLIED', 'NO_MOVE', 'INTERACTIVE_REGISTRY_ENV',
-           'evaluate_gates', 'gates_summary', 'latency_ms', 'row_keys', 'comparison_rows', 'input_difference',
-           'champion_on_same_rows', 'lock_kind', 'registry_lock', 'history', 'move_alias', 'promote',
-           'promote_candidate', 'champion_stack', 'rollback']
+           'DIGEST_TAG', 'evaluate_gates', 'gates_summary', 'latency_ms', 'row_keys', 'comparison_rows',
+           'input_difference', 'champion_on_same_rows', 'lock_kind', 'registry_lock', 'history', 'move_alias',
+           'promote', 'promote_candidate', 'model_digest', 'same_model', 'champion_stack', 'rollback']
 
 # %% ../notebooks/api/07a_promotion.ipynb #2c5585f8
 def _gate(name: str, value, threshold, passed: bool, rule: str) -> dict:
@@ -471,6 +471,7 @@ def promote_candidate(store, # a Store, Project or URI
                       reason: str = "pipeline", # recorded in the history
                       tags: dict | None = None, # more tags for the new version
                       allow_interactive: bool = False, # register even from a notebook run by hand
+                      digest: str | None = None, # its `model_digest`: the same model registered before is not registered again
                      ) -> dict:
     "Register a candidate, make it @challenger and promote it through the gates; run by hand, only say what the gates decide."
     why = (f"reproduction of {reproducing()}, nothing registered" if reproducing() else
@@ -481,12 +482,53 @@ def promote_candidate(store, # a Store, Project or URI
         gates = evaluate_gates(policy, evidence, _champion_evidence(as_store(store).client(), name, current, champion))
         if run_id and reproducing(): as_store(store).client().set_tag(run_id, EVIDENCE_TAG, json.dumps(evidence))   # what `reproduce` compares
         return {"model": name, "version": None, "promoted": False, "dry_run": True, "gates": gates, "reason": f"{why}: {gates_summary(gates)}"}
-    version = register(store, logged["model_uri"], name, logged["manifest"], run_id=run_id,
-                       tags={EVIDENCE_TAG: evidence, **({"mlopsnb.run_id": run_id} if run_id else {}), **(tags or {})})
+    extra = {**({"mlopsnb.run_id": run_id} if run_id else {}), **({DIGEST_TAG: digest} if digest else {}), **(tags or {})}
+    with registry_lock(store):       # two builds of one model never both register it
+        same = same_model(store, name, digest, evidence) if digest else None
+        if same is None: version = register(store, logged["model_uri"], name, logged["manifest"], run_id=run_id,
+                                            tags={EVIDENCE_TAG: evidence, **extra})
+    if same is not None:
+        return {"model": name, "version": same, "promoted": False, "unchanged": True, "gates": [], "digest": digest,
+                "reason": f"unchanged: the same model as version {same}"}
     move_alias(store, name, "challenger", version, "newest candidate", action="challenger", run_id=run_id)
     return promote(store, name, version, policy, reason=reason, evidence=evidence, champion=champion, run_id=run_id, action="promote")
 
 INTERACTIVE_REGISTRY_ENV = "MLOPSNB_INTERACTIVE_REGISTRY"   # "write": a notebook run by hand may register and promote
+DIGEST_TAG = "mlopsnb.model_digest"
+
+def model_digest(model, # the candidate, loaded from its logged files
+                 X, # the build's test rows (raw columns)
+                 keys, # their `row_keys`
+                 manifest: dict[str, str], # its sha256 manifest
+                ) -> str:
+    "Return a digest of what a model does: its input columns, its scores on the test rows bit for bit, the files it carries."
+    import numpy as np
+    inputs = sorted(map(str, getattr(model, "feature_names_in_", X.columns)))
+    scores = np.ascontiguousarray(model.predict_proba(X)[:, 1], dtype="<f8")
+    carried = {f: h for f, h in sorted(manifest.items()) if f.startswith("mlopsnb/") and f not in _RESAVED}
+    h = hashlib.sha256(json.dumps({"inputs": inputs, "carried": carried}).encode())
+    h.update(np.ascontiguousarray(keys, dtype="<u8").tobytes()); h.update(scores.tobytes())
+    return h.hexdigest()
+
+_RESAVED = {"mlopsnb/model.onnx"}   # converted anew on each save (its parity with the model is checked, not its bytes)
+
+def same_model(store, # a Store, Project or URI
+               name: str, # registered model name
+               digest: str, # the candidate's `model_digest`
+               evidence: dict, # the candidate's evidence
+              ) -> str | None:
+    "Return the newest version of `name` that is the same model (its digest), or None; from a dirty tree, a clean build is new."
+    client = as_store(store).client()
+    try: versions = client.search_model_versions(f"name='{name}'")
+    except Exception as e:
+        if is_absent(e): return None
+        raise registry_failure(f"model {name}", e) from None
+    for mv in sorted(versions, key=lambda mv: -int(mv.version)):
+        if mv.tags.get(DIGEST_TAG) != digest: continue
+        dirty = (_tag_json(mv, EVIDENCE_TAG) or {}).get("git_dirty")
+        if dirty and evidence.get("git_dirty") is False: continue    # held for its tree: the same model from a commit may pass
+        return str(mv.version)
+    return None
 
 def champion_stack(entries: list[dict]) -> list[str]:
     "Replay the champion's history: each move pushes a version, each rollback pops one; held, refused, unapplied: nothing."

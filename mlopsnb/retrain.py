@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 # %% auto #0
-__all__ = ['retraining_table', 'retrain']
+__all__ = ['RETRAIN_DIR', 'retraining_table', 'retrain']
 
 # %% ../notebooks/api/11e_retrain.ipynb #64f53a8b
+RETRAIN_DIR = "monitoring/retrain"    # under the project's products: the retraining table and the retrain build's own products
+
 def retraining_table(source, # the training source's raw table
                      labelled, # labelled current rows (raw columns, `__label__` 0/1, `__refused__`: None or why not)
                      target: str, ids: list[str], positive, # data.target, data.ids, data.positive
@@ -46,6 +48,7 @@ def retrain(project, # the loaded Project
     from mlopsnb.config import Project
     from mlopsnb.data import read_source, write_frame
     from mlopsnb.pipeline import run
+    from mlopsnb.staleness import BuildLocked, build_lock
     if labelled is None or not len(labelled): return {"triggered": False, "reason": "no labelled rows in the window to retrain on"}
     cfg = project.env.data
     table, rows = retraining_table(read_source(cfg, project.root), labelled, cfg.target, list(cfg.ids), cfg.positive)
@@ -53,12 +56,15 @@ def retrain(project, # the loaded Project
     if not rows["taken"]:
         why = "; ".join(f"{n} {k}" for k, n in rows["refused"].items())
         return {"triggered": False, "reason": f"no labelled rows usable for retraining ({why})", **counts}
-    path = write_frame(table, project.products / "monitoring" / "retrain" / "training.parquet")
-    new = Project.load(project.root, [*(overrides or []), f"data.source={path}", f"data.contract={cfg.contract_path(project.root)}"],
-                       env_file, project.spec_file)
-    result = run(new, engine=engine)
+    folder = project.products / RETRAIN_DIR
+    try:
+        with build_lock(project):       # never while a build of the project runs, nor two retrains at once
+            path = write_frame(table, folder / "training.parquet")
+            apart = [f"data.source={path}", f"data.contract={cfg.contract_path(project.root)}", f"products={folder / 'build'}"]
+            result = run(Project.load(project.root, [*(overrides or []), *apart], env_file, project.spec_file), engine=engine)
+    except BuildLocked as e: return {"triggered": False, "reason": f"not retrained: {e}", **counts}
     tags = {k: v for r in result.records for k, v in r.tags.items()}
     return {"triggered": True, "ok": result.ok, "rows_added": rows["taken"], **counts, "training_rows": int(len(table)),
-            "data": str(path),
+            "data": str(path), "products": str(folder / "build"),
             "version": tags.get("mlopsnb.model_version"), "aliases": tags.get("mlopsnb.model_aliases"),
             "decision": tags.get("mlopsnb.model_decision"), "failures": [str(f) for f in result.failures]}

@@ -170,6 +170,56 @@ def test_report_renders_in_headless_chromium(project, tmp_path):
     assert (np.abs(img.astype(int) - [214, 39, 40]).sum(axis=2) < 40).sum() > 200      # the DRIFT badge
 
 
+def misfits(fig) -> list[str]:
+    "What of a figure is drawn outside it (plots with their titles and names, legends); plots or names that run into each other."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    r, box = fig.canvas.get_renderer(), fig.bbox
+    inside = lambda b: b.x0 >= box.x0 - .5 and b.y0 >= box.y0 - .5 and b.x1 <= box.x1 + .5 and b.y1 <= box.y1 + .5
+    axes = [a for a in fig.axes if a.axison]
+    boxes = [a.get_tightbbox(r) for a in axes]
+    out = [a.get_title() for a, b in zip(axes, boxes) if not inside(b)]
+    out += [t.get_text() for g in [*fig.legends, *(a.get_legend() for a in axes)] if g for t in g.get_texts()
+            if not inside(t.get_window_extent(r))]
+    out += [f"{axes[i].get_title()} / {axes[j].get_title()}" for i in range(len(axes)) for j in range(i + 1, len(axes))
+            if boxes[i].overlaps(boxes[j])]
+    for a in axes:
+        for ts, lim, k in ((a.get_xticklabels(), a.get_xlim(), 0), (a.get_yticklabels(), a.get_ylim(), 1)):
+            ts = [t for t in ts if t.get_text() and min(lim) <= t.get_position()[k] <= max(lim)]
+            bs = [t.get_window_extent(r) for t in ts]
+            out += [f"{a.get_title()}: {ts[i].get_text()!r} / {ts[i + 1].get_text()!r}" for i in range(len(bs) - 1)
+                    if bs[i].overlaps(bs[i + 1])]
+    return out
+
+
+@pytest.mark.slow
+def test_report_shows_no_none_whole_names_that_fit_and_intervals_on_estimates(project):
+    """The report of a real pass: no `None` or `nan` anywhere, every figure's names whole and inside it, no plot running into
+    another; every estimated metric with its interval, in the report and in summary.json."""
+    import re
+    from mlopsnb.config import Store
+    from mlopsnb.monitor import monitor
+    r = cli(project, "monitor", "--current", "drifted.csv", "--labels", "labels.csv", *MONITOR_ENV)
+    assert r.returncode == 2, r.stdout + r.stderr
+    folder = sorted((project / "products" / "monitoring").glob("2*"))[-1]
+    perf = json.loads((folder / "summary.json").read_text())["performance"]
+    est, ci = perf["estimate"], perf["estimate_ci"]
+    assert set(ci) == set(est) >= {"roc_auc", "pr_auc", "brier"}, perf
+    assert all(lo <= est[k] <= hi and hi - lo < (0.5 if k != "value_per_customer" else 50) for k, (lo, hi) in ci.items()), ci
+    page = (folder / "report.html").read_text()
+    text = re.sub(r"<[^>]+>", " ", re.sub(r'src="data:image/png;base64,[^"]+"', "", page))
+    assert not re.search(r"\b(None|nan|NaN|null)\b", text), re.findall(r".{0,60}\b(?:None|nan|NaN|null)\b.{0,20}", text)
+    for k in ("roc_auc", "pr_auc", "brier"): assert f"{est[k]:.4f} [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" in page, k
+    s = monitor(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", None, current=project / "drifted.csv",
+                labels=project / "labels.csv", label_column="churn", ids=["rownames"], positive="Yes")
+    from mlopsnb.alerts import report_figures         # the figures the report drew, from the same pass
+    figs = report_figures(s)
+    assert len(figs) == 2 and all(misfits(f) == [] for f in figs), [misfits(f) for f in figs]
+    ticks = [t.get_text().replace("\n", " ") for f in figs for a in f.axes for t in [*a.get_xticklabels(), *a.get_yticklabels()]]
+    assert "Month-to-month" in ticks and not any("…" in t for t in ticks), ticks     # names whole (the data's are short)
+
+
 @pytest.mark.slow
 def test_prediction_log_window_ab_and_labels(project, tmp_path):
     "Rows from the real prediction log, answered by two versions (2 noisier): A/B says which is worse; the window and version filters hold."
@@ -207,6 +257,34 @@ def test_prediction_log_window_ab_and_labels(project, tmp_path):
         monitor(st, "churn", None, log=tmp_path / "predictions.db", since=time.time() + 60)
 
 
+def products_of(project: Path) -> dict:
+    "The project build's product files (not monitoring's, not the build lock) and their modification times."
+    return {p: p.stat().st_mtime_ns for p in (project / "products").rglob("*")
+            if p.is_file() and "monitoring" not in p.parts and p.name != "build.lock"}
+
+
+@pytest.mark.slow
+def test_a_failed_retrain_leaves_the_build_up_to_date(project):
+    """A retrain builds apart (products/monitoring/retrain/build) while it holds the project's build lock: one that fails at
+    validate_data leaves the project's products, and `mlopsnb run`'s no-op, as they were; while a build runs, none starts."""
+    from mlopsnb.config import Project
+    from mlopsnb.staleness import build_lock
+    assert cli(project, "run", "--engine", "inprocess", *SAMPLE).returncode == 0       # up to date, whatever ran before
+    before = products_of(project)
+    r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)
+    assert r.returncode == 2, r.stdout + r.stderr
+    s = json.loads((sorted((project / "products" / "monitoring").glob("2*"))[-1] / "summary.json").read_text())
+    assert s["retrain"]["triggered"] and not s["retrain"]["ok"] and "monthly_charges" in s["retrain"]["failures"][0]
+    again = cli(project, "run", "--engine", "inprocess", *SAMPLE)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do: all 9 tasks are up to date"), again.stdout
+    assert products_of(project) == before
+    assert (project / "products/monitoring/retrain/build/data/raw.parquet").is_file()     # the retrain's own products
+    with build_lock(Project.load(project)):                                             # a build of the project is running
+        r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)
+    assert r.returncode == 2 and "retrain: not retrained: another build of this project is running (pid " in r.stdout, r.stdout
+    assert products_of(project) == before
+
+
 @pytest.mark.slow
 def test_retrain_on_drift_ends_at_the_gate(project):
     "--retrain on drift builds on training data + the labelled window: the contract still guards it, then the gate decides; both recorded."
@@ -234,11 +312,12 @@ def test_performance_estimate_against_labelled_windows(project):
     by ~0.05 on average, PR AUC by ~0.09, Brier underestimated by ~0.02 (README, "Monitoring"). The bounds catch a broken estimate."""
     from mlopsnb.config import Store
     from mlopsnb.monitor import DriftAccumulator, calibrator, estimate_performance, label_metrics, load_reference
+    from mlopsnb.performance import estimate_interval
     ref = load_reference(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", "1", with_model=True)
     seen = pd.concat([pd.read_parquet(project / "products" / "data" / f"{s}.parquet") for s in ("train", "val", "test")])["rownames"]
     df = reference_data()
     unseen = df[~df["rownames"].isin(seen)]
-    cal, errors = calibrator(ref["reference"]), []
+    cal, errors, covered = calibrator(ref["reference"]), [], []
     for i in range(20):
         w = unseen.sample(500, random_state=i)
         p = ref["model"].predict_proba(w.drop(columns=["rownames", "churn"]))[:, 1]
@@ -247,8 +326,12 @@ def test_performance_estimate_against_labelled_windows(project):
         est = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, cal)
         true = label_metrics((w["churn"] == "Yes").astype(int), p)
         errors.append({k: est[k] - true[k] for k in ("roc_auc", "pr_auc", "brier")})
-    e = pd.DataFrame(errors)
+        ci = estimate_interval(g["hist"], g["sum"], g["sumsq"], acc.edges, ref["reference"], seed=i)
+        covered.append({k: ci[k][0] <= true[k] <= ci[k][1] for k in ("roc_auc", "pr_auc", "brier")})
+    e, c = pd.DataFrame(errors), pd.DataFrame(covered)
     print("estimate - actual over 20 windows of 500 unseen rows: mean", e.mean().round(4).to_dict(), "mean abs", e.abs().mean().round(4).to_dict())
+    print("windows whose labelled metric lies in the estimate's 95% interval:", c.sum().to_dict())
+    assert (c.mean() >= 0.7).all(), c.sum()
     assert e["roc_auc"].abs().mean() < 0.08 and e["brier"].abs().mean() < 0.04 and e["pr_auc"].abs().mean() < 0.15
 
 

@@ -39,6 +39,32 @@ def test_first_model_becomes_champion_weaker_one_is_held(promoted):
     assert json.loads((project / "products/promotion/decision.json").read_text())["version"] == "2"
 
 
+def test_the_same_model_is_registered_once(promoted, tmp_path):
+    "A rebuild that trains a registered model again registers nothing and says which version it is; another grid registers anew."
+    import shutil
+    project = tmp_path / "p"
+    shutil.copytree(promoted[0], project)
+    client = store(project)
+    again = cli(project, "run", "--force", *FAST)                      # every task again, on the same data: the same model
+    assert again.returncode == 0 and len(executed(again)) == 7, again.stdout + again.stderr   # one family in this grid
+    assert "model: churn version 2 @challenger (unchanged: the same model as version 2)" in again.stdout, again.stdout
+    assert len(client.search_model_versions("name='churn'")) == 2
+    decision = json.loads((project / "products/promotion/decision.json").read_text())
+    assert (decision["version"], decision["unchanged"]) == ("2", True)
+    subprocess.run(["git", "checkout", "-q", "pipeline.yaml"], cwd=project, check=True)   # the first grid back: version 1's model
+    back = cli(project, "run", *FAST)
+    assert "model: churn version 1 @champion (unchanged: the same model as version 1)" in back.stdout, back.stdout
+    set_grid(project, "        - family: logistic_regression\n          C: [0.5]\n")     # a real change
+    other = cli(project, "run", *FAST)
+    assert "model: churn version 3 @challenger (held: " in other.stdout, other.stdout
+    digests = [client.get_model_version("churn", v).tags["mlopsnb.model_digest"] for v in ("1", "2", "3")]
+    assert len(set(digests)) == 3 and len(client.search_model_versions("name='churn'")) == 3
+    from mlopsnb.config import Store
+    from mlopsnb.promotion import history
+    entries = history(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn")
+    assert len(entries) == 6, entries      # v1, v2 and v3: @challenger, then the decision on @champion; the unchanged builds: none
+
+
 def test_history_promote_and_rollback_from_the_cli(promoted, tmp_path):
     import shutil
     project = tmp_path / "p"

@@ -37,4 +37,4 @@ def test_attrition_from_csv_then_from_sql(tmp_path):
             "--env", "data.source=sqlite:///data/hr.db", "--env", "data.query=select * from employees")
     assert r.returncode == 0, r.stdout + r.stderr
     assert executed(r)[0] == "get_data"
-    assert "attrition version 2" in r.stdout
+    assert "attrition version 1 @challenger @champion (unchanged: the same model as version 1)" in r.stdout, r.stdout   # the same model

@@ -21,7 +21,7 @@ from pathlib import Path
 from mlopsnb.config import ModelCardConfig, PromotionPolicy
 from mlopsnb.core import atomic_write_text
 from mlopsnb.data import read_frame, write_json
-from mlopsnb.promotion import latency_ms, promote_candidate
+from mlopsnb.promotion import latency_ms, model_digest, promote_candidate, row_keys
 from mlopsnb.registry import get_alias, load_logged
 from mlopsnb.lineage import build_of, card_html, lineage, log_model_card, model_card
 from mlopsnb.tracking import current_run_id, log_dict, log_metrics, recorded_tags, set_tags, task_store
@@ -35,16 +35,20 @@ evidence = {"metrics": evaluation["metrics"], "fairness_max_gap": evaluation.get
             "contract_violations": len(validation["violations"]), "contract_warnings": len(validation.get("warnings", [])),
             "test_rows": evaluation["rows"], "inputs": info["features"],
             "git_dirty": {"true": True, "false": False}.get(recorded_tags().get("git.dirty"))}   # as the build recorded it
-if rules.max_latency_ms is not None:     # timed on the model exactly as logged (and registered below)
-    test = read_frame(upstream["split_data"]["test"])
-    timing = latency_ms(load_logged(store, info["model_uri"], info["manifest"]), test.drop(columns=[target, *ids]))
+model = load_logged(store, info["model_uri"], info["manifest"])      # the model exactly as logged (and registered below)
+test = read_frame(upstream["split_data"]["test"])
+X = test.drop(columns=[target, *ids])
+digest = model_digest(model, X, row_keys(test, ids), info["manifest"])   # the same model as a registered version: not registered again
+if rules.max_latency_ms is not None:
+    timing = latency_ms(model, X)
     evidence |= {"latency_ms": timing["median_ms"], "latency": timing}
 pd.Series({k: v for k, v in evidence.items() if k not in {"metrics", "inputs"}}, dtype=object)
 
 # %%
 # registers, moves @challenger, and @champion only if every gate passes; run by hand in a notebook it only evaluates the gates
 decision = promote_candidate(store, model_name, info, rules, evidence, champion=evaluation.get("champion"),
-                             run_id=current_run_id(), reason="promote_model", tags={"mlopsnb.candidate": info["candidate"]})
+                             run_id=current_run_id(), reason="promote_model", tags={"mlopsnb.candidate": info["candidate"]},
+                             digest=digest)
 pd.DataFrame(decision["gates"], columns=["gate", "value", "threshold", "passed", "rule"])
 
 # %%
@@ -53,11 +57,12 @@ aliases = [a for a in ("challenger", "champion") if version and get_alias(store,
 write_json(decision, product["decision"])
 log_dict(decision, "promotion_decision.json")
 if version:
+    said = "" if decision.get("unchanged") else "promoted: " if decision["promoted"] else "held: "
     set_tags({"mlopsnb.model_name": model_name, "mlopsnb.model_version": version, "mlopsnb.model_aliases": ",".join(aliases),
-              "mlopsnb.model_decision": ("promoted: " if decision["promoted"] else "held: ") + decision["reason"]})
+              "mlopsnb.model_decision": said + decision["reason"], "mlopsnb.model_digest": digest})
 log_metrics(promoted=int(decision["promoted"]), gates_failed=sum(not g["passed"] for g in decision["gates"]))
-print(f"{model_name} version {version} @{' @'.join(aliases)}: {'PROMOTED to @champion' if decision['promoted'] else 'held'} ({decision['reason']})"
-      if version else decision["reason"])
+outcome = "nothing registered" if decision.get("unchanged") else "PROMOTED to @champion" if decision["promoted"] else "held"
+print(f"{model_name} version {version} @{' @'.join(aliases)}: {outcome} ({decision['reason']})" if version else decision["reason"])
 
 # %% [markdown]
 # ## The model card
@@ -75,4 +80,6 @@ md = model_card(facts, ModelCardConfig.model_validate(card or {}), evaluation, t
                 {"path": Path(validation["contract"]).name, "violations": len(validation["violations"]), "warnings": len(validation.get("warnings", []))})
 atomic_write_text(product["card"], md)
 atomic_write_text(product["card_html"], card_html(md, f"Model card: {model_name} version {version}"))
-print(f"model card: {product['card']} (logged as {log_model_card(store, model_name, version, run_id, product['card'], product['card_html'])})")
+registered = None if decision.get("unchanged") else version         # an unchanged model keeps the card it was registered with
+logged_as = log_model_card(store, model_name, registered, run_id, product["card"], product["card_html"])
+print(f"model card: {product['card']} (logged as {logged_as})")
