@@ -62,7 +62,7 @@ def retrain(project, # the loaded Project
             path = write_frame(table, folder / "training.parquet")
             apart = [f"data.source={path}", f"data.contract={cfg.contract_path(project.root)}", f"products={folder / 'build'}"]
             result = run(Project.load(project.root, [*(overrides or []), *apart], env_file, project.spec_file), engine=engine)
-    except BuildLocked as e: return {"triggered": False, "reason": f"not retrained: {e}", **counts}
+    except BuildLocked as e: return {"triggered": False, "reason": str(e), **counts}
     tags = {k: v for r in result.records for k, v in r.tags.items()}
     return {"triggered": True, "ok": result.ok, "rows_added": rows["taken"], **counts, "training_rows": int(len(table)),
             "data": str(path), "products": str(folder / "build"),

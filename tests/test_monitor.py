@@ -281,7 +281,7 @@ def test_a_failed_retrain_leaves_the_build_up_to_date(project):
     assert (project / "products/monitoring/retrain/build/data/raw.parquet").is_file()     # the retrain's own products
     with build_lock(Project.load(project)):                                             # a build of the project is running
         r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)
-    assert r.returncode == 2 and "retrain: not retrained: another build of this project is running (pid " in r.stdout, r.stdout
+    assert r.returncode == 2 and "retrain: not started: another build of this project is running (pid " in r.stdout, r.stdout
     assert products_of(project) == before
 
 
