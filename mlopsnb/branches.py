@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .config import ConfigError, declared_upstream
+from .metrics import headline, scorer_metric
 
 # %% auto #0
 __all__ = ['BRANCH_KEYS', 'ALL', 'branch_task', 'task_names', 'spec_entry_names', 'read_branches', 'expand_branches',
@@ -173,7 +174,7 @@ def select_branch(infos: Mapping[str, Mapping], # {branch: train_model's model.j
         if key not in info: raise ConfigError(f"select_model: metric {metric!r}: branch {branch!r} recorded no {key} (train_model's metric differs?)")
         test = (evaluations or {}).get(branch, {}).get("metrics", {})
         rows.append({"branch": branch, "candidate": info.get("candidate"), key: float(info[key]),
-                     **{f"test_{m}": test[m] for m in (metric, "pr_auc", "brier") if m in test}})
+                     **{f"test_{m}": test[m] for m in dict.fromkeys((scorer_metric(metric), *headline())) if m in test}})
     best = max(rows, key=lambda r: r[key])       # the first of equals: the order the branches were declared in
     return best["branch"], [{**r, "selected": r["branch"] == best["branch"]} for r in rows]
 
