@@ -36,7 +36,8 @@ def summary_lines(result, tracking_uri: str | None = None) -> list[str]:
         out += [f"  {r.name:<{w}} {r.status:<9} {r.seconds:>7.1f}s" if r.status == "executed" else f"  {r.name:<{w}} {r.status}" for r in recs]
     with_metrics = [r for r in recs if r.metrics]
     if with_metrics:
-        r = max(reversed(with_metrics), key=lambda r: sum(k in r.metrics for k in headline()))   # the task that evaluated
+        key = headline()
+        r = max(reversed(with_metrics), key=lambda r: sum(k in r.metrics for k in key))   # the task that evaluated
         out.append(f"metrics ({r.name}): {_fmt_metrics(r.metrics)}")
         m = r.metrics
         if "value_per_customer" in m:

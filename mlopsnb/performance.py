@@ -27,7 +27,7 @@ def label_metrics(y, # 0/1 labels
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     ranked = ("roc_auc", "pr_auc")                                    # defined with both classes only
     out = compute(ranked, y, p) if 0 < y.sum() < len(y) else dict.fromkeys(ranked, float("nan"))
-    out["brier"] = float(np.mean((p - y) ** 2))   # the table's Brier score, without sklearn's checks (bootstraps call this often)
+    out["brier"] = float(np.mean((p - y) ** 2))    # the Brier score without sklearn's checks (bootstraps call this)
     if matrix:
         act = p >= threshold
         out["value_per_customer"] = float((matrix["tp"] * (act & (y == 1)).sum() + matrix["fp"] * (act & (y == 0)).sum()

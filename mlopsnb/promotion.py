@@ -38,7 +38,7 @@ def _gate(name: str, value, threshold, passed: bool, rule: str) -> dict:
     return {"gate": name, "value": value, "threshold": threshold, "passed": bool(passed), "rule": rule}
 
 def _champion_gate(policy: PromotionPolicy, m: dict, champion: dict) -> dict:
-    "The beats-champion gate, in the primary metric's direction; a champion that cannot be compared like with like fails it."
+    "The beats-champion gate, in the primary metric's direction; a champion not comparable like with like fails it."
     name, primary, delta = f"beats champion on {policy.primary}", policy.primary, policy.min_delta
     if champion.get("incomparable"):
         return _gate(name, m.get(primary), None, False, f"a comparison on the same rows ({champion['incomparable']})")
@@ -46,7 +46,8 @@ def _champion_gate(policy: PromotionPolicy, m: dict, champion: dict) -> dict:
     c = (champion.get("metrics") or {}).get(primary)
     up = higher_is_better(primary)
     ok = v is not None and (c is None or better(primary, v, c, delta))
-    rule = f"{primary} {'>' if up else '<'} champion {'not measured' if c is None else _fmt(c, v)} {'+' if up else '-'} {delta}"
+    shown = "not measured" if c is None else _fmt(c, v)
+    rule = f"{primary} {'>' if up else '<'} champion {shown} {'+' if up else '-'} {delta}"
     if v is not None and c is not None and v == c: rule += "; equal to the champion"
     return _gate(name, v, None if c is None else c + delta if up else c - delta, ok, rule)
 

@@ -55,7 +55,8 @@ def roc_figure(results: dict[str, dict], # model name -> result of `evaluate`
     fig, ax = _figure()
     for i, (name, r) in enumerate(results.items()):
         c, ls = _style(i)
-        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=c, ls=ls, label=f"{name} ({metric_label('roc_auc')} {r['metrics']['roc_auc']:.3f})")
+        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=c, ls=ls,
+                label=f"{name} ({metric_label('roc_auc')} {r['metrics']['roc_auc']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
@@ -154,8 +155,9 @@ def importance_figure(results: dict[str, dict], # model name -> result of `evalu
 SHOWN_AS = {"value_per_customer": "value_per_case"}   # metric keys shown under a neutral name (the key itself is the metric's name in MLflow)
 
 def summary_rows() -> list[str]:
-    "Return the rows of the report's summary: the metric table's summary metrics (under their report names), then the fairness gap."
-    return [SHOWN_AS.get(k, k) for k in summary_metrics()] + ["fairness_max_gap", "fairness_max_gap_lo", "fairness_max_gap_hi"]
+    "Return the rows of the report's summary: the table's summary metrics (as the report names them), the fairness gap."
+    fairness = ["fairness_max_gap", "fairness_max_gap_lo", "fairness_max_gap_hi"]
+    return [SHOWN_AS.get(k, k) for k in summary_metrics()] + fairness
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}.sub{color:#555;margin-top:0}
