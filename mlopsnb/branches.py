@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .config import ConfigError, declared_upstream
+from .metrics import headline, scorer_metric
 
 # %% auto #0
 __all__ = ['BRANCH_KEYS', 'ALL', 'branch_task', 'task_names', 'spec_entry_names', 'read_branches', 'expand_branches',
@@ -167,13 +168,13 @@ def select_branch(infos: Mapping[str, Mapping], # {branch: train_model's model.j
                   evaluations: Mapping[str, Mapping] | None = None, # {branch: evaluate_model's metrics.json}, shown beside it
                  ) -> tuple[str, list[dict]]:
     "Return the branch with the best validation `metric`, and one row per branch: candidate, validation metric, test metrics."
-    key = f"val_{metric}"
+    key, shown = f"val_{metric}", dict.fromkeys((scorer_metric(metric), *headline()))   # its metric, the headline
     rows = []
     for branch, info in infos.items():
         if key not in info: raise ConfigError(f"select_model: metric {metric!r}: branch {branch!r} recorded no {key} (train_model's metric differs?)")
         test = (evaluations or {}).get(branch, {}).get("metrics", {})
         rows.append({"branch": branch, "candidate": info.get("candidate"), key: float(info[key]),
-                     **{f"test_{m}": test[m] for m in (metric, "pr_auc", "brier") if m in test}})
+                     **{f"test_{m}": test[m] for m in shown if m in test}})
     best = max(rows, key=lambda r: r[key])       # the first of equals: the order the branches were declared in
     return best["branch"], [{**r, "selected": r["branch"] == best["branch"]} for r in rows]
 

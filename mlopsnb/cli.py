@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 
 from .core import MlopsnbError
+from .metrics import headline
 
 # %% auto #0
-__all__ = ['KEY_METRICS', 'COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'Terminated', 'main']
+__all__ = ['COMMAND_MODULES', 'summary_lines', 'command_name', 'parser', 'Terminated', 'main']
 
 # %% ../notebooks/api/09_cli.ipynb #c5250c0d
-KEY_METRICS = ("roc_auc", "pr_auc", "f1", "log_loss", "brier")
-
 def _fmt_metrics(metrics: dict) -> str:
-    keys = [k for k in KEY_METRICS if k in metrics] or sorted(metrics)[:6]
+    keys = [k for k in headline() if k in metrics] or sorted(metrics)[:6]
     return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys)
 
 def summary_lines(result, tracking_uri: str | None = None) -> list[str]:
@@ -37,7 +36,8 @@ def summary_lines(result, tracking_uri: str | None = None) -> list[str]:
         out += [f"  {r.name:<{w}} {r.status:<9} {r.seconds:>7.1f}s" if r.status == "executed" else f"  {r.name:<{w}} {r.status}" for r in recs]
     with_metrics = [r for r in recs if r.metrics]
     if with_metrics:
-        r = max(reversed(with_metrics), key=lambda r: sum(k in r.metrics for k in KEY_METRICS))   # the task that evaluated
+        key = headline()
+        r = max(reversed(with_metrics), key=lambda r: sum(k in r.metrics for k in key))   # the task that evaluated
         out.append(f"metrics ({r.name}): {_fmt_metrics(r.metrics)}")
         m = r.metrics
         if "value_per_customer" in m:

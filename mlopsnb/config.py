@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .core import ENV_FILE, PIPELINE_FILE, ConfigError, expand_vars
 
 # %% auto #0
-__all__ = ['EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy',
-           'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides', 'read_yaml',
-           'load_env', 'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
+__all__ = ['SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'ScoringConfig',
+           'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides', 'read_yaml', 'load_env',
+           'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
            'resolve_placeholders', 'resolve_params', 'params_of_type', 'AirflowTaskSettings', 'airflow_settings',
            'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'uri_scheme',
            'as_store', 'Project']
@@ -302,15 +302,11 @@ def task_parameters(path: str | Path, # a task notebook
     return list(task_signature(path))
 
 # %% ../notebooks/api/01_config.ipynb #67a0beb3
-EVALUATION_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "log_loss", "brier", "positive_rate",
-                      "calibration_error", "value_per_customer", "best_threshold", "value_at_best_threshold")
+from .metrics import check_policy_metrics
 
 def _check_metric_names(policy: PromotionPolicy, where: str) -> None:
-    "Raise ConfigError when the policy names a metric the evaluation does not produce."
-    named = [("primary", policy.primary)] + [(f"minimums.{k}", k) for k in policy.minimums] + [(f"maximums.{k}", k) for k in policy.maximums]
-    for key, metric in named:
-        if metric not in EVALUATION_METRICS:
-            raise ConfigError(f"{where}: {key}: {metric!r} is not a metric the evaluation produces ({', '.join(EVALUATION_METRICS)})")
+    "Raise ConfigError when the policy names a metric the evaluation does not produce, or bounds one on its good side."
+    check_policy_metrics(policy.primary, policy.minimums, policy.maximums, where)
 
 def param_types() -> dict[str, Any]:
     "Return the names a parameter annotation may use: builtin types and this module's settings models."

@@ -17,32 +17,22 @@ from pydantic import ValidationError
 from .config import FairnessConfig
 from .core import ConfigError, DataError
 from .features import holds_numbers, to_number
+from .metrics import compute, computed, is_scorer, scorer
 
 # %% auto #0
-__all__ = ['OUTCOMES', 'RATES', 'MAX_LEVELS', 'PROBA_SCORERS', 'TABLES', 'classification_metrics', 'metrics_table',
-           'calibration_table', 'calibration_error', 'check_matrix', 'value_curve', 'expected_value', 'best_threshold',
-           'fairness_config', 'bin_column', 'sensitive_groups', 'fairness_table', 'fairness_gaps', 'fairness_gap_ci',
-           'importance_table', 'evaluate', 'evaluation_summary', 'run_metrics', 'evaluation_tables']
+__all__ = ['OUTCOMES', 'RATES', 'MAX_LEVELS', 'TABLES', 'classification_metrics', 'metrics_table', 'calibration_table',
+           'calibration_error', 'check_matrix', 'value_curve', 'expected_value', 'best_threshold', 'fairness_config',
+           'bin_column', 'sensitive_groups', 'fairness_table', 'fairness_gaps', 'fairness_gap_ci', 'importance_table',
+           'evaluate', 'evaluation_summary', 'run_metrics', 'evaluation_tables']
 
 # %% ../notebooks/api/05_evaluate.ipynb #e3bc086e
 def classification_metrics(y_true, # 0/1 labels
                            proba, # predicted probability of the positive class
                            threshold: float = 0.5, # decision threshold for F1/precision/recall
                           ) -> dict[str, float]:
-    "Return ROC AUC, PR AUC, F1, precision, recall, accuracy, log loss and Brier score."
+    "Return every metric of the table computable from labels and probabilities: ROC AUC, PR AUC, F1, ..., Brier score."
     y, p = np.asarray(y_true).astype(int), np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
-    pred = (p >= threshold).astype(int)
-    return {
-        "roc_auc": float(skm.roc_auc_score(y, p)),
-        "pr_auc": float(skm.average_precision_score(y, p)),
-        "f1": float(skm.f1_score(y, pred, zero_division=0)),
-        "precision": float(skm.precision_score(y, pred, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, zero_division=0)),
-        "accuracy": float(skm.accuracy_score(y, pred)),
-        "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
-        "brier": float(skm.brier_score_loss(y, p)),
-        "positive_rate": float(y.mean()),
-    }
+    return compute(computed(), y, p, threshold)
 
 # %% ../notebooks/api/05_evaluate.ipynb #80b0a8cd
 def metrics_table(results: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -280,10 +270,6 @@ def fairness_gap_ci(y_true, # 0/1 labels
     return {a: interval(draws[:, j]) for j, a in enumerate(coded)}, interval(overall)
 
 # %% ../notebooks/api/05_evaluate.ipynb #64fd740d
-PROBA_SCORERS = {   # scorer name -> score of (labels, probability of the positive class); larger is better, as in sklearn
-    "roc_auc": skm.roc_auc_score, "average_precision": skm.average_precision_score,
-    "neg_log_loss": lambda y, p: -skm.log_loss(y, p, labels=[0, 1]), "neg_brier_score": lambda y, p: -skm.brier_score_loss(y, p)}
-
 def _stacked_importances(model, X: pd.DataFrame, y: np.ndarray, n_repeats: int, seed: int, score, max_stack: int = 200_000) -> np.ndarray:
     "sklearn's permutation importances (same shuffles, same seeds) with the shuffled copies scored in stacked calls."
     seed_all = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)   # as sklearn draws it: one seed for every column
@@ -306,7 +292,7 @@ def importance_table(model, # a fitted classifier (an sklearn Pipeline taking th
                      y_true, # 0/1 labels
                      n_repeats: int = 5, # shuffles per column; 0 skips and returns an empty table
                      seed: int = 42, # random state of the shuffles and the row sample
-                     scoring: str = "roc_auc", # sklearn scorer name
+                     scoring: str = "roc_auc", # a scorer of `metrics.scorer_names`, or any sklearn scorer name
                      max_rows: int | None = 2000, # score on a stratified sample of at most this many rows
                     ) -> pd.DataFrame:
     "Return the permutation importance (mean and std of the score drop) of each input column, largest first."
@@ -320,7 +306,7 @@ def importance_table(model, # a fitted classifier (an sklearn Pipeline taking th
     if len(X) != len(y): raise DataError(f"importance: {len(X)} rows but {len(y)} labels")
     if max_rows and len(X) > max_rows:
         X, y = resample(X, y, n_samples=max_rows, replace=False, stratify=y, random_state=seed)
-    if scoring in PROBA_SCORERS: drops = _stacked_importances(model, X, y, n_repeats, seed, PROBA_SCORERS[scoring])
+    if is_scorer(scoring): drops = _stacked_importances(model, X, y, n_repeats, seed, scorer(scoring))
     else: drops = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1).importances
     t = pd.DataFrame({"feature": [str(c) for c in X.columns], "importance_mean": drops.mean(axis=1),
                       "importance_std": drops.std(axis=1)})

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .core import MlopsnbError, RegistryError, mask_url
+from .metrics import headline
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def show_lines(info: dict, # from `lineage`
     out += _build_lines(info["build"]) if info["build"] else ["build     not recorded (registered outside a build)"]
     if ev:
         m = ev.get("metrics", {})
-        out.append("evaluation " + "  ".join(f"{k} {_num(m[k])}" for k in ("roc_auc", "pr_auc", "f1", "brier", "log_loss", "value_per_customer") if k in m)
+        out.append("evaluation " + "  ".join(f"{k} {_num(m[k])}" for k in (*headline(), "value_per_customer") if k in m)
                    + (f"  fairness gap {_num(ev['fairness_max_gap'])}" if ev.get("fairness_max_gap") is not None else "")
                    + (f"  on {ev['test_rows']} test rows" if "test_rows" in ev else ""))
     if d:

@@ -17,8 +17,7 @@ from .core import ConfigError, DataError, MlopsnbError, atomic_write_text
 from .reference import REFERENCE_FILE, OTHER, category_counts, is_numeric_column, reference_profile
 from .drift import (LEVELS, MAX_TRACKED, OTHER_NEW, PSI_EPS, DriftAccumulator, categorical_drift, chi_square, drift_results,
                            knot_counts, ks_from_counts, numeric_drift, psi, worst)
-from .performance import (HIGHER_IS_BETTER, ab_compare, below_policy, bootstrap, calibrator, decay, estimate_performance,
-                                 label_metrics)
+from .performance import ab_compare, below_policy, bootstrap, calibrator, decay, estimate_performance, label_metrics
 from .alerts import monitoring_history, post_webhook, record_monitoring, report_html, summary_json
 from .retrain import retrain, retraining_table
 

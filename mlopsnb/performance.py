@@ -10,14 +10,13 @@ import math
 from .config import MonitorConfig
 from .core import DataError
 from .drift import DriftAccumulator
+from .metrics import compute, higher_is_better
 
 # %% auto #0
-__all__ = ['HIGHER_IS_BETTER', 'label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'estimate_interval',
-           'below_policy', 'ab_compare']
+__all__ = ['label_metrics', 'bootstrap', 'decay', 'calibrator', 'estimate_performance', 'estimate_interval', 'below_policy',
+           'ab_compare']
 
 # %% ../notebooks/api/11c_performance.ipynb #050441dd
-HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "brier": False, "value_per_customer": True}
-
 def label_metrics(y, # 0/1 labels
                   p, # scores
                   threshold: float = 0.5, # decision threshold (value per customer)
@@ -25,11 +24,10 @@ def label_metrics(y, # 0/1 labels
                  ) -> dict:
     "Return ROC AUC, PR AUC, Brier score (and value per customer with a matrix) of labelled scores."
     import numpy as np
-    from sklearn.metrics import average_precision_score, roc_auc_score
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
-    two = 0 < y.sum() < len(y)
-    out = {"roc_auc": float(roc_auc_score(y, p)) if two else float("nan"), "pr_auc": float(average_precision_score(y, p)) if two else float("nan"),
-           "brier": float(np.mean((p - y) ** 2))}
+    ranked = ("roc_auc", "pr_auc")                                    # defined with both classes only
+    out = compute(ranked, y, p) if 0 < y.sum() < len(y) else dict.fromkeys(ranked, float("nan"))
+    out["brier"] = float(np.mean((p - y) ** 2))    # the Brier score without sklearn's checks (bootstraps call this)
     if matrix:
         act = p >= threshold
         out["value_per_customer"] = float((matrix["tp"] * (act & (y == 1)).sum() + matrix["fp"] * (act & (y == 0)).sum()
@@ -60,13 +58,13 @@ def decay(y, p, # labelled current rows: labels and scores
     fn = lambda yy, pp: label_metrics(yy, pp, threshold, cfg.value_matrix)
     pr = reference.get("pairs")
     ref_now = fn(pr["label"], pr["score"]) if pr else {}
-    recorded = {**ref_now, **{k: v for k, v in (recorded or {}).items() if k in HIGHER_IS_BETTER}}
+    recorded = {**ref_now, **(recorded or {})}
     cur, cb = fn(y, p), bootstrap(y, p, fn, cfg.bootstrap, cfg.seed)
     rb = bootstrap(pr["label"], pr["score"], fn, cfg.bootstrap, cfg.seed + 1) if pr else None
     out = {}
     for k, v in cur.items():
         if k not in recorded: continue
-        sign = 1 if HIGHER_IS_BETTER[k] else -1
+        sign = 1 if higher_is_better(k) else -1
         change = cb[k] - (rb[k] if rb is not None else recorded[k])
         drop = sign * (recorded[k] - v)
         ci = _ci(change, cfg.confidence)

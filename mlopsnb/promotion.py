@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import PromotionPolicy, as_store
 from .core import IntegrityError, RegistryError
+from .metrics import better, higher_is_better
 from .registry import is_absent, get_alias, register, registry_failure, resolve_version, verified_version
 from .tracking import advisory_key, advisory_lock, in_pipeline, is_postgres, reproducing
 
@@ -37,16 +38,18 @@ def _gate(name: str, value, threshold, passed: bool, rule: str) -> dict:
     return {"gate": name, "value": value, "threshold": threshold, "passed": bool(passed), "rule": rule}
 
 def _champion_gate(policy: PromotionPolicy, m: dict, champion: dict) -> dict:
-    "The beats-champion gate; a champion that cannot be compared like with like fails it, saying why."
-    name = f"beats champion on {policy.primary}"
+    "The beats-champion gate, in the primary metric's direction; a champion not comparable like with like fails it."
+    name, primary, delta = f"beats champion on {policy.primary}", policy.primary, policy.min_delta
     if champion.get("incomparable"):
-        return _gate(name, m.get(policy.primary), None, False, f"a comparison on the same rows ({champion['incomparable']})")
-    v = (champion.get("challenger_metrics") or m).get(policy.primary)    # the challenger on the champion's comparison rows
-    c = (champion.get("metrics") or {}).get(policy.primary)
-    ok = v is not None and (c is None or v > c + policy.min_delta)
-    rule = f"{policy.primary} > champion {'not measured' if c is None else _fmt(c, v)} + {policy.min_delta}"
+        return _gate(name, m.get(primary), None, False, f"a comparison on the same rows ({champion['incomparable']})")
+    v = (champion.get("challenger_metrics") or m).get(primary)    # the challenger on the champion's comparison rows
+    c = (champion.get("metrics") or {}).get(primary)
+    up = higher_is_better(primary)
+    ok = v is not None and (c is None or better(primary, v, c, delta))
+    shown = "not measured" if c is None else _fmt(c, v)
+    rule = f"{primary} {'>' if up else '<'} champion {shown} {'+' if up else '-'} {delta}"
     if v is not None and c is not None and v == c: rule += "; equal to the champion"
-    return _gate(name, v, None if c is None else c + policy.min_delta, ok, rule)
+    return _gate(name, v, None if c is None else c + delta if up else c - delta, ok, rule)
 
 def evaluate_gates(policy: PromotionPolicy, # the declared policy
                    evidence: dict, # {"metrics": {...}, "fairness_max_gap", "contract_violations", "contract_warnings", "latency_ms"}

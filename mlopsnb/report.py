@@ -14,10 +14,11 @@ import pandas as pd
 
 from .core import ConfigError
 from .evaluate import metrics_table
+from .metrics import label as metric_label, summary as summary_metrics
 
 # %% auto #0
-__all__ = ['STYLES', 'SUMMARY', 'SHOWN_AS', 'CSS', 'figure_png', 'roc_figure', 'pr_figure', 'calibration_figure', 'value_figure',
-           'fairness_figure', 'importance_figure', 'evaluation_report']
+__all__ = ['STYLES', 'SHOWN_AS', 'CSS', 'figure_png', 'roc_figure', 'pr_figure', 'calibration_figure', 'value_figure',
+           'fairness_figure', 'importance_figure', 'summary_rows', 'evaluation_report']
 
 # %% ../notebooks/api/05a_report.ipynb #d7a7e038
 STYLES = [("#1f77b4", "-"), ("#ff7f0e", "--"), ("#2ca02c", ":"), ("#d62728", "-.")]
@@ -54,7 +55,8 @@ def roc_figure(results: dict[str, dict], # model name -> result of `evaluate`
     fig, ax = _figure()
     for i, (name, r) in enumerate(results.items()):
         c, ls = _style(i)
-        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=c, ls=ls, label=f"{name} (ROC AUC {r['metrics']['roc_auc']:.3f})")
+        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=c, ls=ls,
+                label=f"{name} ({metric_label('roc_auc')} {r['metrics']['roc_auc']:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
@@ -67,7 +69,7 @@ def pr_figure(results: dict[str, dict], # model name -> result of `evaluate`
     for i, (name, r) in enumerate(results.items()):
         c, ls = _style(i)
         ax.plot(r["pr"]["recall"], r["pr"]["precision"], color=c, ls=ls, drawstyle="steps-post",
-                label=f"{name} (PR AUC {r['metrics']['pr_auc']:.3f})")
+                label=f"{name} ({metric_label('pr_auc')} {r['metrics']['pr_auc']:.3f})")
     base = next(iter(results.values()))["metrics"]["positive_rate"]
     ax.axhline(base, color="grey", lw=0.8, ls=":", label=f"positive rate {base:.2f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.01))
@@ -150,10 +152,12 @@ def importance_figure(results: dict[str, dict], # model name -> result of `evalu
     return fig
 
 # %% ../notebooks/api/05a_report.ipynb #b142ec63
-SUMMARY = ["roc_auc", "pr_auc", "f1", "precision", "recall", "log_loss", "brier", "calibration_error",
-           "value_per_case", "best_threshold", "value_at_best_threshold", "fairness_max_gap", "fairness_max_gap_lo",
-           "fairness_max_gap_hi"]
 SHOWN_AS = {"value_per_customer": "value_per_case"}   # metric keys shown under a neutral name (the key itself is the metric's name in MLflow)
+
+def summary_rows() -> list[str]:
+    "Return the rows of the report's summary: the table's summary metrics (as the report names them), the fairness gap."
+    fairness = ["fairness_max_gap", "fairness_max_gap_lo", "fairness_max_gap_hi"]
+    return [SHOWN_AS.get(k, k) for k in summary_metrics()] + fairness
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}.sub{color:#555;margin-top:0}
@@ -231,7 +235,7 @@ def evaluation_report(results: dict[str, dict], # model name -> result of `evalu
         f'<p class="sub">{html.escape(subtitle)}</p>' if subtitle else "",
         f'<p class="sub">{first["rows"]} test rows; decision threshold {first["threshold"]:g}; models: '
         f'{html.escape(", ".join(results))}</p>',
-        _section("Summary", _table(summary.loc[[k for k in SUMMARY if k in summary.index]], index=True)),
+        _section("Summary", _table(summary.loc[[k for k in summary_rows() if k in summary.index]], index=True)),
         _section("Quality", f'<div class="row"><div>{_img(roc_figure(results), "ROC curve")}</div>'
                             f'<div>{_img(pr_figure(results), "Precision-recall curve")}</div></div>',
                  _table(_metrics(results), "all metrics", index=True)),

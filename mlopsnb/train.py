@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.pipeline import Pipeline
 
 from .core import ConfigError
+from .metrics import is_scorer, scorer, scorer_names
 from .tracking import report_progress
 from .features import MAX_CATEGORIES, MIN_FREQUENCY, CoerceNumeric, DropColumns, feature_columns, make_preprocessor
 
@@ -77,15 +78,13 @@ def build_model(candidate: Candidate, # what to build
     return Pipeline([("drop", dropper), ("coerce", CoerceNumeric()),
                      ("features", make_preprocessor(numeric, categorical, scale=scale, **onehot)), ("model", est)])
 
-def score(model, X: pd.DataFrame, y: pd.Series, metric: str = "roc_auc") -> float:
-    "Score a fitted classifier on (X, y) with a named metric (higher is better)."
-    from sklearn import metrics as m
-    p = model.predict_proba(X)[:, 1]
-    scorers = {"roc_auc": m.roc_auc_score, "pr_auc": m.average_precision_score,
-               "neg_log_loss": lambda y, p: -m.log_loss(y, p, labels=[0, 1]),
-               "neg_brier": lambda y, p: -m.brier_score_loss(y, p)}
-    if metric not in scorers: raise ConfigError(f"train_model: unknown selection metric {metric!r} (choose from {', '.join(scorers)})")
-    return float(scorers[metric](y, p))
+def score(model, X: pd.DataFrame, y: pd.Series,
+          metric: str = "roc_auc", # a scorer of the metric table (`metrics.scorer_names`): higher is better
+         ) -> float:
+    "Score a fitted classifier on (X, y) with a named scorer (higher is better)."
+    if not is_scorer(metric):
+        raise ConfigError(f"train_model: unknown selection metric {metric!r} (choose from {', '.join(scorer_names())})")
+    return float(scorer(metric)(y, model.predict_proba(X)[:, 1]))
 
 def fit_grid(grid: list[dict], # grid entries, see `expand_grid`
              X_train: pd.DataFrame, y_train: pd.Series, # training set
