@@ -96,7 +96,8 @@ def _plot(a):
     from mlopsnb.pipeline import plot, status
     project = None if (a.output or "").endswith(".md") else _project(a)
     rows = status(project) if project is not None else None
-    print(f"wrote {plot(a.output, spec_file=a.pipeline, status_rows=rows, spec=project.spec if project is not None else None)}")
+    spec = project.spec if project is not None else None
+    print(f"wrote {plot(a.output, spec_file=a.pipeline, status_rows=rows, spec=spec)}")
     return 0
 
 def _nb(a):

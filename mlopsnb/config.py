@@ -11,30 +11,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from .core import PIPELINE_FILE, ConfigError, expand_vars
 from .settings import (
     SERVER_SCHEMES, DataConfig, EnvConfig, FairnessConfig, ModelCardConfig, MonitorConfig, PromotionPolicy, ScoringConfig,
     Store, as_store, file_digest, load_env, parse_overrides, read_yaml, resolve_uri, stable_hash, uri_scheme)
 from .spec import (
-    EVALUATION_METRICS, SPEC_KEYS, TASK_KEYS, AirflowTaskSettings, Spec, airflow_settings, check_param, check_pipeline,
-    declared_upstream, notebook_code, param_type, param_types, params_of_type, resolve_params, resolve_placeholders,
-    task_parameters, task_signature)
+    EVALUATION_METRICS, SPEC_KEYS, TASK_KEYS, AirflowTaskSettings, Spec, airflow_settings, check_param, declared_upstream,
+    notebook_code, param_type, param_types, resolve_placeholders, task_parameters, task_signature)
 
 # %% auto #0
-__all__ = ['Project', 'ConfigError', 'EVALUATION_METRICS', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig',
-           'PromotionPolicy', 'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides',
-           'read_yaml', 'load_env', 'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type',
-           'check_param', 'resolve_placeholders', 'resolve_params', 'params_of_type', 'AirflowTaskSettings',
-           'airflow_settings', 'check_pipeline', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri',
-           'Store', 'uri_scheme', 'as_store', 'Spec']
+__all__ = ['Project', 'check_pipeline', 'resolve_params', 'params_of_type', 'ConfigError', 'EVALUATION_METRICS', 'SPEC_KEYS',
+           'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'ScoringConfig',
+           'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides', 'read_yaml', 'load_env',
+           'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param',
+           'resolve_placeholders', 'AirflowTaskSettings', 'airflow_settings', 'declared_upstream', 'stable_hash',
+           'file_digest', 'resolve_uri', 'Store', 'uri_scheme', 'as_store', 'Spec']
 
 # %% ../notebooks/api/01_config.ipynb #47cb2ff8
 _all_ = ["ConfigError", "EVALUATION_METRICS", "SPEC_KEYS", "TASK_KEYS", "SERVER_SCHEMES", "DataConfig", "EnvConfig",
          "PromotionPolicy", "ScoringConfig", "FairnessConfig", "ModelCardConfig", "MonitorConfig", "parse_overrides",
          "read_yaml", "load_env", "notebook_code", "task_signature", "task_parameters", "param_types", "param_type",
-         "check_param", "resolve_placeholders", "resolve_params", "params_of_type", "AirflowTaskSettings",
-         "airflow_settings", "check_pipeline", "declared_upstream", "stable_hash", "file_digest", "resolve_uri", "Store",
-         "uri_scheme", "as_store", "Spec"]
+         "check_param", "resolve_placeholders", "AirflowTaskSettings", "airflow_settings", "declared_upstream",
+         "stable_hash", "file_digest", "resolve_uri", "Store", "uri_scheme", "as_store", "Spec"]
 
 # %% ../notebooks/api/01_config.ipynb #cc7ff37c
 @dataclass(frozen=True)
@@ -83,9 +83,30 @@ class Project:
     def _resolved(self) -> dict[str, dict[str, Any]]: return self.spec.params(self.env)
     @property
     def params(self) -> dict[str, dict[str, Any]]:
-        "{task: {param: value}}: placeholders replaced by the env values, typed params checked; resolved once, a copy each time."
+        "{task: {param: value}}, placeholders replaced and typed params checked: resolved once, a copy each time."
         return copy.deepcopy(self._resolved)
     def spec_of(self, spec_file: str, # a spec of the project, e.g. pipeline.serve.yaml
                ) -> Spec:
         "Return the project's spec `spec_file`: its own, read once, or another one, read now."
         return self.spec if spec_file == self.spec_file else Spec.read(self.root, spec_file)
+
+# %% ../notebooks/api/01_config.ipynb #cb13eb5c
+def check_pipeline(project: Path, # the project folder
+                   spec_file: str = PIPELINE_FILE, # the spec to check
+                  ) -> list[dict]:
+    "Validate pipeline.yaml's keys, sources and params; return its task entries (branched tasks once per branch)."
+    return copy.deepcopy(Spec.read(project, spec_file).tasks)
+
+def resolve_params(project: Path, # the project folder
+                   env: EnvConfig, # validated env values
+                   spec_file: str = PIPELINE_FILE, # the spec
+                  ) -> dict[str, dict[str, Any]]:
+    "Return {task: {param: value}} with placeholders replaced by the validated env values and typed params checked."
+    return Spec.read(project, spec_file).params(env)
+
+def params_of_type(params: dict[str, dict[str, Any]], # from `resolve_params`
+                   project: Path, spec_file: str, # where the task sources are
+                   model: type[BaseModel], # e.g. DataConfig
+                  ) -> dict[str, dict[str, BaseModel]]:
+    "Return {task: {param: validated model}} for every param declared with the type `model`."
+    return Spec.read(project, spec_file).of_type(params, model)

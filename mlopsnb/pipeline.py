@@ -160,7 +160,7 @@ class RecordingExecutor:
                  pipeline: str = PIPELINE_FILE, # the spec's file name, for the tags
                  products: str | None = None, # unused; kept for specs that name it
                  jobs: int = 1, # tasks run at the same time, each in its own process (`mlopsnb run --jobs N`)
-                 airflow: dict | None = None, # per-task Airflow settings, read by `mlopsnb export airflow` (checked by `spec.check_spec`)
+                 airflow: dict | None = None, # per-task Airflow settings, read by `mlopsnb export airflow` (checked with the spec)
                  **store, # tracking_uri, experiment, artifacts as a plain `ploomber build` renders them from env.yaml (and branches)
                 ):
         self.project, self.pipeline, self.products = project, pipeline, products
