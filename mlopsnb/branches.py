@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ConfigError, declared_upstream
+from .core import ConfigError
 from .metrics import headline, scorer_metric
 
 # %% auto #0
@@ -102,19 +102,18 @@ def expand_branches(spec: dict, # the spec as read from YAML
     return out
 
 # %% ../notebooks/api/08c_branches.ipynb #e0bb00de
-def branch_wiring(project: Path, # the project folder
-                  spec: dict, # the spec as read from YAML
+def branch_wiring(spec: dict, # the spec as read from YAML
                   spec_file: str, # named in errors
+                  declared: Mapping[str, list[str]], # {spec entry: the upstream its notebook declares} (`spec.Spec`)
                  ) -> dict[str, dict[str, tuple[str, bool]]] | None:
     "Return {task: {upstream task: (the name the notebook reads it by, grouped)}} for the expanded tasks, or None without branches."
     b = read_branches(spec, spec_file)
     if b is None: return None
-    tasks, branches, out = spec["tasks"], list(b["branches"]), {}
-    for name, t in zip(task_names(tasks), tasks):
-        declared = declared_upstream(Path(project) / str(t["source"])) or []
+    branches, out = list(b["branches"]), {}
+    for name in task_names(spec["tasks"]):
         for branch in (branches if name in b["tasks"] else [None]):
             ups = {}
-            for u in declared:
+            for u in declared.get(name) or []:
                 if u not in b["tasks"]: ups[u] = (u, False)
                 elif branch: ups[branch_task(u, branch)] = (u, False)
                 else: ups |= {branch_task(u, x): (u, True) for x in branches}

@@ -94,8 +94,10 @@ def _status(a):
 
 def _plot(a):
     from mlopsnb.pipeline import plot, status
-    rows = None if (a.output or "").endswith(".md") else status(_project(a))
-    print(f"wrote {plot(a.output, spec_file=a.pipeline, status_rows=rows)}")
+    project = None if (a.output or "").endswith(".md") else _project(a)
+    rows = status(project) if project is not None else None
+    spec = project.spec if project is not None else None
+    print(f"wrote {plot(a.output, spec_file=a.pipeline, status_rows=rows, spec=spec)}")
     return 0
 
 def _nb(a):
@@ -107,10 +109,8 @@ def _nb(a):
 
 def _policy(project):
     "The promotion policy declared in the spec: the first param typed PromotionPolicy (defaults when there is none)."
-    from mlopsnb.config import PromotionPolicy, params_of_type, resolve_params
-    params = resolve_params(project.root, project.env, project.spec_file)
-    found = [p for ps in params_of_type(params, project.root, project.spec_file, PromotionPolicy).values() for p in ps.values()]
-    return found[0] if found else PromotionPolicy()
+    from mlopsnb.settings import PromotionPolicy
+    return project.spec.first(project.params, PromotionPolicy) or PromotionPolicy()
 
 def _history(a):
     from mlopsnb.promotion import history

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import AirflowTaskSettings, Project, airflow_settings, read_yaml
+from .config import Project
+from .spec import AirflowTaskSettings
 from .core import SECRET_PREFIX, ConfigError, MlopsnbError, atomic_write_text, hide_secrets
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,10 @@ class AirflowTask:
 def airflow_tasks(project: Project, # the loaded project
                  ) -> list[AirflowTask]:
     "Return the pipeline's tasks as mlopsnb builds them (grid branches included), each with its Airflow settings."
-    from mlopsnb.config import check_pipeline
     from mlopsnb.pipeline import load_dag
-    entries = check_pipeline(project.root, project.spec_file)
-    names = [e.get("name", Path(str(e["source"])).stem) for e in entries]
-    settings = airflow_settings(read_yaml(project.root / project.spec_file), names, project.spec_file)
-    by_source = {(project.root / str(e["source"])).resolve(): settings[n] for e, n in zip(entries, names)}
+    sources = project.spec.sources
+    settings = project.spec.airflow(list(sources))
+    by_source = {src.resolve(): settings[n] for n, src in sources.items()}
     dag = load_dag(project)
     out = []
     for name in dag:

@@ -363,32 +363,29 @@ def monitor_config(project, # the loaded Project
                   ) -> MonitorConfig:
     "Return the monitoring settings: from `file`, else the serving spec's MonitorConfig param, else the defaults."
     from pydantic import ValidationError
-    from mlopsnb.config import params_of_type, read_yaml, resolve_params
+    from mlopsnb.settings import read_yaml
     if file:
         try: return MonitorConfig.model_validate(read_yaml(Path(file)) or {})
         except ValidationError as e:
             err = e.errors()[0]
             raise ConfigError(f"{file}: {'.'.join(map(str, err['loc']))}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}") from None
     if not (project.root / spec).is_file(): return MonitorConfig()
-    found = params_of_type(resolve_params(project.root, project.env, spec), project.root, spec, MonitorConfig)
-    return next((m for ps in found.values() for m in ps.values()), MonitorConfig())
+    serving = project.spec_of(spec)
+    return serving.first(serving.params(project.env), MonitorConfig) or MonitorConfig()
 
 def spec_threshold(project) -> tuple[float, str]:
     "Return the spec's decision threshold and where it is declared: its `threshold` params if they agree, else 0.5."
-    from mlopsnb.branches import spec_entry_names
-    from mlopsnb.config import read_yaml, resolve_params
-    found = [(t, ps["threshold"]) for t, ps in resolve_params(project.root, project.env, project.spec_file).items()
+    found = [(t, ps["threshold"]) for t, ps in project.params.items()
              if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    entry = spec_entry_names(read_yaml(project.root / project.spec_file), project.spec_file)   # branches: one entry
+    entry = project.spec.entry_names()   # branches: one entry
     entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
     if len(values) == 1: return values.pop(), f"{project.spec_file}: " + ", ".join(f"{e}.threshold" for e in entries)
     return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file} disagree)" if found else "")
 
 def spec_policy(project):
     "Return the training spec's PromotionPolicy param (None when it declares none)."
-    from mlopsnb.config import PromotionPolicy, params_of_type, resolve_params
-    found = params_of_type(resolve_params(project.root, project.env, project.spec_file), project.root, project.spec_file, PromotionPolicy)
-    return next((p for ps in found.values() for p in ps.values()), None)
+    from mlopsnb.settings import PromotionPolicy
+    return project.spec.first(project.params, PromotionPolicy)
 
 def _parse_time(text: str | None) -> float | None:
     "Parse an ISO time (UTC unless it says otherwise) into a Unix time."

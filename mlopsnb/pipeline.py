@@ -18,7 +18,9 @@ from pathlib import Path
 
 from contextlib import contextmanager
 
-from .config import Project, check_pipeline, file_digest, read_yaml, resolve_params, resolve_placeholders, stable_hash
+from .config import Project
+from .settings import stable_hash
+from .spec import Spec, read_notebook, resolve_placeholders
 from .core import PIPELINE_FILE, MlopsnbError, atomic_write_text, clean_stale_temp, find_project, hide_secrets, mask_url
 from .tracking import PROGRESS_ENV
 from .staleness import build_lock, data_digest, drop_record, read_records, state_dir, task_states, why_stale, write_record
@@ -103,13 +105,11 @@ class BuildContext:
 
     @classmethod
     def prepare(cls, project: Project) -> "BuildContext":
-        "Resolve params, and take stock of what each task would consume now."
-        params = resolve_params(project.root, project.env, project.spec_file)
-        sources = {t.get("name", Path(str(t["source"])).stem): project.root / str(t["source"])
-                   for t in check_pipeline(project.root, project.spec_file)}
+        "Resolve params, and take stock of what each task would consume now (the project's spec, read once)."
+        params, sources = project.params, project.spec.sources
         states = task_states(project, params, sources, read_records(project, list(sources)))
         digest = data_digest({t: s["inputs"] for t, s in states.items()})
-        phash = stable_hash({"spec": file_digest(project.root / project.spec_file), "env": project.env.model_dump()})
+        phash = stable_hash({"spec": project.spec.digest, "env": project.env.model_dump()})
         hidden, secrets = {}, {}
         for t, ps in params.items():          # literal passwords travel as variables, never as params
             hidden[t], found = hide_secrets(ps, t); secrets |= found
@@ -160,7 +160,7 @@ class RecordingExecutor:
                  pipeline: str = PIPELINE_FILE, # the spec's file name, for the tags
                  products: str | None = None, # unused; kept for specs that name it
                  jobs: int = 1, # tasks run at the same time, each in its own process (`mlopsnb run --jobs N`)
-                 airflow: dict | None = None, # per-task Airflow settings, read by `mlopsnb export airflow` (checked by `config.check_pipeline`)
+                 airflow: dict | None = None, # per-task Airflow settings, read by `mlopsnb export airflow` (checked with the spec)
                  **store, # tracking_uri, experiment, artifacts as a plain `ploomber build` renders them from env.yaml (and branches)
                 ):
         self.project, self.pipeline, self.products = project, pipeline, products
@@ -419,13 +419,13 @@ def load_dag(project: Project, # the loaded project
     quiet_ploomber()
     from ploomber.spec import DAGSpec
     from ploomber.tasks import NotebookRunner
-    params = params if params is not None else resolve_params(project.root, project.env, project.spec_file)
-    spec = read_yaml(project.root / project.spec_file)
+    params = params if params is not None else project.params
+    spec = project.spec.raw
     values = _values(project)
     tasks = []
-    from mlopsnb.branches import branch_wiring, expand_branches, wire_branches
-    wiring = branch_wiring(project.root, spec, project.spec_file)   # None without executor.branches
-    for t in expand_branches(spec, project.spec_file):
+    from mlopsnb.branches import wire_branches
+    wiring = project.spec.wiring()   # None without executor.branches
+    for t in project.spec.tasks:
         t = {k: (resolve_placeholders(v, values, project.spec_file, strict=False) if k != "params" else v) for k, v in t.items()}
         if "params" in t: t["params"] = {k: None for k in t["params"]}   # set below, never through Ploomber's expansion
         tasks.append(t)
@@ -471,7 +471,7 @@ def fingerprint(ctx: BuildContext) -> str:
     from mlopsnb import __version__
     consumed = {t: {"inputs": {k: v.get("sha256") for k, v in s["inputs"].items()}, "library": s["library"]} for t, s in ctx.states.items()}
     return stable_hash({"pipeline": ctx.pipeline_hash, "params": ctx.params, "mlopsnb": __version__, "consumed": consumed,
-                        "sources": {t: file_digest(p) for t, p in ctx.sources.items()}})
+                        "sources": {t: read_notebook(p).digest for t, p in ctx.sources.items()}})
 
 def _product_paths(dag) -> list[str]:
     out = []
@@ -544,7 +544,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
     t0 = time.perf_counter()
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1: raise MlopsnbError(f"--jobs {jobs!r}: a whole number of 1 or more")
     if not isinstance(project, Project): project = Project.load(project, overrides, env_file, spec_file)
-    resolve_params(project.root, project.env, project.spec_file)    # a bad spec fails here, before anything is written
+    project.params    # a bad spec fails here, before anything is written
     with build_lock(project):
         clean_stale_temp(project.products)        # what writes killed mid-way left behind
         ctx = BuildContext.prepare(project)
@@ -582,11 +582,10 @@ def _to_run(dag, force: bool) -> int:
 
 def check_data(project: Project) -> list[Path]:
     "Check every column a `DataConfig` param names (target, ids, sensitive, drop) and its positive label against its source, before any task runs; return their contract files."
-    from mlopsnb.config import DataConfig, params_of_type
+    from mlopsnb.settings import DataConfig
     from mlopsnb.data import check_columns, check_positive, source_columns, source_values
-    params = resolve_params(project.root, project.env, project.spec_file)
     seen = set()
-    for cfgs in params_of_type(params, project.root, project.spec_file, DataConfig).values():
+    for cfgs in project.spec.of_type(project.params, DataConfig).values():
         for cfg in cfgs.values():
             if cfg.model_dump_json() in seen: continue
             seen.add(cfg.model_dump_json())
@@ -643,19 +642,16 @@ def status(project: Project | str | Path | None = None, overrides: list[str] | N
                      "source": str(Path(str(t.source.loc)).relative_to(project.root)) if t.source.loc else "-"})
     return rows
 
-def graph(project: str | Path | None = None, spec_file: str = PIPELINE_FILE):
+def graph(project: str | Path | None = None, spec_file: str = PIPELINE_FILE,
+          spec: Spec | None = None, # the spec, already read (default: read from the project folder)
+         ):
     "Return the task graph as a networkx DiGraph read from the spec's upstream declarations."
     import networkx as nx
-    from mlopsnb.config import declared_upstream
-    project = find_project(project)
-    from mlopsnb.branches import branch_wiring
+    spec = spec if spec is not None else Spec.read(find_project(project), spec_file)
     g = nx.DiGraph()
-    wiring = branch_wiring(project, read_yaml(project / spec_file), spec_file)   # None without executor.branches
-    for t in check_pipeline(project, spec_file):
-        src = project / str(t["source"])
-        name = t.get("name", src.stem)
+    for name, ups in spec.upstream().items():   # branches wired per branch
         g.add_node(name)
-        for u in (wiring[name] if wiring is not None else declared_upstream(src) or []): g.add_edge(u, name)
+        for u in ups: g.add_edge(u, name)
     return g
 
 def dag_figure(g, # the task graph (`graph`)
@@ -692,9 +688,10 @@ def dag_figure(g, # the task graph (`graph`)
 def plot(path: str | Path | None = None, # .png, .svg, .pdf or .md (a Mermaid diagram); default products/pipeline.png
          project: str | Path | None = None, spec_file: str = PIPELINE_FILE,
          status_rows: list[dict] | None = None, # colour tasks by status (from `status`)
+         spec: Spec | None = None, # the spec, already read
         ) -> Path:
     "Draw the DAG (Ploomber's own d3 plot breaks on networkx 3.6+); return the file written."
-    g = graph(project, spec_file)
+    g = graph(project, spec_file, spec)
     path = Path(path) if path else Project.load(project, spec_file=spec_file).products / "pipeline.png"
     if path.suffix == ".md":
         lines = ["```mermaid", "flowchart LR"] + [f"  {a} --> {b}" for a, b in g.edges] + \

@@ -204,7 +204,7 @@ FIRST_TEST = '''"""First tests: the spec, env and task parameters validate, and 
 from pathlib import Path
 
 import pytest
-from mlopsnb.config import Project, resolve_params
+from mlopsnb.config import Project
 from mlopsnb.data import check_columns, source_columns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_pipeline_env_and_task_params_validate():
     project = Project.load(ROOT, environ={})
-    assert resolve_params(project.root, project.env, project.spec_file)
+    assert project.params           # the spec read and checked, its placeholders resolved, its typed params validated
 
 
 def test_data_has_the_columns_env_yaml_names():
@@ -389,11 +389,12 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
         ci = ci_workflow(source, f"data/{data.name}" if data is not None else None)
         (tmp / ".github/workflows/ci.yml").write_text(ci, encoding="utf-8")
         (tmp / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
-        from mlopsnb.config import check_pipeline, load_env
+        from mlopsnb.settings import load_env
+        from mlopsnb.spec import Spec
         try:                                             # what was written validates, before it is put in place
             env = load_env(tmp)
             for spec in (PIPELINE_FILE, SERVE_FILE):
-                if (tmp / spec).is_file(): check_pipeline(tmp, spec)
+                if (tmp / spec).is_file(): Spec.read(tmp, spec)
         except ConfigError as e: raise ScaffoldError(f"the new project does not validate: {e}") from None
         (tmp / "README.md").write_text(readme(env.model_name), encoding="utf-8")
         if git: _git_commit(tmp)

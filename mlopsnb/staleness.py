@@ -17,7 +17,9 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import DataConfig, Project, ScoringConfig, file_digest, notebook_code, params_of_type, stable_hash
+from .config import Project
+from .settings import DataConfig, ScoringConfig, file_digest, stable_hash
+from .spec import TaskNotebook, read_notebook
 from .core import MlopsnbError, atomic_write_text, mask_url
 
 # %% auto #0
@@ -63,13 +65,13 @@ def source_state(cfg: DataConfig, # a data configuration
     return {"kind": "file", **file_state(root / src, previous)}
 
 def data_inputs(project: Project, # the loaded project
-                params: dict, # {task: {param: value}} from `config.resolve_params`
+                params: dict, # {task: {param: value}} from `Project.params`
                 previous: dict | None = None, # {task: record} from the last records
                 requery: bool = True, # run SQL queries again (False: keep the digests in `previous`)
                ) -> dict[str, dict[str, dict]]:
     "Return {task: {input name: state}} for the data sources and contracts of every `DataConfig` param."
     out, cache = {}, {}
-    for task, cfgs in params_of_type(params, project.root, project.spec_file, DataConfig).items():
+    for task, cfgs in project.spec.of_type(params, DataConfig).items():
         prev = ((previous or {}).get(task) or {}).get("inputs", {})
         for p, cfg in cfgs.items():
             key = f"{p}.source: {mask_url(cfg.source)}"
@@ -78,7 +80,7 @@ def data_inputs(project: Project, # the loaded project
             c = cfg.contract_path(project.root)
             ckey = f"{p}.contract: {c.relative_to(project.root) if c.is_relative_to(project.root) else c}"
             out[task][ckey] = file_state(c, prev.get(ckey))
-    for task, cfgs in params_of_type(params, project.root, project.spec_file, ScoringConfig).items():
+    for task, cfgs in project.spec.of_type(params, ScoringConfig).items():
         prev = ((previous or {}).get(task) or {}).get("inputs", {})
         for p, cfg in cfgs.items():   # a batch scoring reads a file and a model version: a new export or an alias move makes it stale
             key = f"{p}.source: {cfg.input}"
@@ -127,6 +129,11 @@ def _file_imports(path: Path, mtime_ns: int, package: str) -> frozenset[str]:
     "The imports of a module file (cached by path and mtime)."
     return frozenset(_imports(path.read_text(encoding="utf-8"), package))
 
+@functools.lru_cache(maxsize=512)
+def _notebook_imports(nb: TaskNotebook) -> frozenset[str]:
+    "The imports of a task notebook (cached per read of the file: `spec.read_notebook` reads it again when it changes)."
+    return frozenset(_imports(nb.code))
+
 def _package_dirs(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
     "Return {top-level package: folder} for the library packages (found without importing them) and the project's own."
     out = {}
@@ -155,7 +162,7 @@ def library_modules(source: Path, # a task notebook (percent .py or .ipynb)
                    ) -> dict[str, Path]:
     "Return {module: file} of the library modules a task imports, followed transitively."
     dirs = _package_dirs(root, packages)
-    todo, seen = list(_imports(notebook_code(source))), {}
+    todo, seen = list(_notebook_imports(read_notebook(source))), {}
     while todo:
         name = todo.pop()
         if name in seen: continue
@@ -191,7 +198,7 @@ def drop_record(project: Project, task: str) -> None:
     _record_file(project, task).unlink(missing_ok=True)
 
 def task_states(project: Project, # the loaded project
-                params: dict, # {task: {param: value}} from `resolve_params`
+                params: dict, # {task: {param: value}} from `Project.params`
                 sources: dict[str, Path], # {task: its notebook}
                 previous: dict | None = None, # the last records, to reuse file digests
                 requery: bool = True, # run SQL queries again (False: keep the digests in `previous`)
