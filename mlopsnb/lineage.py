@@ -75,8 +75,8 @@ def download_text(client, # an MlflowClient
                   run_id: str, path: str, # the run and the artifact's path in it
                  ) -> str:
     "Return a text artifact of a run (no progress bar on the terminal)."
-    from mlopsnb.registry import _no_progress_bar
-    with _no_progress_bar(), tempfile.TemporaryDirectory() as d:
+    from mlopsnb.registry import no_progress_bar
+    with no_progress_bar(), tempfile.TemporaryDirectory() as d:
         return Path(client.download_artifacts(run_id, path, d)).read_text(encoding="utf-8")
 
 def _json_artifact(client, run_id: str, path: str):

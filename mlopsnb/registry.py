@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'TRUSTED_TYPES', 'MODEL_FILE', 'UNHASHED', 'ONNX_FILE', 'ONNX_INFO', 'ONNX_TOLERANCE', 'MANIFEST_TAG',
            'EXAMPLE_MIN_COUNT', 'manifest', 'verify_manifest', 'save_model', 'load_model', 'model_parts', 'onnx_feed',
            'onnx_kinds', 'onnx_session', 'walk_estimators', 'onnx_copy', 'write_onnx', 'is_absent', 'registry_failure',
-           'example_rows', 'save_mlflow_model', 'log_model', 'download', 'load_logged', 'register', 'get_alias',
-           'resolve_version', 'verified_version', 'load_version']
+           'example_rows', 'save_mlflow_model', 'log_model', 'no_progress_bar', 'download', 'load_logged', 'register',
+           'get_alias', 'resolve_version', 'verified_version', 'load_version']
 
 # %% ../notebooks/api/07_registry.ipynb #58cb37a2
 TRUSTED_TYPES = ["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -310,7 +310,7 @@ def log_model(store, # where the run lives: a Store, Project or tracking URI
 _PROGRESS_BAR = {"lock": threading.Lock(), "holders": 0, "saved": None}   # one process-wide setting, shared by concurrent downloads
 
 @contextmanager
-def _no_progress_bar():
+def no_progress_bar():
     "Keep MLflow from drawing a download progress bar in build logs and notebooks; thread-safe (the first in saves the setting, the last out restores it)."
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
     name, st = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, _PROGRESS_BAR
@@ -338,7 +338,7 @@ def download(store, # a Store, Project or tracking URI
     try:
         loc = client.get_model_version_download_uri(parts[0], parts[1]) if len(parts) == 2 else client.get_logged_model(parts[0]).artifact_location
         repo = get_artifact_repository(loc, tracking_uri=st.tracking_uri, registry_uri=st.registry_uri)
-        with _no_progress_bar(): return Path(repo.download_artifacts("", dst_path=str(dst)))
+        with no_progress_bar(): return Path(repo.download_artifacts("", dst_path=str(dst)))
     except Exception as e:
         raise registry_failure(f"{model_uri}: cannot download", e) from None
 
