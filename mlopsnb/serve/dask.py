@@ -29,7 +29,8 @@ __all__ = ['log', 'DaskError', 'csv_offsets', 'plan', 'score_partition', 'cluste
 class DaskError(MlopsnbError, RuntimeError):
     "Raised when the Dask cluster cannot be started or reached."
 
-_WS = np.zeros(256, dtype=bool); _WS[[9, 10, 13, 32]] = True   # bytes a blank line may hold (pandas skips such lines)
+_WS = np.zeros(256, dtype=bool)
+_WS[[9, 10, 13, 32]] = True   # bytes a blank line may hold (pandas skips such lines)
 
 def csv_offsets(path: str | Path, # a CSV file
                 chunk_rows: int, # rows per chunk
@@ -42,11 +43,15 @@ def csv_offsets(path: str | Path, # a CSV file
             b = np.frombuffer(buf, dtype=np.uint8)
             nl = np.flatnonzero(b == 10)
             if (q := np.cumsum(b == 34, dtype=np.int64))[-1]:   # a newline inside quotes ends no record
-                nl = nl[(quotes + q[nl]) % 2 == 0]; quotes += int(q[-1])
+                nl = nl[(quotes + q[nl]) % 2 == 0]
+                quotes += int(q[-1])
             solid = np.cumsum(~_WS[b], dtype=np.int64)            # non-blank bytes so far: a record with none is blank
-            ends.append(offset + nl); marks.append(seen + solid[nl])
-            seen += int(solid[-1]); offset += len(b)
-    ends = np.concatenate(ends + [np.array([offset])]); marks = np.concatenate(marks + [np.array([seen])])
+            ends.append(offset + nl)
+            marks.append(seen + solid[nl])
+            seen += int(solid[-1])
+            offset += len(b)
+    ends = np.concatenate(ends + [np.array([offset])])
+    marks = np.concatenate(marks + [np.array([seen])])
     starts = np.concatenate([[0], ends[:-1] + 1])
     filled = marks > np.concatenate([[0], marks[:-1]])
     rows = starts[filled]
@@ -73,7 +78,8 @@ def plan(path: str | Path, # CSV or Parquet
     out = []
     for c in range(0, chunks, per):
         part = {"start": c * chunk_rows, "rows": min(n, (c + per) * chunk_rows) - c * chunk_rows}
-        if cuts is not None: part |= {"header": cuts[0], "begin": cuts[c], "end": cuts[c + per] if c + per < chunks else size}
+        if cuts is not None:
+            part |= {"header": cuts[0], "begin": cuts[c], "end": cuts[c + per] if c + per < chunks else size}
         out.append(part)
     return out
 
@@ -82,18 +88,21 @@ _SCORERS: dict[str, Scorer] = {}
 
 def _scorer(job: dict) -> Scorer:
     "Return this process's Scorer for the job's store, model version and settings (loaded, verified, once)."
-    key = hashlib.sha256(json.dumps([job["store"], job["name"], job["version"], job["kw"]], sort_keys=True, default=str).encode()).hexdigest()
+    ident = json.dumps([job["store"], job["name"], job["version"], job["kw"]], sort_keys=True, default=str)
+    key = hashlib.sha256(ident.encode()).hexdigest()
     if key not in _SCORERS:
         _SCORERS[key] = load_scorer(job["store"], job["name"], job["version"], **job["kw"])
     return _SCORERS[key]
 
 def _partition_chunks(src: Path, part: dict, chunk_rows: int, dtypes: dict | None = None):
-    "Yield the DataFrames `score_file` would read for this partition's chunks (`dtypes`: the CSV columns read as text, as it does)."
+    "Yield the DataFrames `score_file` would read for this partition's chunks (`dtypes`: CSV columns read as text)."
     import io
     import pandas as pd
     if "begin" in part:          # CSV: the header, then this partition's bytes
         with open(src, "rb") as f:
-            head = f.read(part["header"]); f.seek(part["begin"]); body = f.read(part["end"] - part["begin"])
+            head = f.read(part["header"])
+            f.seek(part["begin"])
+            body = f.read(part["end"] - part["begin"])
         yield from pd.read_csv(io.BytesIO(head + body), chunksize=chunk_rows, dtype=dtypes)
         return
     import pyarrow.parquet as pq
@@ -111,7 +120,7 @@ def score_partition(job: dict, # store, model name/version, scorer settings, src
                     index: int, # the partition's number (names its part file)
                     part: dict, # from `plan`
                    ) -> dict:
-    "Score one partition into `<parts>/part-<index>.parquet` exactly as `score_file` scores those chunks; return its row count."
+    "Score one partition into `<parts>/part-<index>.parquet` exactly as `score_file` scores those chunks; return its rows."
     import pyarrow.parquet as pq
     scorer, src, n = _scorer(job), Path(job["src"]), part["start"]
     out_path = Path(job["parts"]) / f"part-{index:06d}.parquet"
@@ -125,7 +134,8 @@ def score_partition(job: dict, # store, model name/version, scorer settings, src
     finally:
         if writer is not None: writer.close()
     if n - part["start"] != part["rows"]:
-        raise MlopsnbError(f"{src}: partition {index} read {n - part['start']} rows, expected {part['rows']} (file changed while scoring?)")
+        raise MlopsnbError(f"{src}: partition {index} read {n - part['start']} rows, expected {part['rows']} "
+                           "(file changed while scoring?)")
     return {"index": index, "rows": part["rows"], "path": scorer.path}
 
 # %% ../../notebooks/api/10i_serve_dask.ipynb #cfae5fc4
@@ -133,27 +143,29 @@ def cluster_client(workers: int | None = None, # LocalCluster worker processes (
                    scheduler: str | None = None, # address of an existing scheduler (then `workers` is ignored)
                    timeout: float = 10, # seconds to reach a scheduler
                   ):
-    "Return a dask Client: on an existing scheduler, or on a LocalCluster of processes bound to 127.0.0.1 with no dashboard."
+    "Return a dask Client: on an existing scheduler, or on a LocalCluster of processes on 127.0.0.1 with no dashboard."
     from distributed import Client, LocalCluster
     if scheduler:
         try: return Client(scheduler, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as e:
-            raise DaskError(f"Dask scheduler {scheduler}: not reachable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DaskError(f"Dask scheduler {scheduler}: not reachable ({why})") from None
     if workers is not None and workers < 1: raise DaskError(f"--workers {workers}: expected at least 1")
     import dask
-    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}   # one core per worker process
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}   # a core per worker
     # Dask always starts an HTTP server on the scheduler and each worker: no dashboard, no routes, a free loopback port
     with dask.config.set({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", worker_dashboard_address=None, scheduler_kwargs={"dashboard": False},
-                               silence_logs=logging.CRITICAL, env=threads)   # a failed partition reaches the client as its exception
+                               dashboard_address="127.0.0.1:0", worker_dashboard_address=None,
+                               scheduler_kwargs={"dashboard": False}, silence_logs=logging.CRITICAL,
+                               env=threads)   # a failed partition reaches the client as its exception
     client = Client(cluster, set_as_default=False)
     client._mlopsnb_cluster = cluster            # closed with the client (see `score_file_dask`)
     return client
 
 # %% ../../notebooks/api/10i_serve_dask.ipynb #397fb799
 def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
-    "Copy the part files' row groups (one per chunk), in order, into one Parquet at `tmp`; return the score totals as `score_file` keeps them."
+    "Copy the parts' row groups (one per chunk), in order, into one Parquet at `tmp`; return the totals `score_file` keeps."
     import pyarrow.parquet as pq
     writer, total, positives, hist = None, 0.0, 0, np.zeros(SCORE_BINS, dtype=np.int64)
     try:
@@ -164,7 +176,8 @@ def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
                 writer = writer or pq.ParquetWriter(tmp, t.schema)
                 writer.write_table(t)
                 p = t.column("probability").to_numpy()       # summed chunk by chunk in file order, as score_file does
-                total += float(p.sum()); positives += int((p >= threshold).sum())
+                total += float(p.sum())
+                positives += int((p >= threshold).sum())
                 hist += score_histogram(p)
     finally:
         if writer is not None: writer.close()
@@ -174,14 +187,14 @@ def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client
                     store, # a Store, Project or tracking URI (what workers load the version from)
                     src: str | Path, # CSV or Parquet of raw records, at a path the workers can read
                     dst: str | Path, # Parquet to write (the workers write part files beside it)
-                    scorer_kw: dict | None = None, # what `load_scorer` was given: contract, ids, threshold, threshold_source
+                    scorer_kw: dict | None = None, # what `load_scorer` was given: contract, ids, threshold, its source
                     chunk_rows: int = 50_000, # rows per chunk, as `score_file`
                     workers: int | None = None, # LocalCluster worker processes
                     scheduler: str | None = None, # address of an existing Dask scheduler
                     partitions_per_worker: int = 4, # partitions per worker (load balancing)
                     progress=None, # called with the rows done so far
                    ) -> dict:
-    "Score a file partition by partition on Dask; the output and summary are those of `score_file`, plus workers and partitions."
+    "Score a file partition by partition on Dask; the output and summary of `score_file`, plus workers and partitions."
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if not src.is_file(): raise MlopsnbError(f"{src}: file not found")
     st = as_store(store)
@@ -199,8 +212,9 @@ def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client
         layout = client.submit(plan, src, chunk_rows, max(1, n_workers) * partitions_per_worker, pure=False).result()
         futures = [client.submit(score_partition, job, i, p, pure=False) for i, p in enumerate(layout)]
         done = 0
-        for f in futures:                   # in order: the first failing partition is the one single-process would stop at
-            r = f.result(); done += r["rows"]
+        for f in futures:     # in order: the first failing partition is the one a single process would stop at
+            r = f.result()
+            done += r["rows"]
             if progress: progress(done)
         with atomic_path(dst) as tmp:
             s = _assemble([parts_dir / f"part-{i:06d}.parquet" for i in range(len(layout))], tmp, scorer.threshold)
@@ -209,17 +223,19 @@ def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client
         cluster = getattr(client, "_mlopsnb_cluster", None)
         client.close()
         if cluster is not None: cluster.close()
-    return score_summary(scorer, done, s["total"], s["positives"], s["hist"]) | {"workers": n_workers, "partitions": len(layout)}
+    summary = score_summary(scorer, done, s["total"], s["positives"], s["hist"])
+    return summary | {"workers": n_workers, "partitions": len(layout)}
 
 def record_dask_scoring(store, # a Store, Project or tracking URI
                         experiment: str, # the MLflow experiment
                         summary: dict, # from `score_file_dask`
                         src: str, dst: str, # the files, recorded as params
-                        artifact_location: str | None = None, # artifact root if the experiment is created (`Project.artifact_location`)
+                        artifact_location: str | None = None, # artifact root of a new experiment (`Project.artifact_location`)
                        ) -> str:
     "Record a Dask batch scoring as `record_scoring` does, plus its workers and partitions; return the run id."
     rid = record_scoring(store, experiment, summary, src, dst, artifact_location)
     client = as_store(store).client()
-    client.log_param(rid, "dask_workers", summary["workers"]); client.log_param(rid, "dask_partitions", summary["partitions"])
+    client.log_param(rid, "dask_workers", summary["workers"])
+    client.log_param(rid, "dask_partitions", summary["partitions"])
     client.set_tag(rid, "mlopsnb.executor", "dask")
     return rid
