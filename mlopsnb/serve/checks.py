@@ -60,7 +60,7 @@ def transpose(rows: list, # the request's records
               required: list[str], # the columns every record must hold
               allowed: set[str], # the columns a record may hold
              ) -> list[list] | None:
-    "The `required` columns' values, a list per column, if every row is a dict holding them and nothing outside `allowed`."
+    "The `required` columns' values, a list per column, if every row is a dict of them and nothing outside `allowed`."
     from itertools import repeat
     from operator import eq, itemgetter
     if not required or set(map(type, rows)) != {dict}: return None

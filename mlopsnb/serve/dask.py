@@ -120,7 +120,7 @@ def score_partition(job: dict, # store, model name/version, scorer settings, src
                     index: int, # the partition's number (names its part file)
                     part: dict, # from `plan`
                    ) -> dict:
-    "Score one partition into `<parts>/part-<index>.parquet` exactly as `score_file` scores those chunks; return its rows."
+    "Score one partition into `<parts>/part-<index>.parquet` exactly as `score_file` scores those chunks."
     import pyarrow.parquet as pq
     scorer, src, n = _scorer(job), Path(job["src"]), part["start"]
     out_path = Path(job["parts"]) / f"part-{index:06d}.parquet"
@@ -165,7 +165,7 @@ def cluster_client(workers: int | None = None, # LocalCluster worker processes (
 
 # %% ../../notebooks/api/10i_serve_dask.ipynb #397fb799
 def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
-    "Copy the parts' row groups (one per chunk), in order, into one Parquet at `tmp`; return the totals `score_file` keeps."
+    "Copy the parts' row groups (one per chunk), in order, into a Parquet at `tmp`; return `score_file`'s totals."
     import pyarrow.parquet as pq
     writer, total, positives, hist = None, 0.0, 0, np.zeros(SCORE_BINS, dtype=np.int64)
     try:
@@ -230,7 +230,7 @@ def record_dask_scoring(store, # a Store, Project or tracking URI
                         experiment: str, # the MLflow experiment
                         summary: dict, # from `score_file_dask`
                         src: str, dst: str, # the files, recorded as params
-                        artifact_location: str | None = None, # artifact root of a new experiment (`Project.artifact_location`)
+                        artifact_location: str | None = None, # a new experiment's artifact root
                        ) -> str:
     "Record a Dask batch scoring as `record_scoring` does, plus its workers and partitions; return the run id."
     rid = record_scoring(store, experiment, summary, src, dst, artifact_location)

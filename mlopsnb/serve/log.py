@@ -236,7 +236,7 @@ class PredictionLog:
         return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0) + self.pending >= self.max_bytes
 
     def _rotate(self, con):
-        "Close the file after a full checkpoint, rename it `<stem>-<UTC time><suffix>`, start a new one; return its connection."
+        "Checkpoint and close the file, rename it `<stem>-<UTC time><suffix>`, start a new one; return its connection."
         import datetime as dt, os
         t0 = time.perf_counter()
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -58,7 +58,8 @@ class Metrics:
         self.reloads = Counter("mlopsnb_reloads", "Alias checks: moves followed (loaded, removed), a version refused "
                                "or the check failed (the registry)", ["result", "role"], registry=r)
         self.shadow = Counter("mlopsnb_shadow_requests", "Requests scored in the shadow of the answer by the "
-                              "challenger: scored, refused (its input check failed), dropped (the shadow queue was full) or failed",
+                              "challenger: scored, refused (its input check failed), dropped (the shadow queue was "
+                              "full) or failed",
                               ["result", "version"], registry=r)
 
 # %% ../../notebooks/api/10c_serve_metrics.ipynb #537bcbe9

@@ -25,14 +25,14 @@ def request_key(header: str | None, # the X-Request-Key header
                 rows: list, # the request's records
                 ids: list[str], # the id columns
                ) -> str | None:
-    "The key a request is routed by: the `X-Request-Key` header, else the ids of a one-record request, else None (random)."
+    "The key a request is routed by: the `X-Request-Key` header, else the ids of a one-record request, else None."
     if header: return header
     if len(rows) == 1 and ids and isinstance(rows[0], dict) and all(c in rows[0] for c in ids):
         return "\x1f".join(str(rows[0][c]) for c in ids)
     return None
 
 class Service:
-    "What the app's handlers share: the champion and challenger (each swapped whole on reload), the routing, the metrics."
+    "What the handlers share: the champion and challenger (each swapped whole on reload), the routing, the metrics."
     def __init__(self, scorer: Scorer, # the champion
                  metrics: Metrics, # where the versions serving are shown
                  challenger: Scorer | None = None, # the challenger, None while there is none
@@ -63,7 +63,7 @@ class Service:
 
 # %% ../../notebooks/api/10d_serve_routing.ipynb #dd143b25
 class MicroBatcher:
-    "Score concurrent small requests together: wait at most `wait_s` (only while others are in flight), one call per scorer."
+    "Score concurrent small requests together: wait at most `wait_s` (only while others are in flight), one call."
     def __init__(self, wait_s: float, # the longest a request waits for others
                  max_rows: int, # flush at this many rows
                 ):

@@ -48,7 +48,7 @@ class Scorer:
     def path(self) -> str: return "onnx" if self.session is not None else "sklearn"
 
     def columns(self, rows: list, offset: int = 0) -> dict[str, object]:
-        "Check records against the schema; return {column: values} (numbers a float array, text a list); or RequestError."
+        "Check records against the schema; return {column: values} (a float array, or a list of text); or RequestError."
         allowed = set(self.inputs) | set(self.ids)
         required = [c for c in self.inputs if c not in self.dropped]
         fast = transpose(rows, required, allowed)
@@ -77,7 +77,7 @@ class Scorer:
             if extra: raise RequestError(422, f"row {i}: unknown field {str(extra[0])[:64]!r}")
 
     def _in_range(self, cols: dict[str, list], offset: int = 0) -> dict[str, list]:
-        "Return `cols` if every number is within the contract's range; else RequestError naming the first row and field."
+        "Return `cols` if every number is in the contract's range; else RequestError naming the first row and field."
         for c, (lo, hi) in self.ranges.items():
             if c not in cols or c not in self.numbers: continue
             a = np.asarray(cols[c], dtype=float)          # blanks are NaN: never outside a range
@@ -114,7 +114,7 @@ class Scorer:
         return all(not (set(cols.get(c, ())) - known - {None}) for c, known in self.encoded.items())
 
     def _feed(self, cols: dict[str, list]) -> dict:
-        "The ONNX inputs of checked columns, as `registry.onnx_feed` makes them (float32, NaN or '' for blanks), by numpy."
+        "The ONNX inputs of checked columns, as `registry.onnx_feed` makes them (float32; NaN or '' for blanks)."
         out = {}
         for c, kind in self.kinds.items():
             v = cols[c]
@@ -127,7 +127,7 @@ class Scorer:
 
 def encoder_categories(model, # a fitted Pipeline (or any estimator)
                       ) -> dict[str, set] | None:
-    "Return {column: its frequent one-hot categories} of the encoders in ColumnTransformers; None if one is not mappable."
+    "Return {column: its frequent one-hot categories} of the encoders in ColumnTransformers; None if unmappable."
     from sklearn.preprocessing import OneHotEncoder
     out, mapped = {}, 0
     for est in walk_estimators(model):
@@ -204,7 +204,7 @@ def _signature_numbers(folder: Path) -> set[str]:
     return {c["name"] for c in cols if c.get("type") in {"long", "integer", "double", "float"}}
 
 def _read_version(store, name: str, version: str) -> tuple:
-    "Download and verify a version; return (model, onnx.json, ONNX bytes or None, signature numbers, serving.json, version)."
+    "Download and verify a version: (model, onnx.json, ONNX bytes or None, signature numbers, serving.json, version)."
     try:
         with verified_version(store, name, version) as (local, v):
             model = load_model(local / MODEL_FILE, verify=False)
