@@ -414,7 +414,7 @@ def _score(a):
     with _score_progress(a.input) as progress:
         if a.dask:
             import distributed    # importing it sets its loggers to INFO: quiet them after (one line on error, no cluster chatter)
-            from mlopsnb.distributed import record_dask_scoring, score_file_dask
+            from mlopsnb.serve.dask import record_dask_scoring, score_file_dask
             logging.getLogger("distributed").setLevel(logging.DEBUG if a.debug else logging.ERROR)
             s = score_file_dask(scorer, project.store, a.input, a.output, scorer_kw=kw, chunk_rows=a.chunk_rows, workers=a.workers,
                                 scheduler=a.scheduler, progress=lambda done: progress(done, None))
