@@ -4,6 +4,7 @@ import configparser
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,6 +72,15 @@ def test_a_wheel_install_resolves_the_tested_kernel_packages(name, untested):
     assert name in reqs, f"settings.ini does not bound {name}"
     assert reqs[name].specifier.contains(locked(ROOT / "requirements.lock")[name]), reqs[name]
     assert not reqs[name].specifier.contains(untested), f"{reqs[name]} admits {name} {untested}"
+
+def test_the_install_compiles_bytecode():
+    "Every module of an installed package has its bytecode, even ones nothing imported yet: `make install` compiles it."
+    import importlib.util
+    import sklearn
+    pkg = Path(sklearn.__file__).parent
+    missing = [p for p in pkg.rglob("*.py") if not Path(importlib.util.cache_from_source(str(p))).exists()]
+    assert not missing, f"{len(missing)} modules of {pkg} without bytecode, e.g. {missing[0]}"
+
 
 def test_ci_runs_what_the_readme_says():
     readme = (ROOT / "README.md").read_text()
