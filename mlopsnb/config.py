@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from .core import PIPELINE_FILE, ConfigError, expand_vars
 from .settings import (
     SERVER_SCHEMES, DataConfig, EnvConfig, FairnessConfig, ModelCardConfig, MonitorConfig, PromotionPolicy, ScoringConfig,
@@ -22,12 +20,11 @@ from .spec import (
     notebook_code, param_type, param_types, resolve_placeholders, task_parameters, task_signature)
 
 # %% auto #0
-__all__ = ['Project', 'check_pipeline', 'resolve_params', 'params_of_type', 'ConfigError', 'SPEC_KEYS', 'TASK_KEYS',
-           'SERVER_SCHEMES', 'DataConfig', 'EnvConfig', 'PromotionPolicy', 'ScoringConfig', 'FairnessConfig',
-           'ModelCardConfig', 'MonitorConfig', 'parse_overrides', 'read_yaml', 'load_env', 'notebook_code',
-           'task_signature', 'task_parameters', 'param_types', 'param_type', 'check_param', 'resolve_placeholders',
-           'AirflowTaskSettings', 'airflow_settings', 'declared_upstream', 'stable_hash', 'file_digest', 'resolve_uri',
-           'Store', 'uri_scheme', 'as_store', 'Spec']
+__all__ = ['Project', 'check_pipeline', 'ConfigError', 'SPEC_KEYS', 'TASK_KEYS', 'SERVER_SCHEMES', 'DataConfig', 'EnvConfig',
+           'PromotionPolicy', 'ScoringConfig', 'FairnessConfig', 'ModelCardConfig', 'MonitorConfig', 'parse_overrides',
+           'read_yaml', 'load_env', 'notebook_code', 'task_signature', 'task_parameters', 'param_types', 'param_type',
+           'check_param', 'resolve_placeholders', 'AirflowTaskSettings', 'airflow_settings', 'declared_upstream',
+           'stable_hash', 'file_digest', 'resolve_uri', 'Store', 'uri_scheme', 'as_store', 'Spec']
 
 # %% ../notebooks/api/01_config.ipynb #47cb2ff8
 _all_ = ["ConfigError", "SPEC_KEYS", "TASK_KEYS", "SERVER_SCHEMES", "DataConfig", "EnvConfig",
@@ -96,17 +93,3 @@ def check_pipeline(project: Path, # the project folder
                   ) -> list[dict]:
     "Validate pipeline.yaml's keys, sources and params; return its task entries (branched tasks once per branch)."
     return copy.deepcopy(Spec.read(project, spec_file).tasks)
-
-def resolve_params(project: Path, # the project folder
-                   env: EnvConfig, # validated env values
-                   spec_file: str = PIPELINE_FILE, # the spec
-                  ) -> dict[str, dict[str, Any]]:
-    "Return {task: {param: value}} with placeholders replaced by the validated env values and typed params checked."
-    return Spec.read(project, spec_file).params(env)
-
-def params_of_type(params: dict[str, dict[str, Any]], # from `resolve_params`
-                   project: Path, spec_file: str, # where the task sources are
-                   model: type[BaseModel], # e.g. DataConfig
-                  ) -> dict[str, dict[str, BaseModel]]:
-    "Return {task: {param: validated model}} for every param declared with the type `model`."
-    return Spec.read(project, spec_file).of_type(params, model)
