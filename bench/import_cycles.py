@@ -37,7 +37,7 @@ def imports(name: str, f: Path):
 edges = {}
 for n, f in mods.items():
     for t, lvl in imports(n, f):
-        if lvl == "module" or edges.get((n, t)) != "module": edges[(n, t)] = lvl if edges.get((n, t)) != "module" else "module"
+        if edges.get((n, t)) != "module": edges[(n, t)] = lvl   # a module-level import of the pair wins
 
 graph = {}
 for (a, b) in edges: graph.setdefault(a, set()).add(b)
