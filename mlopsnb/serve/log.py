@@ -56,6 +56,11 @@ def _log_schema(con) -> None:
         con.execute(_LOG_VIEW.format(name=name, test=test))
 
 LOG_PAGE_SIZE = 32768   # bytes per SQLite page of a new prediction log
+_INSERT_REQUEST = ("INSERT INTO requests (seq, ts, request_id, model, version, path, rows, features, role, auth, masking) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_ROWS = ("INSERT INTO predictions (request, row, probability, decision) "   # a request's rows from one JSON array
+                "SELECT ?, key, value, value >= ? FROM json_each(?)")
+_INSERT_ROW = "INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)"
 LOG_KEY_ENV = "MLOPSNB_LOG_KEY"   # the key of the prediction log's keyed hash (read by `mlopsnb serve` and `monitor`)
 
 class LogError(MlopsnbError, OSError):
@@ -169,6 +174,7 @@ class PredictionLog:
         self.hasher = LogHasher(key) if key else None
         self.written = self.dropped = self.queued = self.failures = 0
         self.last_write, self.error, self.pending, self.opened = None, None, 0, time.time()
+        self._plans = {}   # id(scorer): (scorer, its log plan), made by the writer
         self._lock, self._closing, self._give_up_at = threading.Lock(), threading.Event(), float("inf")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,12 +234,17 @@ class PredictionLog:
             raise
         return con
 
-    def _due(self) -> bool:
-        "Whether the file is due for rotation (size with its WAL and what the open transaction holds, or age)."
-        if self.max_age_s is not None and time.time() - self.opened >= self.max_age_s: return True
-        if self.max_bytes is None: return False
+    def _size(self) -> int | None:
+        "The file's size with its WAL (None without a size limit: not looked at)."
+        if self.max_bytes is None: return None
         wal = self.path.with_name(self.path.name + "-wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0) + self.pending >= self.max_bytes
+        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+    def _due(self, size: int | None, # `_size` when the transaction began (what it holds is `pending`)
+            ) -> bool:
+        "Whether the file is due for rotation (its size with the WAL and what the open transaction holds, or its age)."
+        if self.max_age_s is not None and time.time() - self.opened >= self.max_age_s: return True
+        return size is not None and size + self.pending >= self.max_bytes
 
     def _rotate(self, con):
         "Checkpoint and close the file, rename it `<stem>-<UTC time><suffix>`, start a new one; return its connection."
@@ -298,11 +309,16 @@ class PredictionLog:
         while batch:
             k = rows = 0
             with con:     # one transaction: whole requests, or nothing after a crash
+                seq, size = con.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0], self._size()
+                requests, predictions = [], []
                 while k < len(batch):
-                    self.pending += self._insert(con, *batch[k])
+                    seq += 1
+                    self.pending += self._encode(seq, batch[k], requests, predictions)
                     rows += len(batch[k][3])
                     k += 1
-                    if self._due(): break
+                    if self._due(size): break
+                con.executemany(_INSERT_REQUEST, requests)     # a statement per kind for the whole batch: the
+                for sql, params in predictions: con.executemany(sql, params)   # writer holds the GIL little
             del batch[:k]
             self.pending = 0                          # committed: in the file's size now
             with self._lock: self.queued -= rows
@@ -310,7 +326,7 @@ class PredictionLog:
             self.last_write = time.time()
             if self.failures: log.warning("prediction log %s written again after %d failures", self.path, self.failures)
             self.failures, self.error = 0, None
-            if self._due(): con = self._rotate(con)
+            if self._due(self._size()): con = self._rotate(con)
         return con
 
     def _failed(self, con, e: Exception):
@@ -340,27 +356,30 @@ class PredictionLog:
             self.dropped += lost
         log.error("prediction log %s: gave up at shutdown, %d rows not written (%s)", self.path, lost, self.error)
 
-    def _insert(self, con, ts, rid, scorer, rows, probs, decs, role, auth, columns) -> int:
-        "Insert one request and its rows; return the bytes its features take."
+    def _plan(self, scorer: Scorer) -> tuple[list, set, str | None]:
+        "The log plan of `scorer` (`_log_plan`), made once per loaded version."
+        plan = self._plans.get(id(scorer))
+        if plan is None or plan[0] is not scorer:
+            plan = self._plans[id(scorer)] = (scorer, *_log_plan(scorer, self.hasher))
+        return plan[1:]
+
+    def _encode(self, seq: int, item: tuple, requests: list, predictions: list) -> int:
+        "Add one queued request (as `seq`) and its rows to a batch's statements; return the bytes its features take."
         import itertools, orjson
-        keep, hashed, masking = _log_plan(scorer, self.hasher)
+        ts, rid, scorer, rows, probs, decs, role, auth, columns = item
+        keep, hashed, masking = self._plan(scorer)
         features = _log_features(rows, columns, keep, hashed, self.hasher)
-        seq = con.execute("INSERT INTO requests (ts, request_id, model, version, path, rows, features, role, auth, "
-                          "masking) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth),
-                           masking)).lastrowid
+        requests.append((seq, ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth),
+                         masking))
         # a column of predict_proba is a strided view: orjson wants it contiguous
         p, d, threshold = np.ascontiguousarray(probs, dtype=float), np.asarray(decs), scorer.threshold
         if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
             # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same
             # doubles), the GIL released
-            con.execute("INSERT INTO predictions (request, row, probability, decision) "
-                        "SELECT ?, key, value, value >= ? FROM json_each(?)",
-                        (seq, float(threshold), orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode()))
-        else:
-            con.executemany("INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)",
-                            zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
+            sql, params = _INSERT_ROWS, [(seq, float(threshold), orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode())]
+        else: sql, params = _INSERT_ROW, list(zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
+        if predictions and predictions[-1][0] == sql: predictions[-1][1].extend(params)   # rows stay in request order
+        else: predictions.append((sql, params))
         return len(features) + 32 * len(rows)
 
     def close(self, timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
