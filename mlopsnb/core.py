@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['PIPELINE_FILE', 'ENV_FILE', 'SECRET_PREFIX', 'MlopsnbError', 'ConfigError', 'DataError', 'ContractError', 'TaskError',
-           'RegistryError', 'IntegrityError', 'find_project', 'atomic_path', 'atomic_write_text', 'atomic_dir',
-           'clean_stale_temp', 'mask_url', 'expand_vars', 'secret_var', 'hide_secrets']
+__all__ = ['PIPELINE_FILE', 'ENV_ARTIFACT', 'ENV_FILE', 'SECRET_PREFIX', 'MlopsnbError', 'ConfigError', 'DataError',
+           'ContractError', 'TaskError', 'RegistryError', 'IntegrityError', 'find_project', 'atomic_path',
+           'atomic_write_text', 'atomic_dir', 'clean_stale_temp', 'mask_url', 'expand_vars', 'secret_var',
+           'hide_secrets']
 
 # %% ../notebooks/api/00_core.ipynb #36b3e0ee
 class MlopsnbError(Exception):
@@ -48,6 +49,7 @@ class IntegrityError(MlopsnbError, ValueError):
 
 # %% ../notebooks/api/00_core.ipynb #16fdf265
 PIPELINE_FILE = "pipeline.yaml"
+ENV_ARTIFACT = "mlopsnb/env.json"   # a build's env values (secrets as references) on its parent run: what `reproduce` replays
 ENV_FILE = "env.yaml"
 
 def find_project(start: str | Path | None = None, # where to start looking (default: cwd)

@@ -14,14 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .core import MlopsnbError, RegistryError, mask_url
+from .core import ENV_ARTIFACT, MlopsnbError, RegistryError, mask_url
 from .metrics import headline
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'LINEAGE_TAGS', 'ENV_ARTIFACT', 'UI', 'CARD_TAG', 'TOLERANCE', 'LineageError', 'ReproduceError', 'parse_ref',
-           'resolve', 'download_text', 'task_run', 'build_of', 'manifest_check', 'lineage', 'show_lines', 'model_card',
+__all__ = ['log', 'LINEAGE_TAGS', 'UI', 'CARD_TAG', 'TOLERANCE', 'LineageError', 'ReproduceError', 'parse_ref', 'resolve',
+           'download_text', 'task_run', 'build_of', 'manifest_check', 'lineage', 'show_lines', 'model_card',
            'card_html', 'log_model_card', 'read_card', 'comparable', 'compare', 'reproduce', 'add_commands']
 
 # %% ../notebooks/api/12_lineage.ipynb #6dd889b0
@@ -64,7 +64,6 @@ def resolve(store, # a Store, Project or tracking URI
 # %% ../notebooks/api/12_lineage.ipynb #9a0d6036
 LINEAGE_TAGS = ("git.commit", "git.dirty", "mlopsnb.pipeline", "mlopsnb.pipeline_hash", "mlopsnb.data_digest",
                 "mlopsnb.version", "mlopsnb.user", "mlopsnb.host", "mlopsnb.reproduction_of")
-ENV_ARTIFACT = "mlopsnb/env.json"   # the env values of a build (secrets as references), logged on its parent run
 UI = "http://127.0.0.1:5000"        # where `mlopsnb ui` serves the MLflow UI by default
 
 def _when(ms) -> str | None:

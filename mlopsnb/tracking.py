@@ -64,7 +64,7 @@ def lineage_tags(project: str | Path, # the project folder
                  pipeline: str = "pipeline.yaml", # the spec that was built
                  pipeline_hash: str | None = None, # hash of the rendered spec and env
                  data_digest: str | None = None, # digest of the input data
-                 reproduction_of: str | None = None, # `<model>/<version>` the build reproduces (default: the task's `reproducing`)
+                 reproduction_of: str | None = None, # `<model>/<version>` the build reproduces (a build's context says; a task: `reproducing()`)
                 ) -> dict[str, str]:
     "Return the lineage tags every mlopsnb run carries."
     from mlopsnb import __version__
@@ -72,7 +72,7 @@ def lineage_tags(project: str | Path, # the project folder
             "mlopsnb.host": socket.gethostname(), "mlopsnb.user": _user()}
     if pipeline_hash: tags["mlopsnb.pipeline_hash"] = pipeline_hash
     if data_digest: tags["mlopsnb.data_digest"] = data_digest
-    if reproduction_of := reproduction_of or reproducing(): tags["mlopsnb.reproduction_of"] = reproduction_of
+    if reproduction_of: tags["mlopsnb.reproduction_of"] = reproduction_of
     return tags
 
 REPRODUCTION_ENV = "MLOPSNB_REPRODUCTION"   # a reproduction build's tasks have it: "<model>/<version>" being reproduced
@@ -332,7 +332,7 @@ def set_tags(tags: dict | None = None, **kw) -> None:
 def recorded_tags() -> dict[str, str]:
     "Return the tags of the current run (its lineage: git.commit, git.dirty, ...); the project's lineage when tracking is off."
     rec = _rec()
-    if not rec.enabled: return lineage_tags(task_root())
+    if not rec.enabled: return lineage_tags(task_root(), reproduction_of=reproducing())
     return dict(rec.client.get_run(current_run_id()).data.tags)
 
 # %% ../notebooks/api/06_tracking.ipynb #c2e1f215

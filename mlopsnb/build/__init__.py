@@ -4,17 +4,17 @@
 
 # %% auto #0
 __all__ = ['BuildContext', 'TaskRecord', 'build_variables', 'failure_line', 'quiet_ploomber', 'task_boundary', 'task_notebook',
-           'task_params', 'task_variables', 'BuildProgress', 'NoProgress', 'ENV_ARTIFACT', 'Build', 'TaskRun',
-           'notebook_html', 'warm_html', 'RecordingExecutor', 'run_serial']
+           'task_params', 'task_variables', 'BuildProgress', 'NoProgress', 'Build', 'TaskRun', 'notebook_html',
+           'warm_html', 'RecordingExecutor', 'run_serial']
 
 # %% ../../notebooks/api/08_build.ipynb #5fb9c832
 from mlopsnb.build.context import (
     BuildContext, TaskRecord, build_variables, failure_line, quiet_ploomber, task_boundary, task_notebook, task_params,
     task_variables)
 from .progress import BuildProgress, NoProgress
-from .lifecycle import ENV_ARTIFACT, Build, TaskRun, notebook_html, warm_html
+from .lifecycle import Build, TaskRun, notebook_html, warm_html
 from .serial import RecordingExecutor, run_serial
 
 _all_ = ["BuildContext", "TaskRecord", "build_variables", "failure_line", "quiet_ploomber", "task_boundary",
-         "task_notebook", "task_params", "task_variables", "BuildProgress", "NoProgress", "ENV_ARTIFACT", "Build",
+         "task_notebook", "task_params", "task_variables", "BuildProgress", "NoProgress", "Build",
          "TaskRun", "notebook_html", "warm_html", "RecordingExecutor", "run_serial"]

@@ -14,18 +14,16 @@ from pathlib import Path
 
 from .context import BuildContext, TaskRecord, failure_line, task_boundary, task_notebook, task_params, task_variables
 from .progress import BuildProgress, NoProgress
-from ..core import hide_secrets
+from ..core import ENV_ARTIFACT, hide_secrets
 from ..staleness import drop_record, state_dir, task_states, write_record
-from ..tracking import PROGRESS_ENV
+from ..tracking import PROGRESS_ENV, lineage_tags, recorder
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENV_ARTIFACT', 'TaskRun', 'Build', 'notebook_html', 'warm_html']
+__all__ = ['log', 'TaskRun', 'Build', 'notebook_html', 'warm_html']
 
 # %% ../../notebooks/api/08g_build_lifecycle.ipynb #485de3cc
-ENV_ARTIFACT = "mlopsnb/env.json"   # the env values of a build (secrets as references), on its parent run: what `reproduce` replays
-
 @dataclass
 class TaskRun:
     "A task the build started: Ploomber's task, its child run, its progress file and environment, when it started."
@@ -55,7 +53,6 @@ class Build:
     @classmethod
     def of(cls, ctx: BuildContext, progress: BuildProgress | None = None) -> "Build":
         "A build of the context's project, its parent run not opened yet."
-        from mlopsnb.tracking import lineage_tags, recorder
         p = ctx.project
         tags = lineage_tags(p.root, p.spec_file, ctx.pipeline_hash, ctx.data_digest, ctx.reproduction_of)
         return cls(ctx, recorder(p), tags, None, progress)
