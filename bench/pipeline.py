@@ -87,7 +87,7 @@ def timed(cmd: list[str], cwd: Path, extra: dict | None = None) -> tuple[float, 
 def plain_script(project: Path, overrides: list[str], dest: Path) -> Path:
     "Write the task notebooks, in pipeline order, with the parameters Ploomber injects, as one Python script."
     from mlopsnb.config import Project
-    from mlopsnb.pipeline import load_dag
+    from mlopsnb.build import load_dag
     dag = load_dag(Project.load(project, overrides))
     dag.render(show_progress=False, force=True)
     dirs = sorted({str(Path(str(p)).parent) for name in dag for p in dag[name].product})

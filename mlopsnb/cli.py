@@ -74,14 +74,14 @@ def _project(a):
     return Project.load(None, getattr(a, "env", None), getattr(a, "env_file", None), getattr(a, "pipeline", "pipeline.yaml"))
 
 def _run(a):
-    from mlopsnb.pipeline import run
+    from mlopsnb.build import run
     result = run(_project(a), engine=a.engine, force=a.force, progress=True, jobs=a.jobs)
     for f in result.failures: print(f"mlopsnb: error: {f}", file=sys.stderr)
     print("\n".join(summary_lines(result)))
     return 0 if result.ok else 1
 
 def _status(a):
-    from mlopsnb.pipeline import status
+    from mlopsnb.build import status
     rows = status(_project(a))
     if a.json:   # for scripts and CI: one object per task, the status text unpadded
         import json
@@ -93,7 +93,7 @@ def _status(a):
     return 0
 
 def _plot(a):
-    from mlopsnb.pipeline import plot, status
+    from mlopsnb.build import plot, status
     project = None if (a.output or "").endswith(".md") else _project(a)
     rows = status(project) if project is not None else None
     spec = project.spec if project is not None else None
@@ -101,7 +101,7 @@ def _plot(a):
     return 0
 
 def _nb(a):
-    from mlopsnb.pipeline import inject
+    from mlopsnb.build import inject
     done = inject(remove=a.action == "remove", overrides=a.env, spec_file=a.pipeline)
     verb = "removed the injected cell from" if a.action == "remove" else "injected upstream/product into"
     print(f"{verb} {len(done)} notebooks:" + "".join(f"\n  {d}" for d in done))
@@ -142,7 +142,7 @@ def _rollback(a):
     return 0
 
 def _lab(a):
-    from mlopsnb.pipeline import lab_command, quiet_ploomber
+    from mlopsnb.build import lab_command, quiet_ploomber
     extra = [x for x in a.args if x != "--"]
     if os.geteuid() == 0 and "--allow-root" not in extra:     # JupyterLab's refusal is one line at the end of its start-up log
         raise MlopsnbError("lab: JupyterLab refuses to run as root; run it as another user, or pass --allow-root (e.g. in a container)")
@@ -151,7 +151,7 @@ def _lab(a):
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11
-COMMAND_MODULES = ("mlopsnb.monitor", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.export")
+COMMAND_MODULES = ("mlopsnb.monitor", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.build.commands")
 # Modules that add verbs of their own. Each defines `add_commands(sub, env_args)`; their module-level imports
 # stay light (stdlib and mlopsnb.core/config): the CLI imports them on every call.
 

@@ -365,7 +365,7 @@ def reproduce(project, # the loaded Project (its store holds the version)
              ) -> dict:
     "Rebuild a version's recorded commit with its recorded env and data; compare every recorded evaluation number."
     from mlopsnb.config import Project
-    from mlopsnb.pipeline import BuildContext, run
+    from mlopsnb.build import BuildContext, run
     say = say or (lambda line: None)
     info = lineage(project.store, name, version, verify=False)
     v, b = info["version"], info["build"]

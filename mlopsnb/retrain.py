@@ -47,8 +47,8 @@ def retrain(project, # the loaded Project
     "Build the pipeline on training data plus the labelled window; return what was built and the gate's decision."
     from mlopsnb.config import Project
     from mlopsnb.data import read_source, write_frame
-    from mlopsnb.pipeline import run
-    from mlopsnb.staleness import BuildLocked, build_lock
+    from mlopsnb.build import run
+    from mlopsnb.build.staleness import BuildLocked, build_lock
     if labelled is None or not len(labelled): return {"triggered": False, "reason": "no labelled rows in the window to retrain on"}
     cfg = project.env.data
     table, rows = retraining_table(read_source(cfg, project.root), labelled, cfg.target, list(cfg.ids), cfg.positive)

@@ -51,7 +51,7 @@ def test_export_rejects_a_bad_airflow_setting(tmp_path):
 
 
 def test_export_writes_every_task_and_dependency(tmp_path):
-    from mlopsnb.pipeline import graph
+    from mlopsnb.build import graph
     project = with_airflow_settings(make_project(tmp_path, git=False))
     result = cli(project, "export", "airflow", "--out", str(tmp_path / "out"), "--dag-id", "churn_daily", "--schedule", "@daily",
                  "--engine", "inprocess", *SAMPLE)

@@ -21,7 +21,7 @@ def spec_only(tmp_path_factory):
 
 def test_the_expanded_dag_has_a_branch_per_family_wired_to_itself(spec_only):
     from mlopsnb.config import Project
-    from mlopsnb.pipeline import load_dag
+    from mlopsnb.build import load_dag
     dag = load_dag(Project.load(spec_only), engine="inprocess")
     assert list(dag) == TASKS
     ups = {name: set(dag[name].upstream) for name in dag}

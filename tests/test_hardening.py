@@ -22,7 +22,7 @@ def test_two_projects_in_one_process_from_another_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"; elsewhere.mkdir()
     script = f"""
 import os, json
-from mlopsnb.pipeline import run
+from mlopsnb.build import run
 from mlopsnb.promotion import history
 from mlopsnb.config import Project
 before = dict(os.environ)

@@ -4,7 +4,7 @@ Ploomber 0.23.3's server extension (enabled in the environment) wraps the conten
 synchronous `get`; under JupyterLab 4's default asynchronous manager every contents request answers
 500 and the file browser is empty. The project ships `ServerApp.contents_manager_class` = the
 synchronous LargeFileManager twice: `mlopsnb lab` passes it on the command line
-(`mlopsnb.pipeline.lab_command`) and `make install` puts `jupyter-config/jupyter_server_config.json`
+(`mlopsnb.build.lab_command`) and `make install` puts `jupyter-config/jupyter_server_config.json`
 into `{sys.prefix}/etc/jupyter/` for a plain `jupyter lab`.
 """
 import json
@@ -109,7 +109,7 @@ def serve(tmp_path):
 
 def lab_via_mlopsnb(project: Path, extra: list[str]) -> list[str]:
     "What `mlopsnb lab` runs: the setting on the command line."
-    from mlopsnb.pipeline import lab_command
+    from mlopsnb.build import lab_command
     return lab_command(project, extra)
 
 
@@ -124,7 +124,7 @@ def lab_async(project: Path, extra: list[str]) -> list[str]:
 
 
 def test_shipped_setting_is_the_library_setting_and_installed():
-    from mlopsnb.pipeline import JUPYTER_SETTINGS
+    from mlopsnb.build import JUPYTER_SETTINGS
     assert json.loads(SHIPPED.read_text()) == JUPYTER_SETTINGS
     assert INSTALLED.is_file(), f"{INSTALLED} is missing: run `make install`"
     assert json.loads(INSTALLED.read_text()) == JUPYTER_SETTINGS, f"{INSTALLED} is stale: run `make install`"

@@ -31,3 +31,17 @@ def test_no_private_name_is_imported_across_modules(tmp_path):
     pkg.mkdir()
     (pkg / "a.py").write_text("from mlopsnb.registry import _hidden, public\nfrom .b import __version__\n")
     assert private_imports(pkg) == ["mlopsnb/a.py:1: _hidden"]   # the check sees one when there is one
+
+
+def test_a_spec_naming_the_old_module_still_loads(tmp_path):
+    "pipeline.yaml files written before issue 18 name `mlopsnb.pipeline.RecordingExecutor`: they load, with a warning."
+    (tmp_path / "t.py").write_text('# %% tags=["parameters"]\nupstream = None\nproduct = None\n')
+    (tmp_path / "pipeline.yaml").write_text("executor:\n  dotted_path: mlopsnb.pipeline.RecordingExecutor\n"
+                                            "tasks:\n  - source: t.py\n    product: t.ipynb\n")
+    (tmp_path / "env.yaml").write_text("tracking_uri: sqlite:///m.db\n")
+    code = ("import warnings\nwarnings.simplefilter('always')\nfrom mlopsnb.config import Project\n"
+            "from mlopsnb.build import RecordingExecutor, load_dag\n"
+            "print(type(load_dag(Project.load('.', environ={})).executor) is RecordingExecutor)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "True", r.stderr
+    assert "FutureWarning: mlopsnb.pipeline moved to mlopsnb.build" in r.stderr, r.stderr

@@ -268,7 +268,7 @@ def test_a_failed_retrain_leaves_the_build_up_to_date(project):
     """A retrain builds apart (products/monitoring/retrain/build) while it holds the project's build lock: one that fails at
     validate_data leaves the project's products, and `mlopsnb run`'s no-op, as they were; while a build runs, none starts."""
     from mlopsnb.config import Project
-    from mlopsnb.staleness import build_lock
+    from mlopsnb.build.staleness import build_lock
     assert cli(project, "run", "--engine", "inprocess", *SAMPLE).returncode == 0       # up to date, whatever ran before
     before = products_of(project)
     r = cli(project, "monitor", "--current", "drifted.csv", "--label-column", "churn", "--retrain", *MONITOR_ENV)

@@ -402,7 +402,7 @@ def test_the_shipped_config_turns_ploombers_cloud_extension_off_and_keeps_inject
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_command_line_flag_turns_the_cloud_extension_off_for_mlopsnb_lab(lab):
-    from mlopsnb.pipeline import lab_command
+    from mlopsnb.build import lab_command
     server = lab(lab_command(lab.project, [NO_CLOUD_FLAG]))
     assert server.get("ploomber/apikey")[0] == 404, server.output()
     assert '"split_data": {"nb": ' in server.injected()

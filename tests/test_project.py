@@ -109,7 +109,7 @@ def test_task_notebooks_follow_the_house_style():
 
 
 def test_telemetry_is_off_in_every_task_process(monkeypatch):
-    from mlopsnb.pipeline import quiet_ploomber
+    from mlopsnb.build import quiet_ploomber
     import os
     monkeypatch.delenv("PLOOMBER_STATS_ENABLED", raising=False)
     monkeypatch.delenv("CI", raising=False)   # ploomber_core is also quiet under CI: check the variable alone does it
@@ -130,7 +130,7 @@ def test_the_library_turns_mlflow_telemetry_off_in_notebooks_too():
 def test_importing_the_library_leaves_mlflow_url_printing_alone(tmp_path):
     "Importing the library leaves MLflow's \"View run at\" switch alone; the `mlopsnb` command turns it off (for itself and its kernels)."
     key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-    code = (f"import os, mlopsnb.tracking, mlopsnb.registry, mlopsnb.pipeline, mlopsnb.serve; imported = os.environ.get({key!r}); "
+    code = (f"import os, mlopsnb.tracking, mlopsnb.registry, mlopsnb.build, mlopsnb.serve; imported = os.environ.get({key!r}); "
             f"from mlopsnb.cli import main; main(['status']); print(imported, os.environ.get({key!r}))")
     r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
     assert r.stdout.split() == ["None", "true"], r.stderr

@@ -50,7 +50,7 @@ pathlib.Path(product["out"]).write_text(json.dumps({{"start": t0, "end": time.ti
 def branches_project(dest: Path, names=("a", "b", "c", "d"), rounds: int = 40) -> Path:
     "A project with independent tasks `names` and a task `join` that depends on all of them; each task logs `rounds` metric batches."
     (dest / "notebooks" / "tasks").mkdir(parents=True)
-    spec = "executor:\n  dotted_path: mlopsnb.pipeline.RecordingExecutor\ntasks:\n"
+    spec = "executor:\n  dotted_path: mlopsnb.build.RecordingExecutor\ntasks:\n"
     for name, up in [*((n, None) for n in names), ("join", list(names))]:
         (dest / "notebooks" / "tasks" / f"{name}.py").write_text(TASK.format(up=up, name=name))
         spec += (f"  - source: notebooks/tasks/{name}.py\n    product:\n      nb: '{{{{products}}}}/{name}.ipynb'\n"
