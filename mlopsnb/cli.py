@@ -151,7 +151,7 @@ def _lab(a):
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11
-COMMAND_MODULES = ("mlopsnb.monitor", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.export")
+COMMAND_MODULES = ("mlopsnb.monitor.commands", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.export")
 # Modules that add verbs of their own. Each defines `add_commands(sub, env_args)`; their module-level imports
 # stay light (stdlib and mlopsnb.core/config): the CLI imports them on every call.
 
