@@ -32,9 +32,10 @@ def read_log(path: str | Path, # the prediction log (SQLite); the files it was r
     files += [path] if path.is_file() else []
     if not files: raise DataError(f"prediction log {path}: file not found (serve with --log, or pass --current FILE)")
     where, args = ["r.model = ?"], [model]
-    if since is not None: where.append("r.ts >= ?"); args.append(since)
-    if until is not None: where.append("r.ts < ?"); args.append(until)
-    if version is not None: where.append("r.version = ?"); args.append(str(version))
+    for cond, value in (("r.ts >= ?", since), ("r.ts < ?", until), ("r.version = ?", version)):
+        if value is not None:
+            where.append(cond)
+            args.append(str(value) if cond == "r.version = ?" else value)
     for f in files:
         con = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
         try:
@@ -63,8 +64,11 @@ def _log_chunks(reqs, scored, chunk_rows: int):
         if isinstance(feats, list):                   # a log written before: an array of records
             feats = {k: [d.get(k) for d in feats] for k in dict.fromkeys(k for d in feats for k in d)}
         for c in set(cols) | set(feats): cols.setdefault(c, [None] * n).extend(feats.get(c, [None] * m))
-        meta.append((p, r[2], r[3], bool(r[4]), r[5], m)); n += m
-        if n >= chunk_rows: yield _log_chunk(cols, meta); cols, meta, n = {}, [], 0
+        meta.append((p, r[2], r[3], bool(r[4]), r[5], m))
+        n += m
+        if n >= chunk_rows:
+            yield _log_chunk(cols, meta)
+            cols, meta, n = {}, [], 0
     if n: yield _log_chunk(cols, meta)
 
 def _log_chunk(cols: dict, meta: list) -> tuple:
@@ -85,10 +89,11 @@ def read_chunks(path: str | Path, # a CSV or Parquet file
     if not path.is_file(): raise DataError(f"{path}: file not found")
     wanted = None if columns is None else set(map(str, columns))
     if path.suffix.lower() == ".csv":
-        yield from pd.read_csv(path, chunksize=chunk_rows, keep_default_na=False, na_values=[""], usecols=None if wanted is None else lambda c: c in wanted)
+        yield from pd.read_csv(path, chunksize=chunk_rows, keep_default_na=False, na_values=[""],
+                               usecols=None if wanted is None else lambda c: c in wanted)
     elif path.suffix.lower() in {".parquet", ".pq"}:
         import pyarrow.parquet as pq
-        f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)   # stream pages: a row group is never buffered whole
+        f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)   # stream pages: never a whole row group
         names = None if wanted is None else [c for c in f.schema_arrow.names if c in wanted]
         for b in f.iter_batches(batch_size=chunk_rows, columns=names, use_threads=False): yield b.to_pandas()
     else: raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
@@ -115,7 +120,8 @@ def read_labels(path: str | Path, # a CSV or Parquet of ids and a label column
     import pandas as pd
     df = pd.concat(read_chunks(path))
     for c in [*ids, column]:
-        if c not in df.columns: raise DataError(f"{path}: no column {c!r} (labels join on {', '.join(ids)} and read {column!r})")
+        if c not in df.columns:
+            raise DataError(f"{path}: no column {c!r} (labels join on {', '.join(ids)} and read {column!r})")
     if not ids: raise DataError(f"{path}: labels are joined on the id columns, and data.ids is empty")
     y = encode_labels(df[column], positive, str(path))
     return dict(zip(_keys(df, ids), y.tolist()))
@@ -142,7 +148,8 @@ class LogLabels:
         for m, rows in _groups(masking).items():
             how = tuple(self._how(json.loads(m) if m else {}, c) for c in self.ids)
             if "dropped" in how:          # the service had no key: these rows cannot be joined
-                self.dropped += len(rows); continue
+                self.dropped += len(rows)
+                continue
             table = self._map(how)
             vals = [df[c].to_numpy()[rows] for c in self.ids]
             for i, parts in zip(rows, zip(*vals)):
@@ -192,13 +199,16 @@ def load_reference(store, # a Store, Project or tracking URI
     from mlopsnb.serve import read_serving
     with verified_version(store, name, version) as (local, v):
         f = local / REFERENCE_FILE
-        if not f.is_file(): raise DataError(f"model {name} version {v}: carries no reference profile ({REFERENCE_FILE}); retrain it with this mlopsnb")
+        if not f.is_file():
+            raise DataError(f"model {name} version {v}: carries no reference profile ({REFERENCE_FILE}); "
+                            "retrain it with this mlopsnb")
         ref = json.loads(f.read_text())
         model = load_model(local / MODEL_FILE, verify=False) if with_model else None
         serving = read_serving(local, f"model {name} version {v}")   # its threshold (None: registered without one)
     from mlopsnb.config import as_store
     tags = as_store(store).client().get_model_version(name, v).tags
-    recorded = (json.loads(tags[EVIDENCE_TAG]).get("metrics") if EVIDENCE_TAG in tags else None) or ref.get("metrics") or {}
+    evidence = json.loads(tags[EVIDENCE_TAG]).get("metrics") if EVIDENCE_TAG in tags else None
+    recorded = evidence or ref.get("metrics") or {}
     return {"version": v, "reference": ref, "recorded": recorded, "model": model, "serving": serving}
 
 NOT_AUTHENTICATED = "not authenticated: the service answered it without a bearer token"
@@ -222,11 +232,15 @@ def current_chunks(current, # a file of raw records (None: the prediction log)
     from mlopsnb.registry import model_parts
     if current is not None:     # scored with `model`; only the columns the model and the profile read (or all)
         inputs = model_parts(model)[0]
-        wanted = None if profiled is None else [*inputs, *profiled, *ids, *([label_column] if label_column else [])]   # None: every column
+        labelled = [label_column] if label_column else []
+        wanted = None if profiled is None else [*inputs, *profiled, *ids, *labelled]   # None: every column
         for df in read_chunks(current, cfg.chunk_rows, wanted):
             missing = [c for c in inputs if c not in df.columns]
-            if missing: raise DataError(f"{current}: column {missing[0]!r} is missing (the model takes {', '.join(inputs[:8])}, ...)")
-            if label_column and label_column not in df.columns: raise DataError(f"{current}: no label column {label_column!r}")
+            if missing:
+                raise DataError(f"{current}: column {missing[0]!r} is missing "
+                                f"(the model takes {', '.join(inputs[:8])}, ...)")
+            if label_column and label_column not in df.columns:
+                raise DataError(f"{current}: no label column {label_column!r}")
             y = encode_labels(df[label_column], positive, str(current)).to_numpy() if label_column else None
             if labels is not None:
                 keys = _keys(df, ids)

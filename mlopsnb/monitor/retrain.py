@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ['RETRAIN_DIR', 'retraining_table', 'retrain']
 
 # %% ../../notebooks/api/11e_monitor_retrain.ipynb #64f53a8b
-RETRAIN_DIR = "monitoring/retrain"    # under the project's products: the retraining table and the retrain build's own products
+RETRAIN_DIR = "monitoring/retrain"    # under the products: the retraining table and the retrain build's own products
 
 def retraining_table(source, # the training source's raw table
                      labelled, # labelled current rows (raw columns, `__label__` 0/1, `__refused__`: None or why not)
@@ -27,11 +27,14 @@ def retraining_table(source, # the training source's raw table
     values = [v for v in source[target].dropna().unique().tolist()]
     pos = next((v for v in values if str(v) == str(positive)), positive)
     neg = next((v for v in values if str(v) != str(positive)), 0)
-    w = pd.DataFrame({c: labelled[c].to_numpy() if c in labelled.columns else None for c in source.columns if c != target}, index=range(len(labelled)))
+    w = pd.DataFrame({c: labelled[c].to_numpy() if c in labelled.columns else None
+                      for c in source.columns if c != target}, index=range(len(labelled)))
     w[target] = [pos if y == 1 else neg for y in labelled["__label__"]]
     for c in source.columns:
-        if pd.api.types.is_numeric_dtype(source[c]) and not pd.api.types.is_bool_dtype(source[c]): w[c] = to_number(w[c])
-        elif source[c].dtype == object or pd.api.types.is_string_dtype(source[c]): w[c] = w[c].map(lambda v: None if v is None or v != v else str(v))
+        if pd.api.types.is_numeric_dtype(source[c]) and not pd.api.types.is_bool_dtype(source[c]):
+            w[c] = to_number(w[c])
+        elif source[c].dtype == object or pd.api.types.is_string_dtype(source[c]):
+            w[c] = w[c].map(lambda v: None if v is None or v != v else str(v))
     both = pd.concat([source, w[source.columns]], ignore_index=True)
     if not ids: return both, report
     out = both.drop_duplicates(subset=list(ids), keep="last").reset_index(drop=True)
@@ -49,7 +52,8 @@ def retrain(project, # the loaded Project
     from mlopsnb.data import read_source, write_frame
     from mlopsnb.pipeline import run
     from mlopsnb.staleness import BuildLocked, build_lock
-    if labelled is None or not len(labelled): return {"triggered": False, "reason": "no labelled rows in the window to retrain on"}
+    if labelled is None or not len(labelled):
+        return {"triggered": False, "reason": "no labelled rows in the window to retrain on"}
     cfg = project.env.data
     table, rows = retraining_table(read_source(cfg, project.root), labelled, cfg.target, list(cfg.ids), cfg.positive)
     counts = {"rows_taken": rows["taken"], "rows_replaced": rows["replaced"], "rows_refused": rows["refused"]}
@@ -60,8 +64,10 @@ def retrain(project, # the loaded Project
     try:
         with build_lock(project):       # never while a build of the project runs, nor two retrains at once
             path = write_frame(table, folder / "training.parquet")
-            apart = [f"data.source={path}", f"data.contract={cfg.contract_path(project.root)}", f"products={folder / 'build'}"]
-            result = run(Project.load(project.root, [*(overrides or []), *apart], env_file, project.spec_file), engine=engine)
+            apart = [f"data.source={path}", f"data.contract={cfg.contract_path(project.root)}",
+                     f"products={folder / 'build'}"]
+            result = run(Project.load(project.root, [*(overrides or []), *apart], env_file, project.spec_file),
+                         engine=engine)
     except BuildLocked as e: return {"triggered": False, "reason": str(e), **counts}
     tags = {k: v for r in result.records for k, v in r.tags.items()}
     return {"triggered": True, "ok": result.ok, "rows_added": rows["taken"], **counts, "training_rows": int(len(table)),

@@ -12,7 +12,8 @@ from ..config import MonitorConfig
 from ..core import ConfigError, DataError
 from .drift import DriftAccumulator, drift_results, worst
 from .inputs import LogLabels, current_chunks, load_reference, read_labels
-from .performance import ab_compare, below_policy, calibrator, decay, estimate_interval, estimate_performance
+from .performance import (
+    ab_compare, below_policy, calibrator, decay, estimate_interval, estimate_performance)
 
 # %% auto #0
 __all__ = ['monitor', 'monitor_config', 'spec_threshold', 'spec_policy']
@@ -20,7 +21,7 @@ __all__ = ['monitor', 'monitor_config', 'spec_threshold', 'spec_policy']
 # %% ../../notebooks/api/11g_monitor_run.ipynb #691f9598
 def monitor(store, # a Store, Project or tracking URI
             name: str, # registered model name
-            version: str | None = None, # the version to compare with (None: @champion); with the log, only its rows if given
+            version: str | None = None, # the version compared with (None: @champion); with the log, only its rows
             current: str | Path | None = None, # a file of raw records (else the prediction log)
             log: str | Path | None = None, # the prediction log
             since: float | None = None, until: float | None = None, # the log's window (Unix times)
@@ -51,7 +52,9 @@ def monitor(store, # a Store, Project or tracking URI
                             label_column if not labels else None, lab, list(ids), positive,
                             None if keep_labelled else list(prof["columns"]), joiner)
     acc, kept, masked = _accumulate(chunks, DriftAccumulator(prof, t), keep_labelled)
-    if acc.rows == 0: raise DataError(f"no current rows for model {name}" + (f" in {current}" if current else f" in the prediction log's window ({log})"))
+    if acc.rows == 0:
+        where = f" in {current}" if current else f" in the prediction log's window ({log})"
+        raise DataError(f"no current rows for model {name}" + where)
     if joiner is not None and joiner.dropped == acc.rows:
         raise DataError(f"prediction log {log}: its rows carry no ids (the service ran without MLOPSNB_LOG_KEY), "
                         "so labels cannot be joined")
@@ -101,7 +104,8 @@ def _verdict(res: dict, perf: dict, rows: int, cfg: MonitorConfig) -> tuple[str,
     reasons = [f"{c}: {r.get('reason') or _why(r, cfg)}" for c, r in res["features"].items() if r["status"] != "ok"]
     if res["score"] and res["score"]["status"] != "ok": reasons.append(f"scores: {_why(res['score'], cfg)}")
     reasons += [f"performance: {r}" for r in perf.get("flags", [])]
-    reasons += [f"{k}: {d['recorded']:.4f} -> {d['current']:.4f}" for k, d in perf.get("decay", {}).items() if d["status"] != "ok"]
+    reasons += [f"{k}: {d['recorded']:.4f} -> {d['current']:.4f}" for k, d in perf.get("decay", {}).items()
+                if d["status"] != "ok"]
     status = worst(*(r["status"] for r in res["features"].values()), res["score"]["status"] if res["score"] else "ok",
                    perf.get("status", "ok"))
     if rows < cfg.min_rows:
@@ -113,19 +117,23 @@ def _labels_matched(joiner, labels, lab: dict | None, current, cfg: MonitorConfi
     if joiner is None: return None, None
     matched = {"file": str(labels), "rows": len(lab), "matched": len(joiner.matched)}
     if matched["matched"] >= cfg.min_label_match * matched["rows"]: return matched, None
-    return matched, (f"labels: only {matched['matched']:,} of the {matched['rows']:,} rows of {Path(labels).name} match a row "
-                     f"{'of ' + str(current) if current else 'in the window'}: these are not the rows you labelled "
+    where = "of " + str(current) if current else "in the window"
+    return matched, (f"labels: only {matched['matched']:,} of the {matched['rows']:,} rows of {Path(labels).name} "
+                     f"match a row {where}: these are not the rows you labelled "
                      f"(min_label_match {cfg.min_label_match:g})")
 
 def _why(r: dict, cfg: MonitorConfig) -> str:
     "Say which checks of a column's result fired."
     out = []
     if r.get("psi", 0) >= cfg.psi_warn: out.append(f"PSI {r['psi']:.3f}")
-    if r["kind"] == "numeric" and r.get("ks_p", 1) < cfg.p_value and r.get("ks", 0) >= cfg.ks_warn: out.append(f"KS {r['ks']:.3f} (p {r['ks_p']:.2g})")
+    if r["kind"] == "numeric" and r.get("ks_p", 1) < cfg.p_value and r.get("ks", 0) >= cfg.ks_warn:
+        out.append(f"KS {r['ks']:.3f} (p {r['ks_p']:.2g})")
     if r["kind"] == "categorical" and r.get("chi2_p", 1) < cfg.p_value and r.get("cramers_v", 0) >= cfg.v_warn:
         out.append(f"chi-square V {r['cramers_v']:.3f} (p {r['chi2_p']:.2g})")
-    if r.get("missing_change", 0) >= cfg.missing_warn: out.append(f"missing {r['missing_ref']:.1%} -> {r['missing_cur']:.1%}")
-    if r.get("new_share", 0) >= cfg.new_warn: out.append(f"{r['new_share']:.1%} new categories ({', '.join(r['new_categories'][:3])})")
+    if r.get("missing_change", 0) >= cfg.missing_warn:
+        out.append(f"missing {r['missing_ref']:.1%} -> {r['missing_cur']:.1%}")
+    if r.get("new_share", 0) >= cfg.new_warn:
+        out.append(f"{r['new_share']:.1%} new categories ({', '.join(r['new_categories'][:3])})")
     return f"{r['status']}: " + ", ".join(out)
 
 def _performance(acc: DriftAccumulator, prof: dict, recorded: dict, cfg: MonitorConfig, version: str, policy) -> dict:
@@ -133,7 +141,8 @@ def _performance(acc: DriftAccumulator, prof: dict, recorded: dict, cfg: Monitor
     g = acc.versions.get(version) or (next(iter(acc.versions.values())) if len(acc.versions) == 1 else None)
     out: dict = {}
     if g is not None and prof.get("pairs"):
-        out["estimate"] = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, calibrator(prof), acc.threshold, cfg.value_matrix)
+        out["estimate"] = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, calibrator(prof),
+                                               acc.threshold, cfg.value_matrix)
         out["estimate_ci"] = estimate_interval(g["hist"], g["sum"], g["sumsq"], acc.edges, prof, acc.threshold,
                                                cfg.value_matrix, cfg.bootstrap, cfg.confidence, cfg.seed)
         out["flags"] = below_policy(out["estimate"], policy.minimums, policy.maximums) if policy is not None else []
@@ -142,7 +151,9 @@ def _performance(acc: DriftAccumulator, prof: dict, recorded: dict, cfg: Monitor
         out["labelled"] = int(len(y))
         out["decay"] = decay(y, p, prof, recorded, cfg, acc.threshold)
         out["actual"] = {k: d["current"] for k, d in out["decay"].items()}
-        if "estimate" in out: out["estimate_error"] = {k: out["estimate"][k] - out["actual"][k] for k in out["estimate"] if k in out["actual"]}
+        if "estimate" in out:
+            out["estimate_error"] = {k: out["estimate"][k] - out["actual"][k] for k in out["estimate"]
+                                     if k in out["actual"]}
     out["status"] = worst("drift" if out.get("flags") else "ok", *(d["status"] for d in out.get("decay", {}).values()))
     return out
 
@@ -158,7 +169,8 @@ def monitor_config(project, # the loaded Project
         try: return MonitorConfig.model_validate(read_yaml(Path(file)) or {})
         except ValidationError as e:
             err = e.errors()[0]
-            raise ConfigError(f"{file}: {'.'.join(map(str, err['loc']))}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}") from None
+            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ConfigError(f"{file}: {'.'.join(map(str, err['loc']))}: {what}") from None
     if not (project.root / spec).is_file(): return MonitorConfig()
     serving = project.spec_of(spec)
     return serving.first(serving.params(project.env), MonitorConfig) or MonitorConfig()
