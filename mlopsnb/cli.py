@@ -315,10 +315,10 @@ def _ui(a):
 def _scorer_args(a, project) -> dict:
     "What `load_scorer` gets: --threshold (an override); the project's contract, ids, threshold as fallbacks."
     from mlopsnb.data import read_contract
-    from mlopsnb.monitor import spec_threshold
     path = project.env.data.contract_path(project.root)
     return {"contract": read_contract(path) if path.is_file() else None, "ids": list(project.env.data.ids),
-            "threshold": a.threshold, "threshold_source": "--threshold", "fallback": spec_threshold(project)}
+            "threshold": a.threshold, "threshold_source": "--threshold",
+            "fallback": project.spec.threshold(project.params)}
 
 def _serve(a):
     from mlopsnb.serve import alias_reloader, load_scorer, make_app, serve

@@ -16,7 +16,7 @@ from ..core import ConfigError, atomic_write_text
 from .alerts import (
     check_webhook, monitoring_history, post_webhook, record_monitoring, report_html, summary_json)
 from .retrain import retrain
-from .run import monitor, monitor_config, spec_policy, spec_threshold
+from .run import monitor, monitor_config, spec_policy
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _monitor_cmd(a) -> int:
                 label_column=a.label_column or (data.target if a.labels else None), ids=list(data.ids),
                 positive=data.positive,
                 cfg=cfg, threshold=explicit, policy=spec_policy(project), keep_labelled=retraining,
-                fallback=spec_threshold(project),
+                fallback=project.spec.threshold(project.params),
                 threshold_source="--threshold" if a.threshold is not None else "the monitor config's threshold",
                 log_key=os.environ.get(a.log_key_env) or None)
     labelled = s.pop("labelled_rows", None)

@@ -176,13 +176,8 @@ def monitor_config(project, # the loaded Project
     return serving.first(serving.params(project.env), MonitorConfig) or MonitorConfig()
 
 def spec_threshold(project) -> tuple[float, str]:
-    "Return the spec's decision threshold and where it is declared: its `threshold` params if they agree, else 0.5."
-    found = [(t, ps["threshold"]) for t, ps in project.params.items()
-             if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-    entry = project.spec.entry_names()   # branches: one entry
-    entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
-    if len(values) == 1: return values.pop(), f"{project.spec_file}: " + ", ".join(f"{e}.threshold" for e in entries)
-    return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {project.spec_file} disagree)" if found else "")
+    "Return the spec's decision threshold and where it is declared (`Spec.threshold`, the one reader of it)."
+    return project.spec.threshold(project.params)
 
 def spec_policy(project):
     "Return the training spec's PromotionPolicy param (None when it declares none)."

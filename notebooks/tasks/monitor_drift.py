@@ -28,8 +28,7 @@ from mlopsnb.config import Project
 from mlopsnb.core import atomic_write_text
 from mlopsnb.data import write_json
 from mlopsnb.config import MonitorConfig
-from mlopsnb.monitor import (monitor, post_webhook, record_monitoring, report_html, spec_policy, spec_threshold,
-                             summary_json)
+from mlopsnb.monitor import monitor, post_webhook, record_monitoring, report_html, spec_policy, summary_json
 from mlopsnb.tracking import log_artifact, log_metrics, set_tags, task_root, task_store
 
 # %%
@@ -44,7 +43,7 @@ summary = monitor(task_store(), model_name, version, current=root / current if c
                   since=None if current else now - 3600 * cfg.window_hours, until=None if current else now,
                   label_column=label_column, ids=list(ids or []), positive=positive, cfg=cfg,
                   policy=spec_policy(project), threshold=cfg.threshold,   # null: the version's own
-                  threshold_source="the monitor settings' threshold", fallback=spec_threshold(project),
+                  threshold_source="the monitor settings' threshold", fallback=project.spec.threshold(project.params),
                   log_key=os.environ.get("MLOPSNB_LOG_KEY") or None)
 print(f"{model_name} version {summary['version']}: {summary['status'].upper()} on {summary['rows']} rows")
 pd.DataFrame({c: {k: r.get(k) for k in ("status", "psi", "ks", "cramers_v", "missing_change", "new_share")}
