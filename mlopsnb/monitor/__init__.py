@@ -8,10 +8,10 @@ __all__ = ['log', 'MonitorConfig', 'OTHER', 'REFERENCE_FILE', 'category_counts',
            'categorical_drift', 'chi_square', 'drift_results', 'knot_counts', 'ks_from_counts', 'numeric_drift', 'psi',
            'worst', 'ab_compare', 'below_policy', 'bootstrap', 'calibrator', 'decay', 'estimate_interval',
            'estimate_performance', 'label_metrics', 'MISSING', 'check_webhook', 'monitoring_history', 'post_webhook',
-           'record_monitoring', 'report_figures', 'report_html', 'summary_json', 'webhook_origin', 'RETRAIN_DIR',
-           'retrain', 'retraining_table', 'NOT_AUTHENTICATED', 'LogLabels', 'current_chunks', 'encode_labels',
-           'load_reference', 'read_chunks', 'read_labels', 'read_log', 'monitor', 'monitor_config', 'spec_policy',
-           'spec_threshold', 'DRIFT_EXIT', 'add_commands', 'retrain_line']
+           'record_monitoring', 'report_figures', 'report_html', 'report_lines', 'retrain_line', 'summary_json',
+           'webhook_line', 'webhook_origin', 'RETRAIN_DIR', 'retrain', 'retraining_table', 'NOT_AUTHENTICATED',
+           'LogLabels', 'current_chunks', 'encode_labels', 'load_reference', 'read_chunks', 'read_labels', 'read_log',
+           'monitor', 'monitor_config', 'spec_policy', 'spec_threshold', 'DRIFT_EXIT', 'add_commands']
 
 # %% ../../notebooks/api/11_monitor.ipynb #f0a02ee0
 import logging
@@ -26,12 +26,12 @@ from .performance import (
     ab_compare, below_policy, bootstrap, calibrator, decay, estimate_interval, estimate_performance, label_metrics)
 from .alerts import (
     MISSING, check_webhook, monitoring_history, post_webhook, record_monitoring, report_figures, report_html,
-    summary_json, webhook_origin)
+    report_lines, retrain_line, summary_json, webhook_line, webhook_origin)
 from .retrain import RETRAIN_DIR, retrain, retraining_table
 from .inputs import (
     NOT_AUTHENTICATED, LogLabels, current_chunks, encode_labels, load_reference, read_chunks, read_labels, read_log)
 from .run import monitor, monitor_config, spec_policy, spec_threshold
-from .commands import DRIFT_EXIT, add_commands, retrain_line
+from .commands import DRIFT_EXIT, add_commands
 
 log = logging.getLogger(__name__)   # the logger `mlopsnb.monitor` had; each module logs under its own name below it
 
@@ -43,9 +43,9 @@ _all_ = ["MonitorConfig", "log",
          "ab_compare", "below_policy", "bootstrap", "calibrator", "decay", "estimate_interval", "estimate_performance",
          "label_metrics",
          "MISSING", "check_webhook", "monitoring_history", "post_webhook", "record_monitoring", "report_figures",
-         "report_html", "summary_json", "webhook_origin",
+         "report_html", "report_lines", "retrain_line", "summary_json", "webhook_line", "webhook_origin",
          "RETRAIN_DIR", "retrain", "retraining_table",
          "NOT_AUTHENTICATED", "LogLabels", "current_chunks", "encode_labels", "load_reference", "read_chunks",
          "read_labels", "read_log",
          "monitor", "monitor_config", "spec_policy", "spec_threshold",
-         "DRIFT_EXIT", "add_commands", "retrain_line"]
+         "DRIFT_EXIT", "add_commands"]

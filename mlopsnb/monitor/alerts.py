@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MISSING', 'report_figures', 'report_html', 'summary_json', 'webhook_origin', 'check_webhook', 'post_webhook',
-           'record_monitoring', 'monitoring_history']
+           'record_monitoring', 'monitoring_history', 'report_lines', 'webhook_line', 'retrain_line']
 
 # %% ../../notebooks/api/11d_monitor_alerts.ipynb #0d90cf28
 MISSING = "–"         # what a table shows for a value that does not apply or was not measured
@@ -334,3 +334,36 @@ def monitoring_history(store, # a Store, Project or tracking URI
              "version": r.data.tags.get("mlopsnb.model_version"), "status": r.data.tags.get("mlopsnb.monitor_status"),
              "rows": int(r.data.metrics.get("rows", 0)), "drifted": r.data.tags.get("mlopsnb.monitor_drifted", ""),
              "retrain": r.data.tags.get("mlopsnb.monitor_retrain")} for r in runs]
+
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #543895db
+def report_lines(summary: dict, # from `monitor`
+                ) -> list[str]:
+    "Return the lines that tell a pass: status, rows, source and window; each reason; the labelled rows matched."
+    s, w = summary, summary.get("window") or {}
+    since, until = w.get("since"), w.get("until")
+    window = f" ({_window(since, until)})" if since is not None and until is not None else ""   # a file: none
+    out = [f"{s['model']} version {s['version']}: {s['status'].upper()} on {s['rows']} rows from {s['source']}{window}"]
+    out += [f"  {r}" for r in s["reasons"]]
+    if s.get("labels"):
+        out.append(f"labels: {s['labels']['matched']:,} of the {s['labels']['rows']:,} rows of {s['labels']['file']} "
+                   "matched a scored row")
+    return out
+
+def _window(since: float, until: float) -> str:
+    "The log window, as the user reads it (UTC)."
+    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
+    return f"window {fmt(since)} to {fmt(until)} UTC"
+
+def webhook_line(w: dict, # from `post_webhook`
+                ) -> str:
+    "One line for what a webhook delivery did."
+    return (f"webhook: {'delivered' if w['delivered'] else 'NOT delivered (' + w['error'] + ')'} "
+            f"after {w['attempts']} attempt(s)")
+
+def retrain_line(r: dict) -> str:
+    "One line for what a retrain did: the gate's decision, why it did not start, or its first failure."
+    if not r.get("triggered"): return f"not started: {r.get('reason', 'no reason recorded')}"
+    if r.get("failures"):
+        more = f" (and {len(r['failures']) - 1} more)" if len(r["failures"]) > 1 else ""
+        return f"failed: {r['failures'][0]}{more}"
+    return r.get("decision") or f"built, version {r.get('version') or '-'}"

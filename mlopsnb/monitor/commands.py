@@ -14,14 +14,15 @@ from pathlib import Path
 from ..config import MonitorConfig
 from ..core import ConfigError, atomic_write_text
 from .alerts import (
-    check_webhook, monitoring_history, post_webhook, record_monitoring, report_html, summary_json)
+    check_webhook, monitoring_history, post_webhook, record_monitoring, report_html, report_lines, retrain_line,
+    summary_json, webhook_line)
 from .retrain import retrain
 from .run import monitor, monitor_config, spec_policy
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DRIFT_EXIT', 'retrain_line', 'add_commands']
+__all__ = ['log', 'DRIFT_EXIT', 'add_commands']
 
 # %% ../../notebooks/api/11h_monitor_commands.ipynb #f7a3840a
 DRIFT_EXIT = 2
@@ -47,19 +48,6 @@ def _print_history(project, cfg: MonitorConfig, name: str) -> int:
               + (f"  retrain: {retrained}" if retrained else "") + f"  (run {r['run_id'][:8]})")
     return 0
 
-def retrain_line(r: dict) -> str:
-    "One line for what a retrain did: the gate's decision, why it did not start, or its first failure."
-    if not r.get("triggered"): return f"not started: {r.get('reason', 'no reason recorded')}"
-    if r.get("failures"):
-        more = f" (and {len(r['failures']) - 1} more)" if len(r["failures"]) > 1 else ""
-        return f"failed: {r['failures'][0]}{more}"
-    return r.get("decision") or f"built, version {r.get('version') or '-'}"
-
-def _window(since: float, until: float) -> str:
-    "The log window, as the user reads it (UTC)."
-    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.gmtime(t))
-    return f"window {fmt(since)} to {fmt(until)} UTC"
-
 def _monitor_cmd(a) -> int:
     from mlopsnb.config import Project
     from mlopsnb.data import write_json
@@ -71,33 +59,16 @@ def _monitor_cmd(a) -> int:
     if a.history: return _print_history(project, cfg, name)
     until = _parse_time(a.until) or time.time()
     since = _parse_time(a.since) or until - 3600 * (a.hours or cfg.window_hours)
-    explicit = a.threshold if a.threshold is not None else cfg.threshold      # None: the version's own
     retraining = a.retrain or cfg.retrain_on == "drift"
-    data = project.env.data
-    s = monitor(project.store, name, a.version, current=a.current,
-                log=None if a.current else Path(a.log) if a.log else project.products / "serving" / "predictions.db",
-                since=None if a.current else since, until=None if a.current else until, labels=a.labels,
-                label_column=a.label_column or (data.target if a.labels else None), ids=list(data.ids),
-                positive=data.positive,
-                cfg=cfg, threshold=explicit, policy=spec_policy(project), keep_labelled=retraining,
-                fallback=project.spec.threshold(project.params),
-                threshold_source="--threshold" if a.threshold is not None else "the monitor config's threshold",
-                log_key=os.environ.get(a.log_key_env) or None)
+    s = _pass(a, project, cfg, name, since, until, retraining)
     labelled = s.pop("labelled_rows", None)
     folder = project.products / "monitoring" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    print(f"{name} version {s['version']}: {s['status'].upper()} on {s['rows']} rows from {s['source']}"
-          + ("" if a.current else f" ({_window(since, until)})"))
-    for r in s["reasons"]: print(f"  {r}")
-    if s.get("labels"):
-        print(f"labels: {s['labels']['matched']:,} of the {s['labels']['rows']:,} rows of {a.labels} "
-              "matched a scored row")
+    print("\n".join(report_lines(s)))
     url = a.webhook or cfg.webhook
     if url and s["status"] != "ok":
         s["webhook"] = post_webhook(url, summary_json(s), cfg.webhook_retries, cfg.webhook_backoff_s,
                                     cfg.webhook_timeout_s)
-        w = s["webhook"]
-        print(f"webhook: {'delivered' if w['delivered'] else 'NOT delivered (' + w['error'] + ')'} "
-              f"after {w['attempts']} attempt(s)")
+        print(webhook_line(s["webhook"]))
     if retraining and s["status"] == "drift":
         print("drift: retraining on the training data plus the labelled window ...", flush=True)
         s["retrain"] = retrain(project, labelled, a.env, a.env_file, a.engine)
@@ -111,6 +82,19 @@ def _monitor_cmd(a) -> int:
     if s["status"] == "drift":
         log.warning("mlopsnb monitor: drift on %s version %s: %s", name, s["version"], "; ".join(s["reasons"][:5]))
     return DRIFT_EXIT if s["status"] == "drift" else 0
+
+def _pass(a, project, cfg: MonitorConfig, name: str, since: float, until: float, keep_labelled: bool) -> dict:
+    "Run `monitor` as the verb's arguments say: a file or the log's window, labels, the threshold, the log's key."
+    data = project.env.data
+    explicit = a.threshold if a.threshold is not None else cfg.threshold      # None: the version's own
+    log_file = None if a.current else Path(a.log) if a.log else project.products / "serving" / "predictions.db"
+    return monitor(project.store, name, a.version, current=a.current, log=log_file,
+                   since=None if a.current else since, until=None if a.current else until, labels=a.labels,
+                   label_column=a.label_column or (data.target if a.labels else None), ids=list(data.ids),
+                   positive=data.positive, cfg=cfg, threshold=explicit, policy=spec_policy(project),
+                   keep_labelled=keep_labelled, fallback=project.spec.threshold(project.params),
+                   threshold_source="--threshold" if a.threshold is not None else "the monitor config's threshold",
+                   log_key=os.environ.get(a.log_key_env) or None)
 
 def add_commands(sub, # the `mlopsnb` subparsers
                  env_args, # adds --env, --env-file, --pipeline
