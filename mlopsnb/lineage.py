@@ -366,8 +366,7 @@ def reproduce(project, # the loaded Project (its store holds the version)
              ) -> dict:
     "Rebuild a version's recorded commit with its recorded env and data; compare every recorded evaluation number."
     from mlopsnb.config import Project
-    from mlopsnb.pipeline import BuildContext, run, task_boundary
-    from mlopsnb.tracking import REPRODUCTION_ENV
+    from mlopsnb.pipeline import BuildContext, run
     say = say or (lambda line: None)
     info = lineage(project.store, name, version, verify=False)
     v, b = info["version"], info["build"]
@@ -394,8 +393,7 @@ def reproduce(project, # the loaded Project (its store holds the version)
                                      f"(recorded {want[:12]}, now {(ctx.data_digest or 'none')[:12]}): not the data model {name} version {v} was built on")
             say(f"data: {mask_url(source)} yields the recorded digest {(want or 'not recorded')[:12]}")
             say(f"rebuilding commit {commit[:12]} in a temporary worktree, recorded in experiment {repro.experiment}")
-            with task_boundary({REPRODUCTION_ENV: f"{name}/{v}"}):
-                result = run(repro, engine=engine, force=True, progress=progress)
+            result = run(repro, engine=engine, force=True, progress=progress, reproduction_of=f"{name}/{v}")
             if not result.ok: raise ReproduceError(f"the reproduction build failed: {result.failures[0]}")
         finally:
             _git(project.root, "worktree", "remove", "--force", str(tmp / "tree"))
