@@ -151,7 +151,7 @@ def _lab(a):
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11
-COMMAND_MODULES = ("mlopsnb.monitor", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.build.commands")
+COMMAND_MODULES = ("mlopsnb.monitor.commands", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.build.commands")
 # Modules that add verbs of their own. Each defines `add_commands(sub, env_args)`; their module-level imports
 # stay light (stdlib and mlopsnb.core/config): the CLI imports them on every call.
 
@@ -315,10 +315,10 @@ def _ui(a):
 def _scorer_args(a, project) -> dict:
     "What `load_scorer` gets: --threshold (an override); the project's contract, ids, threshold as fallbacks."
     from mlopsnb.data import read_contract
-    from mlopsnb.monitor import spec_threshold
     path = project.env.data.contract_path(project.root)
     return {"contract": read_contract(path) if path.is_file() else None, "ids": list(project.env.data.ids),
-            "threshold": a.threshold, "threshold_source": "--threshold", "fallback": spec_threshold(project)}
+            "threshold": a.threshold, "threshold_source": "--threshold",
+            "fallback": project.spec.threshold(project.params)}
 
 def _serve(a):
     from mlopsnb.serve import alias_reloader, load_scorer, make_app, serve

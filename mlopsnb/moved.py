@@ -20,6 +20,9 @@ MOVED: dict[str, str] = {   # old module name: where it is now (filled as module
     "mlopsnb.staleness": "mlopsnb.build.staleness",
     "mlopsnb.parallel": "mlopsnb.build.parallel",
     "mlopsnb.export": "mlopsnb.build.airflow",
+    "mlopsnb.reference": "mlopsnb.monitor.reference", "mlopsnb.drift": "mlopsnb.monitor.drift",
+    "mlopsnb.performance": "mlopsnb.monitor.performance", "mlopsnb.alerts": "mlopsnb.monitor.alerts",
+    "mlopsnb.retrain": "mlopsnb.monitor.retrain",
 }
 
 class MovedFinder:   # a meta path finder and its loader (importlib.abc left out: it costs 10 ms of import)

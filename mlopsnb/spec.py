@@ -370,6 +370,16 @@ class Spec:
         "Return the first param declared with the type `model` (the policy, the monitor settings), or None."
         return next((m for ps in self.of_type(params, model).values() for m in ps.values()), None)
 
+    def threshold(self, params: dict[str, dict[str, Any]], # from `params`
+                 ) -> tuple[float, str]:
+        "Return the decision threshold the tasks declare and where: their `threshold` params if they agree, else 0.5."
+        found = [(t, ps["threshold"]) for t, ps in params.items()
+                 if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
+        entry = self.entry_names()   # branches: one entry
+        entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
+        if len(values) == 1: return values.pop(), f"{self.file}: " + ", ".join(f"{e}.threshold" for e in entries)
+        return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {self.file} disagree)" if found else "")
+
     def entry_upstream(self) -> dict[str, list[str]]:
         "Return {spec entry: the upstream its notebook declares} (before branches are expanded)."
         entries = self.raw["tasks"]

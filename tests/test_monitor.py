@@ -213,7 +213,7 @@ def test_report_shows_no_none_whole_names_that_fit_and_intervals_on_estimates(pr
     for k in ("roc_auc", "pr_auc", "brier"): assert f"{est[k]:.4f} [{ci[k][0]:.4f}, {ci[k][1]:.4f}]" in page, k
     s = monitor(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", None, current=project / "drifted.csv",
                 labels=project / "labels.csv", label_column="churn", ids=["rownames"], positive="Yes")
-    from mlopsnb.alerts import report_figures         # the figures the report drew, from the same pass
+    from mlopsnb.monitor.alerts import report_figures         # the figures the report drew, from the same pass
     figs = report_figures(s)
     assert len(figs) == 2 and all(misfits(f) == [] for f in figs), [misfits(f) for f in figs]
     ticks = [t.get_text().replace("\n", " ") for f in figs for a in f.axes for t in [*a.get_xticklabels(), *a.get_yticklabels()]]
@@ -312,7 +312,7 @@ def test_performance_estimate_against_labelled_windows(project):
     by ~0.05 on average, PR AUC by ~0.09, Brier underestimated by ~0.02 (README, "Monitoring"). The bounds catch a broken estimate."""
     from mlopsnb.config import Store
     from mlopsnb.monitor import DriftAccumulator, calibrator, estimate_performance, label_metrics, load_reference
-    from mlopsnb.performance import estimate_interval
+    from mlopsnb.monitor.performance import estimate_interval
     ref = load_reference(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn", "1", with_model=True)
     seen = pd.concat([pd.read_parquet(project / "products" / "data" / f"{s}.parquet") for s in ("train", "val", "test")])["rownames"]
     df = reference_data()

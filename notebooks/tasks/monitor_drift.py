@@ -28,8 +28,8 @@ from mlopsnb.config import Project
 from mlopsnb.core import atomic_write_text
 from mlopsnb.data import write_json
 from mlopsnb.config import MonitorConfig
-from mlopsnb.monitor import (monitor, post_webhook, record_monitoring, report_html, spec_policy, spec_threshold,
-                             summary_json)
+from mlopsnb.monitor import (monitor, post_webhook, record_monitoring, report_html, report_lines, retrain_line,
+                             spec_policy, summary_json, webhook_line)
 from mlopsnb.tracking import log_artifact, log_metrics, set_tags, task_root, task_store
 
 # %%
@@ -44,22 +44,23 @@ summary = monitor(task_store(), model_name, version, current=root / current if c
                   since=None if current else now - 3600 * cfg.window_hours, until=None if current else now,
                   label_column=label_column, ids=list(ids or []), positive=positive, cfg=cfg,
                   policy=spec_policy(project), threshold=cfg.threshold,   # null: the version's own
-                  threshold_source="the monitor settings' threshold", fallback=spec_threshold(project),
+                  threshold_source="the monitor settings' threshold", fallback=project.spec.threshold(project.params),
                   log_key=os.environ.get("MLOPSNB_LOG_KEY") or None)
-print(f"{model_name} version {summary['version']}: {summary['status'].upper()} on {summary['rows']} rows")
+print("\n".join(report_lines(summary)))      # the lines `mlopsnb monitor` prints
 pd.DataFrame({c: {k: r.get(k) for k in ("status", "psi", "ks", "cramers_v", "missing_change", "new_share")}
               for c, r in summary["features"].items()}).T.sort_values("status")
 
 # %%
 if cfg.webhook and summary["status"] != "ok":
     summary["webhook"] = post_webhook(cfg.webhook, summary_json(summary), cfg.webhook_retries, cfg.webhook_backoff_s, cfg.webhook_timeout_s)
+    print(webhook_line(summary["webhook"]))
 if cfg.retrain_on == "drift" and summary["status"] == "drift":
     # a build cannot start another build of the same project (one build at a time): recorded, run `mlopsnb monitor --retrain`
     summary["retrain"] = {"triggered": False, "reason": "drift inside a pipeline build: run `mlopsnb monitor --retrain` to retrain"}
+    print(f"retrain: {retrain_line(summary['retrain'])}")
 write_json(summary_json(summary), product["summary"])
 atomic_write_text(product["report"], report_html(summary))
 log_artifact(product["summary"], "monitoring"); log_artifact(product["report"], "monitoring")
 record_monitoring(task_store(), cfg.experiment or f"{project.experiment}-monitoring", summary, product["report"], project.artifact_location)
 set_tags({"mlopsnb.model_name": model_name, "mlopsnb.model_version": summary["version"], "mlopsnb.monitor_status": summary["status"]})
 log_metrics(rows=summary["rows"], drifted_features=len(summary["drifted"]))
-summary["reasons"]

@@ -20,16 +20,16 @@ import pandas as pd
 from mlopsnb.config import ScoringConfig
 from mlopsnb.config import Project
 from mlopsnb.data import read_contract, write_json
-from mlopsnb.monitor import spec_threshold
 from mlopsnb.serve import load_scorer, score_file
 from mlopsnb.tracking import log_dict, log_metrics, set_tags, task_root, task_store
 
 # %%
 cfg, root = ScoringConfig.model_validate(scoring), task_root()
+project = Project.load(root)
 contract_file = root / contract if contract else None
 scorer = load_scorer(task_store(), cfg.model_name, cfg.version, contract=read_contract(contract_file) if contract_file and contract_file.is_file() else None,
                      ids=list(ids or []), threshold=threshold, threshold_source="score_batch.threshold",
-                     fallback=spec_threshold(Project.load(root)))   # a version carrying no threshold: the spec's
+                     fallback=project.spec.threshold(project.params))   # a version carrying no threshold: the spec's
 print(f"scoring {cfg.input} with {cfg.model_name} version {scorer.version} ({scorer.path} path), "
       f"threshold {scorer.threshold:g} ({scorer.threshold_source})")
 

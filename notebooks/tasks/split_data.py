@@ -15,7 +15,7 @@ seed = None       # split seed
 
 # %%
 from mlopsnb.data import read_frame, split_frame, write_frame, write_json
-from mlopsnb.reference import reference_profile
+from mlopsnb.monitor.reference import reference_profile
 from mlopsnb.tracking import log_metrics
 
 # %%

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from mlopsnb.data import read_contract, read_frame, write_json
 from mlopsnb.evaluate import classification_metrics
-from mlopsnb.reference import REFERENCE_FILE, reference_profile
+from mlopsnb.monitor.reference import REFERENCE_FILE, reference_profile
 from mlopsnb.promotion import TRAINING_ROWS_FILE, row_keys
 from mlopsnb.registry import log_model
 from mlopsnb.serve import SERVING_FILE, serving_info
