@@ -14,7 +14,10 @@ import warnings
 __all__ = ['MOVED', 'MovedFinder', 'install']
 
 # %% ../notebooks/api/00b_moved.ipynb #33ad2485
-MOVED: dict[str, str] = {}   # old module name: where it is now (filled as modules move into packages)
+MOVED: dict[str, str] = {   # old module name: where it is now (filled as modules move into packages)
+    "mlopsnb.promotion": "mlopsnb.registry",
+    "mlopsnb.lineage": "mlopsnb.registry",
+}
 
 class MovedFinder:   # a meta path finder and its loader (importlib.abc left out: it costs 10 ms of import)
     "Import a moved module by its old name: the module at its new place, under both names, with one FutureWarning."
