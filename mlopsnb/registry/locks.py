@@ -5,14 +5,12 @@
 # %% ../../notebooks/api/07d_registry_locks.ipynb #1b60decd
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import random
 import re
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,6 +50,7 @@ def _wait(deadline: float, what: str, timeout: float) -> None:
 
 @contextmanager
 def _file_lock(uri: str, timeout: float, name: str = "registry"):
+    import fcntl
     path = _lock_path(uri, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -115,6 +114,7 @@ def _release_record(client, # the store's client
                     lease: float, # an abandoned claim is taken over after this many seconds (at once on this host)
                    ) -> bool:
     "Delete the record `name` if it carries `token`, as a compare-and-swap; return whether this process deleted it."
+    import uuid
     # Only whoever creates the claim `<LOCK_MODEL>-takeover-<token>` (unique by name) may delete the record with
     # that token: two contenders over one abandoned record cannot both delete it, none deletes a newer holder's.
     claim = f"{name.partition('-takeover-')[0]}-takeover-{token}"    # a claim on a claim is named after the lock too
@@ -131,6 +131,7 @@ def _release_record(client, # the store's client
 @contextmanager
 def _record_lock(store, timeout: float, lease: float, record: str = LOCK_MODEL):
     "Hold the lock record: a registered model that the store creates atomically; take over an abandoned one."
+    import uuid
     client, token, label = store.client(), uuid.uuid4().hex, _label(record)
     deadline = time.monotonic() + timeout
     while not _create_record(client, record, _holder_tags(token)):

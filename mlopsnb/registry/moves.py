@@ -5,8 +5,6 @@
 # %% ../../notebooks/api/07e_registry_moves.ipynb #03e01081
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import json
 import os
 
@@ -26,6 +24,7 @@ NO_MOVE = {"held", "refused"}   # decisions recorded in the history that leave t
 
 def who() -> str:
     "Return who moves or decides: `MLOPSNB_USER`, else the login name ('unknown' when there is none)."
+    import getpass
     if os.environ.get("MLOPSNB_USER"): return os.environ["MLOPSNB_USER"]
     try: return getpass.getuser()
     except Exception: return "unknown"
@@ -44,6 +43,7 @@ def history(store, # a Store, Project or URI
     return [e for e in entries if alias is None or e["alias"] == alias]
 
 def _append(client, name: str, entries: list[dict], **entry) -> dict:
+    import datetime as dt
     e = {"seq": (entries[-1]["seq"] if entries else 0) + 1,
          "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "who": who(), "model": name, **entry}
     client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{e['seq']:06d}", json.dumps(e))

@@ -5,7 +5,6 @@
 # %% ../../notebooks/api/07f_registry_promotion.ipynb #329a41c0
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ def _champion_evidence(client, name: str, current: str | None, champion: dict | 
 def _decision(name: str, version: str, policy: PromotionPolicy, gates: list[dict], current: str | None, reason: str,
               force: bool, run_id: str | None) -> dict:
     "The decision on a version: promoted or not (forced), why, every gate, the policy, who and when."
+    import datetime as dt
     summary, passed = gates_summary(gates), all(g["passed"] for g in gates)
     why = f"{reason}: {summary}" if not force or passed else f"forced: {reason} ({summary})"
     return {"model": name, "version": version, "promoted": passed or force, "forced": bool(force and not passed),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -47,6 +46,7 @@ def compare(recorded: dict[str, float], # from `comparable`
 
 # %% ../../notebooks/api/07i_registry_reproduction.ipynb #1f21bea9
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    import subprocess
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 def _recorded_env(info: dict, project, tmp: Path) -> dict:
