@@ -184,21 +184,19 @@ def find_parent(rec, dag_run_id: str) -> str | None:
                                   order_by=["attributes.start_time ASC"])
     return runs[0].info.run_id if runs else None
 
-def parent_run(rec, ctx, base: dict, dag_run_id: str) -> str | None:
+def parent_run(build, # the task's `Build` (its parent run not opened), tagged with Airflow's run id
+               dag_run_id: str, # Airflow's run id
+              ) -> str | None:
     "Return the parent run of an Airflow DAG run, creating it (race-free, under the registry lock) if it does not exist."
-    from mlopsnb.core import hide_secrets
     from mlopsnb.promotion import registry_lock
     from mlopsnb.pipeline import check_data
+    rec = build.rec
     if not rec.enabled: return None
     found = find_parent(rec, dag_run_id)
     if found: return found
-    check_data(ctx.project)                   # what `mlopsnb run` checks before the first task
-    with registry_lock(ctx.project.store):
-        found = find_parent(rec, dag_run_id)
-        if found: return found
-        parent = rec.start_run(f"build {ctx.project.spec_file}", tags={**base, "mlopsnb.task": "(build)", "mlopsnb.pid": ""})
-        rec.log_dict(parent, hide_secrets(ctx.project.env.model_dump(), "env")[0], "mlopsnb/env.json")   # what `reproduce` replays
-    return parent
+    check_data(build.ctx.project)             # what `mlopsnb run` checks before the first task
+    with registry_lock(build.ctx.project.store):
+        return find_parent(rec, dag_run_id) or build.open_parent(**{"mlopsnb.pid": ""})
 
 def _finished(task) -> bool:
     "Whether a task's last run finished: its product exists and its metadata (dropped before every run) is there."
@@ -210,17 +208,19 @@ def _check_upstream(dag, name: str) -> None:
         if not _finished(dag[u]):
             raise MlopsnbError(f"task {name!r}: upstream {u!r} has not finished (product missing or its last run failed): run it first")
 
-def _prepare(project: Project, engine: str):
-    "Load what `mlopsnb run` loads: the build context, the DAG with its executor, the recorder, the lineage tags."
+def _prepare(project: Project, engine: str, dag_run_id: str):
+    "Load what `mlopsnb run` loads: the DAG, and the build (context, recorder, lineage tags with Airflow's run id)."
     from mlopsnb.core import clean_stale_temp
-    from mlopsnb.pipeline import BuildContext, load_dag
-    from mlopsnb.tracking import lineage_tags, recorder
+    from mlopsnb.build.context import BuildContext
+    from mlopsnb.build.lifecycle import Build
+    from mlopsnb.pipeline import load_dag
     clean_stale_temp(project.products)        # only what writers that are gone left behind
     ctx = BuildContext.prepare(project)
     dag = load_dag(project, engine, ctx.params)
     dag.executor.context = ctx
-    rec = recorder(project)
-    return ctx, dag, rec, lineage_tags(project.root, project.spec_file, ctx.pipeline_hash, ctx.data_digest)
+    build = Build.of(ctx)
+    build.tags[RUN_TAG] = dag_run_id
+    return dag, build
 
 def run_airflow_task(project: Project, # the loaded project
                      name: str, # the pipeline task to run
@@ -231,18 +231,14 @@ def run_airflow_task(project: Project, # the loaded project
     "Run one pipeline task as one attempt of an Airflow DAG run; return its TaskRecord (status `failed` with a one-line error)."
     from mlopsnb.pipeline import sigterm_interrupts
     if attempt < 1: raise ConfigError(f"--attempt {attempt}: 1 or more")
-    ctx, dag, rec, base = _prepare(project, engine)
+    dag, build = _prepare(project, engine, dag_run_id)
     if name not in dag: raise ConfigError(f"{project.spec_file}: no task {name!r} (tasks: {', '.join(dag)})")
     dag.render(force=True, show_progress=False)
     _check_upstream(dag, name)
-    rec.reconcile()                           # runs of this host whose process is gone (an attempt Airflow killed)
-    base = {**base, RUN_TAG: dag_run_id}
-    parent = parent_run(rec, ctx, base, dag_run_id)
-    ex = dag.executor
+    build.rec.reconcile()                     # runs of this host whose process is gone (an attempt Airflow killed)
+    build.parent = parent_run(build, dag_run_id)
     with sigterm_interrupts():
-        record, report = ex.run_task(ctx, rec, {**base, ATTEMPT_TAG: str(attempt)}, parent, dag[name])
-    ex.task_ended(ctx, dag[name], record, report, [], [])
-    return record
+        return build.run_task(dag[name], tags={ATTEMPT_TAG: str(attempt)})
 
 # %% ../notebooks/api/14_export.ipynb #9c02525b
 def _last_attempts(rec, parent: str) -> dict:
@@ -255,7 +251,7 @@ def _last_attempts(rec, parent: str) -> dict:
 
 def _record_of(name: str, r):
     "The TaskRecord of a task's last attempt (as the build keeps it)."
-    from mlopsnb.pipeline import TaskRecord
+    from mlopsnb.build.context import TaskRecord
     if r is None: return TaskRecord(name, "aborted")
     status = {"FINISHED": "executed", "KILLED": "killed"}.get(r.info.status, "failed")
     seconds = round(((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000, 2)
@@ -268,22 +264,20 @@ def finish_airflow_run(project: Project, # the loaded project
                        engine: str = "papermill", # as the tasks ran (the DAG is loaded the same way)
                       ):
     "Close the MLflow parent run of an Airflow DAG run as `mlopsnb run` ends a build; return the BuildResult."
+    from mlopsnb.build.context import TaskRecord
     from mlopsnb.pipeline import BuildResult, read_state, write_state
-    ctx, dag, rec, _ = _prepare(project, engine)
-    parent = find_parent(rec, dag_run_id) if rec.enabled else None
-    if rec.enabled and parent is None: raise MlopsnbError(f"no MLflow run of Airflow run {dag_run_id!r}: none of its tasks started")
-    last = _last_attempts(rec, parent) if parent else {}
-    ex = dag.executor
-    if rec.enabled: ex.records = [_record_of(n, last.get(n)) for n in dag]
-    else:                                     # MLOPSNB_TRACKING=off: what the products say
-        from mlopsnb.pipeline import TaskRecord
-        ex.records = [TaskRecord(n, "executed" if _finished(dag[n]) else "aborted") for n in dag]
-    ex.parent_run_id = parent
-    failures = [r.error or f"task {r.name!r} {r.status}" for r in ex.records if r.status != "executed"]
-    ex.finish_parent(rec, parent, ctx)
-    rec.end_run(parent, "FAILED" if failures else "FINISHED")
-    result = BuildResult(ex.records, parent_run_id=parent, tracking_uri=project.store.tracking_uri, failures=failures)
-    if result.ok: write_state(ctx, dag, result, read_state(project))
+    dag, build = _prepare(project, engine, dag_run_id)
+    rec = build.rec
+    build.parent = find_parent(rec, dag_run_id) if rec.enabled else None
+    if rec.enabled and build.parent is None:
+        raise MlopsnbError(f"no MLflow run of Airflow run {dag_run_id!r}: none of its tasks started")
+    if rec.enabled:
+        last = _last_attempts(rec, build.parent)
+        build.records = [_record_of(n, last.get(n)) for n in dag]
+    else: build.records = [TaskRecord(n, "executed" if _finished(dag[n]) else "aborted") for n in dag]   # tracking off: the products
+    failures = build.close(failures=[r.error or f"task {r.name!r} {r.status}" for r in build.records if r.status != "executed"])
+    result = BuildResult(build.records, parent_run_id=build.parent, tracking_uri=project.store.tracking_uri, failures=failures)
+    if result.ok: write_state(build.ctx, dag, result, read_state(project))
     return result
 
 # %% ../notebooks/api/14_export.ipynb #49538425

@@ -25,7 +25,7 @@ __all__ = ['log', 'POOL_ENV', 'DEFAULT_SIZE', 'START_ONLY', 'STARTUP_TIMEOUT', '
            'INLINE_BACKEND', 'STORE_IMPORTS', 'pool_size', 'code_imports', 'task_imports', 'warm_modules',
            'warm_up_code', 'environment_code', 'environment_change', 'forking', 'fork_server', 'ForkServer',
            'KernelPool', 'ForkProvisioner', 'PoolKernelManager', 'build_pool', 'fork_modules', 'source_imports',
-           'prestart', 'kernel_for']
+           'prestart', 'warm_kernels', 'kernel_for']
 
 # %% ../notebooks/api/08d_kernels.ipynb #ab6a115c
 POOL_ENV = "MLOPSNB_WARM_KERNELS"
@@ -536,6 +536,20 @@ def prestart(sources: dict, # {task: its source}, in the spec's order
     try: forks.start(sys.executable, dict(env), str(cwd))
     except OSError as e: log.warning("could not start the fork server (%s): kernels start as new processes", e); return None
     return forks
+
+@contextmanager
+def warm_kernels(build, # the opened `mlopsnb.build.lifecycle.Build`
+                 dag, # Ploomber's rendered DAG
+                 forks: ForkServer | None = None, # a fork server `run` started early (`prestart`)
+                ):
+    "The serial build's warm kernel pool for the block (None when off or no papermill task), closed whatever ends it."
+    from mlopsnb.staleness import state_dir
+    rec = build.rec
+    store = (rec.store.tracking_uri, rec.store.registry_uri, rec.experiment_id) if rec.enabled else None
+    pool = build_pool(dag, state_dir(build.ctx.project) / "kernels.json", build.variables(), store, forks)
+    try: yield pool
+    finally:
+        if pool is not None: pool.close()
 
 @contextmanager
 def kernel_for(pool: KernelPool | None, # the build's pool (None: papermill starts the kernel)

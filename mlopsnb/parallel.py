@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import json
 
 from .core import MlopsnbError, atomic_write_text
-from .pipeline import TaskRecord, task_boundary, task_variables
+from .build.context import failure_line, task_boundary, task_notebook
+from .build.lifecycle import Build, TaskRun
 from .staleness import state_dir
-from .tracking import PROGRESS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(0.2)
         if os.getppid() != parent: os.killpg(0, signal.SIGKILL)
 
-def _task_process(executor, t, variables: dict, conn, parent: int, forks=None) -> None:
+def _task_process(t, variables: dict, conn, parent: int, forks=None) -> None:
     "Run one task in this (forked) process; send back ('ok', report, metadata, kernels) or ('failed', line, None, kernels)."
     os.setpgid(0, 0)                     # its own group: the build stops the task and its kernel together
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
@@ -68,7 +68,7 @@ def _task_process(executor, t, variables: dict, conn, parent: int, forks=None) -
         except Exception: conn.send(("ok", None, meta, kernels))       # a report that does not pickle is only a report
     except Exception as e:
         if pool is not None: pool.close()
-        conn.send(("failed", executor.task_failure(t, e), None, pool.record if pool is not None else []))
+        conn.send(("failed", failure_line(t.name, e, task_notebook(t)), None, pool.record if pool is not None else []))
     finally: conn.close()
 
 def _task_pool(t, forks):
@@ -79,24 +79,25 @@ def _task_pool(t, forks):
 
 @dataclass
 class _Running:
-    task: object
+    task_run: TaskRun          # what the build started (Ploomber's task, its run)
     process: object
     conn: object
-    run: str | None
-    t0: float
 
-def _start(executor, t, ctx, rec, base: dict, parent: str | None, mp, broker=None) -> _Running:
-    "Do what the build does before a task, then start the task's process (its kernel forked through `broker`, when there is one)."
-    run, progress_file = executor.task_started(ctx, rec, base, parent, t)
-    executor.progress.started(t.name)
-    variables = {**task_variables(ctx, rec, run, parent), PROGRESS_ENV: str(progress_file)}
+def _start(build: Build, t, mp, broker=None) -> _Running:
+    "Start the task in the build, then its process (its kernel forked through `broker`, when there is one)."
+    tr = build.start_task(t)
+    build.progress.started(t.name)
     here, there = mp.Pipe(duplex=False)
     asks, remote = (mp.Pipe() if broker is not None else (None, None))
     forks = RemoteForks(remote, broker.forks.pid) if broker is not None else None
-    p = mp.Process(target=_task_process, args=(executor, t, variables, there, os.getpid(), forks), name=f"mlopsnb task {t.name}", daemon=False)
-    p.start(); there.close()
-    if broker is not None: remote.close(); broker.add(asks)
-    return _Running(t, p, here, run, time.perf_counter())
+    p = mp.Process(target=_task_process, args=(t, tr.variables, there, os.getpid(), forks), name=f"mlopsnb task {t.name}",
+                   daemon=False)
+    p.start()
+    there.close()
+    if broker is not None:
+        remote.close()
+        broker.add(asks)
+    return _Running(tr, p, here)
 
 def _result(r: _Running) -> tuple:
     "The task process's answer, or a failure saying how it ended without one."
@@ -163,29 +164,28 @@ class ForkBroker:
             self.conns.clear()
 
 # %% ../notebooks/api/08b_parallel.ipynb #d72fdc6a
-def run_parallel(executor, # the RecordingExecutor: records, progress, consumed records
+def run_parallel(build: Build, # the opened build: records, progress, consumed records
                  dag, # Ploomber's rendered DAG
-                 ctx, # the BuildContext
-                 rec, # the Recorder (or NullRecorder)
-                 base: dict, # lineage tags of every run
-                 parent: str | None, # the build's parent run
-                 finished: list, reports: list, # filled as tasks finish
+                 jobs: int, # tasks at the same time
+                 forks=None, # the build's fork server (papermill kernels), when `run` started one
                 ) -> None:
-    "Run the DAG's tasks, up to `executor.jobs` at once, each in its own process and child run."
+    "Run the DAG's tasks, up to `jobs` at once, each in its own process and child run."
     from multiprocessing import get_context
     from multiprocessing.connection import wait
     from ploomber.constants import TaskStatus
     fork_safe_pools()
     mp, todo, running, kernels = get_context("fork"), list(dag), {}, []
-    forks = executor.forks if executor.forks is not None and executor.forks.pid and not executor.forks.broken else None
-    broker = ForkBroker(forks) if forks is not None and any(getattr(dag[n], "executor", None) == "papermill" for n in dag) else None
+    forks = forks if forks is not None and forks.pid and not forks.broken else None
+    papermill = any(getattr(dag[n], "executor", None) == "papermill" for n in dag)
+    broker = ForkBroker(forks) if forks is not None and papermill else None
     try:
         while todo or running:
             for name in [n for n in todo if dag[n].exec_status in (TaskStatus.Skipped, TaskStatus.Aborted)]:
                 todo.remove(name)
-                executor.records.append(TaskRecord(name, "skipped" if dag[name].exec_status == TaskStatus.Skipped else "aborted"))
-            for name in [n for n in todo if dag[n].exec_status == TaskStatus.WaitingExecution][:executor.jobs - len(running)]:
-                todo.remove(name); running[name] = _start(executor, dag[name], ctx, rec, base, parent, mp, broker)
+                build.skip_task(name, "skipped" if dag[name].exec_status == TaskStatus.Skipped else "aborted")
+            for name in [n for n in todo if dag[n].exec_status == TaskStatus.WaitingExecution][:jobs - len(running)]:
+                todo.remove(name)
+                running[name] = _start(build, dag[name], mp, broker)
             if not running:
                 if todo: raise MlopsnbError(f"parallel build: no task can start (waiting: {', '.join(todo)})")
                 break
@@ -196,28 +196,28 @@ def run_parallel(executor, # the RecordingExecutor: records, progress, consumed 
                 r.process.join()
                 del running[name]
                 if answer is not None: kernels += answer[3]
-                _ended(executor, ctx, rec, r, answer, finished, reports)
+                _ended(build, r, answer)
     except BaseException:
         for r in running.values(): _stop(r)
-        for r in running.values(): executor.task_killed(rec, r.run, r.task, time.perf_counter() - r.t0)
+        for r in running.values(): build.kill_task(r.task_run)
         raise
     finally:
         if broker is not None: broker.close()
-        if kernels: atomic_write_text(state_dir(ctx.project) / "kernels.json", json.dumps({"size": 0, "jobs": executor.jobs, "tasks": kernels}, indent=1))
+        if kernels: atomic_write_text(state_dir(build.ctx.project) / "kernels.json",
+                                      json.dumps({"size": 0, "jobs": jobs, "tasks": kernels}, indent=1))
 
-def _ended(executor, ctx, rec, r: _Running, answer, finished: list, reports: list) -> None:
+def _ended(build: Build, r: _Running, answer) -> None:
     "Apply a task's outcome in the build: its metadata and status, its run, its record."
     from ploomber.constants import TaskStatus
-    t = r.task
+    t = r.task_run.task
     if answer is None:
         error = f"task {t.name!r} failed: its process ended without a result (exit code {r.process.exitcode})"
     elif answer[0] == "ok":
         t.product.metadata.update_locally(answer[2])      # the task process stored it; the build's copy follows
         error = None
     else: error = answer[1]
-    record = executor.task_finished(rec, r.run, t, time.perf_counter() - r.t0, error)
+    build.finish_task(r.task_run, error, None if answer is None else answer[1])
     if error is None: t.exec_status = TaskStatus.Executed     # its downstream tasks may start now
-    executor.task_ended(ctx, t, record, None if answer is None else answer[1], finished, reports)
 
 def _stop(r: _Running) -> None:
     "Kill a running task: its process group (the task and its kernel)."

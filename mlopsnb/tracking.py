@@ -64,6 +64,7 @@ def lineage_tags(project: str | Path, # the project folder
                  pipeline: str = "pipeline.yaml", # the spec that was built
                  pipeline_hash: str | None = None, # hash of the rendered spec and env
                  data_digest: str | None = None, # digest of the input data
+                 reproduction_of: str | None = None, # `<model>/<version>` the build reproduces (default: the task's `reproducing`)
                 ) -> dict[str, str]:
     "Return the lineage tags every mlopsnb run carries."
     from mlopsnb import __version__
@@ -71,10 +72,10 @@ def lineage_tags(project: str | Path, # the project folder
             "mlopsnb.host": socket.gethostname(), "mlopsnb.user": _user()}
     if pipeline_hash: tags["mlopsnb.pipeline_hash"] = pipeline_hash
     if data_digest: tags["mlopsnb.data_digest"] = data_digest
-    if os.environ.get(REPRODUCTION_ENV): tags["mlopsnb.reproduction_of"] = os.environ[REPRODUCTION_ENV]
+    if reproduction_of := reproduction_of or reproducing(): tags["mlopsnb.reproduction_of"] = reproduction_of
     return tags
 
-REPRODUCTION_ENV = "MLOPSNB_REPRODUCTION"   # set by `mlopsnb reproduce` for its build: "<model>/<version>" being reproduced
+REPRODUCTION_ENV = "MLOPSNB_REPRODUCTION"   # a reproduction build's tasks have it: "<model>/<version>" being reproduced
 
 def reproducing() -> str | None:
     "Return the `<model>/<version>` this build reproduces (its runs register nothing), or None."

@@ -284,8 +284,8 @@ def executed_notebook(folder: Path) -> Path:
 
 def test_notebook_html_references_nothing_outside_the_file(tmp_path):
     import re
-    from mlopsnb.pipeline import _exporter, _html
-    html = _html(str(executed_notebook(tmp_path)))
+    from mlopsnb.build import lifecycle
+    html = lifecycle.notebook_html(str(executed_notebook(tmp_path)))
     assert html is not None
     for pattern in EXTERNAL:
         found = [html[max(m.start() - 60, 0):m.end() + 60] for m in re.finditer(pattern, html, re.I)]
@@ -294,7 +294,7 @@ def test_notebook_html_references_nothing_outside_the_file(tmp_path):
     assert re.search(r"<img[^>]+src=\"data:image/png;base64,", html)          # the figure inside the file
     assert "hat y_i" in html and "a-->b" in html.replace("&gt;", ">")          # LaTeX and Mermaid kept as their source
     assert "jp-Notebook" in html and "--jp-content-font-color1" in html       # JupyterLab's styles, inlined
-    assert _exporter() is _exporter()                                         # built once per process
+    assert lifecycle._exporter() is lifecycle._exporter()                     # built once per process
 
 
 # --- Jupyter: Ploomber's cloud extension off, its injection on ---------------------------------------------

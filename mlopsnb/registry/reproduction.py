@@ -136,8 +136,7 @@ def reproduce(project, # the loaded Project (its store holds the version)
               say=None, # called with each line of progress text (default: nothing)
              ) -> dict:
     "Rebuild a version's recorded commit with its recorded env and data; compare every recorded evaluation number."
-    from mlopsnb.pipeline import BuildContext, run, task_boundary
-    from mlopsnb.tracking import REPRODUCTION_ENV
+    from mlopsnb.pipeline import BuildContext, run
     say = say or (lambda line: None)
     info = lineage(project.store, name, version, verify=False)
     v, b = info["version"], info["build"]
@@ -150,8 +149,7 @@ def reproduce(project, # the loaded Project (its store holds the version)
             ctx = BuildContext.prepare(repro)
             _check_data(ctx, repro, info, name, say)
             say(f"rebuilding commit {commit[:12]} in a temporary worktree, recorded in experiment {repro.experiment}")
-            with task_boundary({REPRODUCTION_ENV: f"{name}/{v}"}):
-                result = run(repro, engine=engine, force=True, progress=progress)
+            result = run(repro, engine=engine, force=True, progress=progress, reproduction_of=f"{name}/{v}")
             if not result.ok: raise ReproduceError(f"the reproduction build failed: {result.failures[0]}")
         finally:
             _git(project.root, "worktree", "remove", "--force", str(tmp / "tree"))

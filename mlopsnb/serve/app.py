@@ -21,7 +21,7 @@ from starlette.requests import Request   # at module level: FastAPI resolves the
 from ..core import MlopsnbError
 from .checks import MAX_BODY, MAX_ROWS, RequestError, parse_records, read_body
 from .log import PredictionLog, iso_time
-from .metrics import Health, Metrics
+from .prometheus import Health, Metrics
 from .reload import Reloader
 from .routing import MicroBatcher, Service, request_key
 from .scorer import Scorer

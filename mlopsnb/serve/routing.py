@@ -10,7 +10,7 @@ import random
 
 import numpy as np
 
-from .metrics import Metrics
+from .prometheus import Metrics
 from .scorer import Scorer
 
 # %% auto #0
