@@ -113,7 +113,7 @@ def _policy(project):
     return project.spec.first(project.params, PromotionPolicy) or PromotionPolicy()
 
 def _history(a):
-    from mlopsnb.promotion import history
+    from mlopsnb.registry.moves import history
     entries = history(_project(a).store, a.model, a.alias)
     if not entries: print(f"no alias moves recorded for {a.model}"); return 0
     print(f"{'#':>3}  {'when (UTC)':<25} {'who':<10} {'alias':<10} {'move':<12} {'action':<10} reason")
@@ -126,7 +126,7 @@ def _history(a):
     return 0
 
 def _promote(a):
-    from mlopsnb.promotion import promote
+    from mlopsnb.registry.promotion import promote
     project = _project(a)
     d = promote(project.store, a.model, a.version, _policy(project), a.reason, force=a.force, action="manual")
     for g in d["gates"]:
@@ -136,7 +136,7 @@ def _promote(a):
     return 1
 
 def _rollback(a):
-    from mlopsnb.promotion import rollback
+    from mlopsnb.registry.promotion import rollback
     e = rollback(_project(a).store, a.model, a.reason)
     print(f"{a.model}: @champion rolled back from version {e['from']} to {e['to']}")
     return 0
@@ -151,7 +151,7 @@ def _lab(a):
     os.execv(cmd[0], cmd)
 
 # %% ../notebooks/api/09_cli.ipynb #6e779a11
-COMMAND_MODULES = ("mlopsnb.monitor.commands", "mlopsnb.lineage", "mlopsnb.scaffold", "mlopsnb.build.commands")
+COMMAND_MODULES = ("mlopsnb.monitor.commands", "mlopsnb.registry.commands", "mlopsnb.scaffold", "mlopsnb.build.commands")
 # Modules that add verbs of their own. Each defines `add_commands(sub, env_args)`; their module-level imports
 # stay light (stdlib and mlopsnb.core/config): the CLI imports them on every call.
 
@@ -362,7 +362,7 @@ def _prediction_log(a, project, scorer):
 
 def _challenger(a, project, name: str, kw: dict):
     "The @challenger Scorer for --canary/--shadow (None, with a warning line, while there is none) and whether one is wanted."
-    from mlopsnb.registry import get_alias
+    from mlopsnb.registry.versions import get_alias
     from mlopsnb.serve import load_scorer
     if not (a.canary > 0 or a.shadow): return None, False
     if get_alias(project.store, name, "challenger") is None:

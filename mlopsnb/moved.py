@@ -23,6 +23,8 @@ MOVED: dict[str, str] = {   # old module name: where it is now (filled as module
     "mlopsnb.reference": "mlopsnb.monitor.reference", "mlopsnb.drift": "mlopsnb.monitor.drift",
     "mlopsnb.performance": "mlopsnb.monitor.performance", "mlopsnb.alerts": "mlopsnb.monitor.alerts",
     "mlopsnb.retrain": "mlopsnb.monitor.retrain",
+    "mlopsnb.promotion": "mlopsnb.registry",
+    "mlopsnb.lineage": "mlopsnb.registry",
 }
 
 class MovedFinder:   # a meta path finder and its loader (importlib.abc left out: it costs 10 ms of import)

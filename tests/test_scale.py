@@ -313,7 +313,7 @@ def _check_team_store(uri: str, projects: list[Path]) -> None:
     team = len(projects)
     "Every build's runs are there and complete; the model versions and the history agree with the alias."
     from mlopsnb.config import Store
-    from mlopsnb.promotion import champion_stack, history
+    from mlopsnb.registry import champion_stack, history
     from mlopsnb.registry import get_alias, load_version
     store = Store(uri)
     client = store.client()
@@ -363,7 +363,7 @@ def _team_mode(tmp: Path, uri: str, shared: Path, team: int = TEAM) -> list[Path
         assert m.returncode == 0 or "already @champion" in m.stderr, m.stdout + m.stderr
     _check_team_store(uri, projects)
     from mlopsnb.config import Store
-    from mlopsnb.promotion import history
+    from mlopsnb.registry import history
     from mlopsnb.registry import get_alias
     assert get_alias(Store(uri), "churn", "champion") is not None
     manual = [e for e in history(Store(uri), "churn") if re.match(r"(forced: )?race \d", e["reason"])]
@@ -422,7 +422,7 @@ class SlowDeletes(http.server.BaseHTTPRequestHandler):
 
 CONTENDER = """import json, os, sys, time
 from mlopsnb.config import Store
-from mlopsnb.promotion import registry_lock
+from mlopsnb.registry import registry_lock
 url, events, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 store = Store(url)
 store.client().search_registered_models(max_results=1)          # imports and the first connection done before the start
@@ -438,7 +438,7 @@ with registry_lock(store, timeout=240):
 def test_lock_record_takeover_is_won_by_one_contender(mlflow_server, tmp_path):
     "Contenders over an abandoned lock record on a real MLflow server (DELETEs slowed): one holds the lock at a time, each gets it."
     from mlopsnb.config import Store
-    from mlopsnb.promotion import LOCK_MODEL
+    from mlopsnb.registry import LOCK_MODEL
     url, _ = mlflow_server
     client, contenders = Store(url).client(), 6
     SlowDeletes.target = ("127.0.0.1", int(url.rsplit(":", 1)[1]))

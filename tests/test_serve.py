@@ -257,7 +257,7 @@ def _new_version(project, tamper: bool = False, onnx: bool = True) -> str:
     from mlopsnb.monitor import REFERENCE_FILE                                   # the same model carries the same reference
     logged = log_model(st, model, X.head(20), run, X_check=X if onnx else None,
                        extra_files={REFERENCE_FILE: project / "products/model/reference.json"})
-    from mlopsnb.promotion import EVIDENCE_TAG
+    from mlopsnb.registry import EVIDENCE_TAG
     evidence = json.loads(client.get_model_version("churn", "1").tags[EVIDENCE_TAG])   # the same model: the same evidence
     version = register(st, logged["model_uri"], "churn", logged["manifest"], tags={EVIDENCE_TAG: evidence}, run_id=run)
     client.set_terminated(run)
@@ -435,7 +435,7 @@ def test_score_batch_task_of_pipeline_serve_yaml_records_and_follows_the_champio
 
 def test_canary_split_stickiness_shadow_and_a_challenger_appearing_and_moving(project, tmp_path):
     from mlopsnb.config import Project
-    from mlopsnb.promotion import move_alias
+    from mlopsnb.registry import move_alias
     from mlopsnb.serve import key_position
     st = Project.load(project, environ={}).store
     st.client().delete_registered_model_alias("churn", "challenger")       # no @challenger yet

@@ -201,7 +201,7 @@ def parent_run(build, # the task's `Build` (its parent run not opened), tagged w
                dag_run_id: str, # Airflow's run id
               ) -> str | None:
     "Return the parent run of an Airflow DAG run, creating it (race-free, under the registry lock) if it does not exist."
-    from mlopsnb.promotion import registry_lock
+    from mlopsnb.registry.locks import registry_lock
     from mlopsnb.build.run import check_data
     rec = build.rec
     if not rec.enabled: return None

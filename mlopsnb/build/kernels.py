@@ -64,7 +64,8 @@ def task_imports(notebook: str, # the rendered notebook (ipynb JSON), as Ploombe
 # what the library imports inside its functions, so that a task pays it at its first call: imported ahead too
 LAZY_IMPORTS = {
     "mlopsnb.tracking": ["mlflow", "mlflow.entities", "mlflow.tracking"],
-    "mlopsnb.registry": ["mlflow.sklearn", "mlflow.models", "skops.io"],
+    "mlopsnb.registry.versions": ["mlflow.sklearn", "mlflow.models", "skops.io"],   # what the tasks import
+    "mlopsnb.registry": ["mlflow.sklearn", "mlflow.models", "skops.io"],            # the package, in a project's own task
     "mlopsnb.train": ["sklearn.ensemble", "sklearn.linear_model", "skl2onnx", "onnxruntime"],   # ships an ONNX copy
     "mlopsnb.evaluate": ["sklearn.inspection"],
     "mlopsnb.report": ["matplotlib.figure", "matplotlib.backends.backend_agg"],

@@ -92,7 +92,7 @@ def model_state(project: Project, # the loaded project (its registry)
                 cfg: ScoringConfig, # the model name and version or @alias
                ) -> dict:
     "Return the state of a registered model reference: the version number it resolves to now (None if there is none)."
-    from mlopsnb.registry import get_alias
+    from mlopsnb.registry.versions import get_alias
     v = get_alias(project.store, cfg.model_name, cfg.version[1:]) if cfg.version.startswith("@") else cfg.version
     return {"kind": "model", "stat": None, "sha256": v}
 

@@ -194,8 +194,9 @@ def load_reference(store, # a Store, Project or tracking URI
                    with_model: bool = False, # also load the model (to score a file)
                   ) -> dict:
     "Return {version, reference, recorded metrics, model, serving} of a registered version, verified (its manifest)."
-    from mlopsnb.promotion import EVIDENCE_TAG
-    from mlopsnb.registry import MODEL_FILE, load_model, verified_version
+    from mlopsnb.registry.artifacts import MODEL_FILE, load_model
+    from mlopsnb.registry.gates import EVIDENCE_TAG
+    from mlopsnb.registry.versions import verified_version
     from mlopsnb.serve import read_serving
     with verified_version(store, name, version) as (local, v):
         f = local / REFERENCE_FILE
@@ -229,7 +230,7 @@ def current_chunks(current, # a file of raw records (None: the prediction log)
                   ):
     "Yield (frame, scores, versions, labels, raw rows, why a row may not retrain, masked columns) of a file or the log."
     import numpy as np
-    from mlopsnb.registry import model_parts
+    from mlopsnb.registry.artifacts import model_parts
     if current is not None:     # scored with `model`; only the columns the model and the profile read (or all)
         inputs = model_parts(model)[0]
         labelled = [label_column] if label_column else []

@@ -10,7 +10,7 @@ import threading
 import time
 
 from ..core import IntegrityError, MlopsnbError
-from ..registry import get_alias, registry_failure
+from ..registry.versions import get_alias, registry_failure
 from .scorer import Scorer, load_scorer
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core import MlopsnbError
-from ..registry import (
-    MODEL_FILE, ONNX_FILE, ONNX_INFO, load_model, model_parts, onnx_kinds, onnx_session, registry_failure,
-    verified_version, walk_estimators)
+from ..registry.artifacts import (
+    MODEL_FILE, ONNX_FILE, ONNX_INFO, load_model, model_parts, onnx_kinds, onnx_session, walk_estimators)
+from ..registry.versions import registry_failure, verified_version
 from .checks import RequestError, number_column, text_column, transpose
 
 # %% auto #0

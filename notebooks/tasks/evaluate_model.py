@@ -28,8 +28,8 @@ from mlopsnb.config import FairnessConfig
 from mlopsnb.core import atomic_write_text
 from mlopsnb.data import read_frame, write_frame, write_json
 from mlopsnb.evaluate import evaluate, evaluation_summary, evaluation_tables, metrics_table, run_metrics
-from mlopsnb.promotion import champion_on_same_rows, row_keys
-from mlopsnb.registry import load_logged
+from mlopsnb.registry.gates import champion_on_same_rows, row_keys
+from mlopsnb.registry.versions import load_logged
 from mlopsnb.report import evaluation_report
 from mlopsnb.tracking import log_artifact, log_metrics, task_store
 

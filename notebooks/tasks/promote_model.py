@@ -21,9 +21,11 @@ from pathlib import Path
 from mlopsnb.config import ModelCardConfig, PromotionPolicy
 from mlopsnb.core import atomic_write_text
 from mlopsnb.data import read_frame, write_json
-from mlopsnb.promotion import latency_ms, model_digest, promote_candidate, row_keys
-from mlopsnb.registry import get_alias, load_logged
-from mlopsnb.lineage import build_of, card_html, lineage, log_model_card, model_card
+from mlopsnb.registry.card import card_html, log_model_card, model_card
+from mlopsnb.registry.gates import latency_ms, row_keys
+from mlopsnb.registry.promotion import model_digest, promote_candidate
+from mlopsnb.registry.provenance import build_of, lineage
+from mlopsnb.registry.versions import get_alias, load_logged
 from mlopsnb.tracking import current_run_id, log_dict, log_metrics, recorded_tags, set_tags, task_store
 
 # %%

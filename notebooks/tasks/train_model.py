@@ -24,8 +24,8 @@ import numpy as np
 from mlopsnb.data import read_contract, read_frame, write_json
 from mlopsnb.evaluate import classification_metrics
 from mlopsnb.monitor.reference import REFERENCE_FILE, reference_profile
-from mlopsnb.promotion import TRAINING_ROWS_FILE, row_keys
-from mlopsnb.registry import log_model
+from mlopsnb.registry.gates import TRAINING_ROWS_FILE, row_keys
+from mlopsnb.registry.versions import log_model
 from mlopsnb.serve import SERVING_FILE, serving_info
 from mlopsnb.tracking import current_run_id, log_artifact, log_metrics, log_params, task_store
 from mlopsnb.train import fit_grid
