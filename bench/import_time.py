@@ -27,7 +27,7 @@ TARGETS = {
     "run, status, plot, nb, lab": ["mlopsnb.build", "mlopsnb.pipeline"],
     "serve, score": ["mlopsnb.serve"],
     "monitor, retrain": ["mlopsnb.monitor"],
-    "show, reproduce, card": ["mlopsnb.registry.commands", "mlopsnb.lineage"],
+    "show, reproduce, card": ["mlopsnb.registry.provenance", "mlopsnb.lineage"],
     "promote, rollback, history": ["mlopsnb.registry.promotion", "mlopsnb.promotion"],
     "export airflow, task": ["mlopsnb.build.airflow", "mlopsnb.export"],
     "new": ["mlopsnb.scaffold"],

@@ -24,7 +24,7 @@ __all__ = ['log', 'PACKAGED', 'SERVE_FILE', 'POSITIVE_WORDS', 'ID_WORDS', 'MIN_R
            'MAKEFILE', 'FIRST_TEST', 'GITIGNORE', 'PACKAGE_VARIABLE', 'WHEEL_DIR', 'ScaffoldError', 'template_files',
            'template_root', 'date_share', 'id_kind', 'infer_roles', 'describe_data', 'pipeline_yaml',
            'test_requirement', 'installed_wheel', 'package_source', 'ci_workflow', 'readme', 'data_columns',
-           'new_project', 'add_commands']
+           'new_project']
 
 # %% ../notebooks/api/13_scaffold.ipynb #f2334ddd
 class ScaffoldError(MlopsnbError, ValueError):
@@ -399,34 +399,3 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
         (tmp / "README.md").write_text(readme(env.model_name), encoding="utf-8")
         if git: _git_commit(tmp)
     return dest
-
-# %% ../notebooks/api/13_scaffold.ipynb #629f362e
-def _new(a):
-    from mlopsnb.config import load_env
-    dest = new_project(a.dir, a.data, a.target, a.positive, package=a.package, ids=a.ids, drop=a.drop)
-    env = load_env(dest)
-    print(f"created {dest} ({'your data: ' + env.data.source if a.data else 'the embedded default data: ' + env.data.source}; "
-          f"target {env.data.target} = {env.data.positive}), committed to a new git repository")
-    source = package_source(a.package)[0]
-    print(f"CI installs mlopsnb from {source}" if source else
-          f"CI installs the mlopsnb package named by the repository variable {PACKAGE_VARIABLE} (a wheel URL): set it")
-    print(f"next:\n  cd {dest}\n  make run      # build to a gated @champion\n  make test     # the project's tests")
-    return 0
-
-def add_commands(sub, # the `mlopsnb` subparsers
-                 env_args, # adds --env, --env-file, --pipeline (unused: a new project has none yet)
-                ) -> None:
-    "Add `new` to the `mlopsnb` command."
-    s = sub.add_parser("new", help="create a project of your own: spec, env, task notebooks, Makefile, a first test, CI, git")
-    s.add_argument("dir", help="the folder to create (must not exist, or be empty)")
-    s.add_argument("--data", help="your table (.csv or .parquet), copied into the project's data/ (default: the embedded churn data)")
-    s.add_argument("--target", help="the column to predict (with --data)")
-    s.add_argument("--positive", help="the target's positive class (found when it is plainly 1, true or yes)")
-    columns = lambda v: [c.strip() for c in v.split(",") if c.strip()]
-    s.add_argument("--ids", type=columns, help="identifier columns, comma-separated ('' for none; default: the columns "
-                                               "unique per row, each named in a warning)")
-    s.add_argument("--drop", type=columns, help="columns removed on load, comma-separated ('' for none; default: the "
-                                                "columns that hold dates, each named in a warning)")
-    s.add_argument("--package", help="what the project's CI installs: an mlopsnb wheel file (copied into ci/) or an "
-                                     "https:// URL (default: the wheel this mlopsnb was installed from)")
-    s.set_defaults(fn=_new)

@@ -11,7 +11,7 @@ __all__ = ['log', 'MonitorConfig', 'OTHER', 'REFERENCE_FILE', 'category_counts',
            'record_monitoring', 'report_figures', 'report_html', 'report_lines', 'retrain_line', 'summary_json',
            'webhook_line', 'webhook_origin', 'RETRAIN_DIR', 'retrain', 'retraining_table', 'NOT_AUTHENTICATED',
            'LogLabels', 'current_chunks', 'encode_labels', 'load_reference', 'read_chunks', 'read_labels', 'read_log',
-           'monitor', 'monitor_config', 'spec_policy', 'spec_threshold', 'DRIFT_EXIT', 'add_commands']
+           'monitor', 'monitor_config', 'spec_policy', 'spec_threshold']
 
 # %% ../../notebooks/api/11_monitor.ipynb #f0a02ee0
 import logging
@@ -31,7 +31,6 @@ from .retrain import RETRAIN_DIR, retrain, retraining_table
 from .inputs import (
     NOT_AUTHENTICATED, LogLabels, current_chunks, encode_labels, load_reference, read_chunks, read_labels, read_log)
 from .run import monitor, monitor_config, spec_policy, spec_threshold
-from .commands import DRIFT_EXIT, add_commands
 
 log = logging.getLogger(__name__)   # the logger `mlopsnb.monitor` had; each module logs under its own name below it
 
@@ -47,5 +46,4 @@ _all_ = ["MonitorConfig", "log",
          "RETRAIN_DIR", "retrain", "retraining_table",
          "NOT_AUTHENTICATED", "LogLabels", "current_chunks", "encode_labels", "load_reference", "read_chunks",
          "read_labels", "read_log",
-         "monitor", "monitor_config", "spec_policy", "spec_threshold",
-         "DRIFT_EXIT", "add_commands"]
+         "monitor", "monitor_config", "spec_policy", "spec_threshold"]

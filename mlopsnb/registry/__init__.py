@@ -15,7 +15,7 @@ __all__ = ['MODEL_FILE', 'ONNX_FILE', 'ONNX_INFO', 'ONNX_TOLERANCE', 'TRUSTED_TY
            'model_digest', 'promote', 'promote_candidate', 'rollback', 'same_model', 'CARD_TAG', 'ENV_ARTIFACT',
            'LINEAGE_TAGS', 'UI', 'LineageError', 'build_of', 'download_text', 'lineage', 'manifest_check', 'parse_ref',
            'resolve', 'show_lines', 'task_run', 'card_html', 'log_model_card', 'model_card', 'read_card', 'TOLERANCE',
-           'ReproduceError', 'comparable', 'compare', 'reproduce', 'add_commands']
+           'ReproduceError', 'comparable', 'compare', 'reproduce']
 
 # %% ../../notebooks/api/07_registry.ipynb #be9d1e0f
 from .artifacts import (
@@ -37,7 +37,6 @@ from .provenance import (
     parse_ref, resolve, show_lines, task_run)
 from .card import card_html, log_model_card, model_card, read_card
 from .reproduction import TOLERANCE, ReproduceError, comparable, compare, reproduce
-from .commands import add_commands
 
 _all_ = ["MODEL_FILE", "ONNX_FILE", "ONNX_INFO", "ONNX_TOLERANCE", "TRUSTED_TYPES", "UNHASHED", "load_model",
          "manifest", "model_parts", "onnx_copy", "onnx_feed", "onnx_kinds", "onnx_session", "save_model",
@@ -54,4 +53,4 @@ _all_ = ["MODEL_FILE", "ONNX_FILE", "ONNX_INFO", "ONNX_TOLERANCE", "TRUSTED_TYPE
          "CARD_TAG", "ENV_ARTIFACT", "LINEAGE_TAGS", "UI", "LineageError", "build_of", "download_text", "lineage",
          "manifest_check", "parse_ref", "resolve", "show_lines", "task_run",
          "card_html", "log_model_card", "model_card", "read_card",
-         "TOLERANCE", "ReproduceError", "comparable", "compare", "reproduce", "add_commands"]
+         "TOLERANCE", "ReproduceError", "comparable", "compare", "reproduce"]
