@@ -11,15 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import MlopsnbError
-from ..registry.artifacts import (
-    MODEL_FILE, ONNX_FILE, ONNX_INFO, load_model, model_parts, onnx_kinds, onnx_session, walk_estimators)
+from ..core import IntegrityError, MlopsnbError
+from mlopsnb.registry.artifacts import (
+    MODEL_FILE, ONNX_FILE, ONNX_INFO, load_model, model_parts, onnx_kinds, onnx_session, verify_manifest,
+    walk_estimators)
 from ..registry.versions import registry_failure, verified_version
 from .checks import RequestError, number_column, text_column, transpose
 
 # %% auto #0
-__all__ = ['SERVING_FILE', 'Scorer', 'encoder_categories', 'serving_info', 'read_serving', 'decision_threshold', 'pii_columns',
-           'load_scorer']
+__all__ = ['SERVING_FILE', 'RELEASE_FILE', 'RELEASE_FILES', 'Scorer', 'encoder_categories', 'serving_info', 'read_serving',
+           'decision_threshold', 'pii_columns', 'load_scorer', 'read_release', 'load_scorer_dir']
 
 # %% ../../notebooks/api/10b_serve_scorer.ipynb #22b2bd9f
 @dataclass
@@ -200,15 +201,21 @@ def _signature_numbers(folder: Path) -> set[str]:
     cols = json.loads(sig.get("inputs") or "[]")
     return {c["name"] for c in cols if c.get("type") in {"long", "integer", "double", "float"}}
 
+def _read_local(local: Path, # a verified model directory
+                what: str, # the version, named in errors
+               ) -> tuple:
+    "Load a verified model directory: (model, onnx.json, ONNX bytes or None, signature numbers, serving.json)."
+    model = load_model(local / MODEL_FILE, verify=False)
+    onnx = (json.loads((local / ONNX_INFO).read_text()) if (local / ONNX_INFO).is_file()
+            else {"converted": False, "reason": "no ONNX copy"})
+    data = (local / ONNX_FILE).read_bytes() if onnx.get("converted") and (local / ONNX_FILE).is_file() else None
+    return model, onnx, data, _signature_numbers(local), read_serving(local, what)
+
 def _read_version(store, name: str, version: str) -> tuple:
     "Download and verify a version: (model, onnx.json, ONNX bytes or None, signature numbers, serving.json, version)."
     try:
         with verified_version(store, name, version) as (local, v):
-            model = load_model(local / MODEL_FILE, verify=False)
-            onnx = (json.loads((local / ONNX_INFO).read_text()) if (local / ONNX_INFO).is_file()
-                    else {"converted": False, "reason": "no ONNX copy"})
-            data = (local / ONNX_FILE).read_bytes() if onnx.get("converted") and (local / ONNX_FILE).is_file() else None
-            return model, onnx, data, _signature_numbers(local), read_serving(local, f"model {name} version {v}"), v
+            return (*_read_local(local, f"model {name} version {v}"), v)
     except MlopsnbError: raise
     except Exception as e:   # MLflow, the artifact store, the file system, a malformed file: one line
         raise registry_failure(f"model {name} {version}", e) from e
@@ -234,10 +241,16 @@ def load_scorer(store, # a Store, Project or tracking URI
                 fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
                ) -> Scorer:
     "Download, verify (sha256 manifest) and load a registered version with the trusted-types loader; return its Scorer."
-    model, onnx, data, sig_numbers, carried, v = _read_version(store, name, version)
+    *parts, v = _read_version(store, name, version)
+    return _make_scorer(f"model {name} {version}", name, v, parts, contract, ids, threshold, threshold_source, fallback)
+
+def _make_scorer(what: str, name: str, v: str, parts: list, contract: dict | None, ids: list[str],
+                 threshold: float | None, threshold_source: str, fallback: tuple[float, str]) -> Scorer:
+    "The Scorer of a loaded version (`_read_local`'s parts): what `load_scorer` and `load_scorer_dir` return."
+    model, onnx, data, sig_numbers, carried = parts
     try: inputs, dropped, coerced, _ = model_parts(model)
     except MlopsnbError: raise
-    except Exception as e: raise registry_failure(f"model {name} {version}", e) from e
+    except Exception as e: raise registry_failure(what, e) from e
     if carried is not None: contract, ids = carried.get("contract"), carried.get("ids", ids)
     t, source = decision_threshold(carried, v, threshold, threshold_source, fallback)
     nullable, cats, ranges = _contract_rules(contract, inputs)
@@ -251,3 +264,35 @@ def load_scorer(store, # a Store, Project or tracking URI
                   id_cols, cats, session, onnx_kinds(session) if session else {}, onnx, encoded or {}, ranges,
                   {c: cols[c].get("type") for c in ids if c in cols}, pii_columns(contract, [*inputs, *id_cols],
                   id_cols))
+
+# %% ../../notebooks/api/10b_serve_scorer.ipynb #95ccf3ee
+RELEASE_FILE = "release.json"   # in a release folder: model, version, source run, sha256 of every file, threshold
+RELEASE_FILES = "files"         # the folder, beside RELEASE_FILE, holding the version's files
+
+def read_release(folder: str | Path, # a release folder (what `mlopsnb export docker` writes as model/)
+                ) -> dict:
+    "Return a release folder's RELEASE_FILE; IntegrityError (one line) if it is missing or malformed."
+    f = Path(folder) / RELEASE_FILE
+    if not f.is_file():
+        raise IntegrityError(f"{folder}: no {RELEASE_FILE} (not a release folder written by `mlopsnb export docker`)")
+    try: info = json.loads(f.read_text())
+    except ValueError as e: raise IntegrityError(f"{f}: not JSON ({e})") from None
+    if not (isinstance(info, dict) and isinstance(info.get("sha256"), dict) and info.get("model") and info.get("version")):
+        raise IntegrityError(f"{f}: expected the keys model, version and sha256 (a release manifest)")
+    return info
+
+def load_scorer_dir(folder: str | Path, # a release folder: RELEASE_FILE and the version's files under RELEASE_FILES
+                    threshold: float | None = None, # an explicit decision threshold: overrides the version's
+                    threshold_source: str = "--threshold", # what set `threshold` (shown in /version)
+                    fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
+                   ) -> Scorer:
+    "Verify a release folder against its sha256 manifest and load it as `load_scorer` loads a registered version."
+    info = read_release(folder)
+    name, v = str(info["model"]), str(info["version"])
+    what = f"model {name} version {v} ({folder})"
+    local = Path(folder) / RELEASE_FILES
+    verify_manifest(local, info["sha256"], what)
+    try: parts = _read_local(local, what)
+    except MlopsnbError: raise
+    except Exception as e: raise MlopsnbError(f"{what}: cannot load ({type(e).__name__}: {e})") from e
+    return _make_scorer(what, name, v, parts, None, (), threshold, threshold_source, fallback)
