@@ -15,7 +15,7 @@ from ..core import ConfigError, MlopsnbError
 from ..metrics import headline
 
 # %% auto #0
-__all__ = ['summary_lines', 'add_commands']
+__all__ = ['summary_lines', 'model_ref', 'add_commands']
 
 # %% ../../notebooks/api/09b_cli_build.ipynb #d4b56eec
 def _fmt_metrics(metrics: dict) -> str:
@@ -114,6 +114,9 @@ def _lab(a):
 # %% ../../notebooks/api/09b_cli_build.ipynb #bd871215
 def _export(a) -> int:
     from mlopsnb.build.airflow import FINISH_TASK, default_dag_id, export_airflow
+    if a.target == "docker": return _export_docker(a)
+    if a.model: raise ConfigError(f"mlopsnb export airflow: unexpected argument {a.model!r}")
+    a.out = a.out or "dags"
     try:
         p = project(a)
         path, tasks, secrets = export_airflow(p, a.out, a.dag_id, a.schedule, a.mlopsnb, a.engine, a.env, a.env_file)
@@ -128,6 +131,25 @@ def _export(a) -> int:
         print("the DAG file holds no secret: before a run, set these Airflow Variables "
               "(`airflow variables set NAME VALUE`, or AIRFLOW_VAR_<NAME> in the workers' environment):")
         for var, key in sorted(secrets.items()): print(f"  {var}: the secret in --env {key}")
+    return 0
+
+def model_ref(ref: str | None, # `name`, `name@alias` or `name/version` (None: the project's model at @champion)
+              default: str, # the project's model name
+             ) -> tuple[str, str]:
+    "Return (model name, version or @alias) of a model reference on the command line."
+    if not ref: return default, "@champion"
+    if "@" in ref: return ref.split("@", 1)[0] or default, "@" + ref.split("@", 1)[1]
+    if "/" in ref: return ref.rsplit("/", 1)[0] or default, ref.rsplit("/", 1)[1]
+    return ref, "@champion"
+
+def _export_docker(a) -> int:
+    from mlopsnb.serve.release import export_docker, image_tag
+    p = project(a)
+    name, version = model_ref(a.model, p.env.model_name)
+    out, info = export_docker(p.store, name, version, a.out, a.port)
+    print(f"wrote {out}: {name} version {info['version']} (run {str(info['source_run'])[:8]}, "
+          f"{len(info['sha256'])} files verified); build it with `docker build -t "
+          f"{image_tag(name, info['version'])} {out}`")
     return 0
 
 def _task(a) -> int:
@@ -184,10 +206,14 @@ def _add_build(sub):
 
 # %% ../../notebooks/api/09b_cli_build.ipynb #83368d20
 def _add_airflow(sub):
-    s = sub.add_parser("export",
-                       help="write the pipeline as an Airflow 3 DAG file (one Airflow task per pipeline task)")
-    s.add_argument("target", choices=["airflow"])
-    s.add_argument("--out", default="dags", help="folder to write the DAG file to (default dags)")
+    s = sub.add_parser("export", help="write the pipeline as an Airflow 3 DAG file (one Airflow task per pipeline "
+                       "task), or a model version as a Docker build context (docker MODEL[@alias|/version])")
+    s.add_argument("target", choices=["airflow", "docker"])
+    s.add_argument("model", nargs="?", help="docker: the registered model, name[@alias|/version] (default: env.yaml's "
+                   "model_name@champion)")
+    s.add_argument("--out", help="airflow: folder to write the DAG file to (default dags); docker: the build "
+                   "context, new or empty (default release/<model>-<version>)")
+    s.add_argument("--port", type=int, default=8000, help="docker: the port the image serves on (default 8000)")
     s.add_argument("--dag-id", help="the Airflow DAG id (default: the project's MLflow experiment name)")
     s.add_argument("--schedule",
                    help="an Airflow schedule, e.g. @daily or a cron line (default: none, triggered by hand)")

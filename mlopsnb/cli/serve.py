@@ -16,6 +16,8 @@ from pathlib import Path
 from .common import env_args, project, warn
 from ..core import MlopsnbError
 
+_LOG_DIR = "/tmp/mlopsnb"   # the prediction log's folder under --model-dir without --log (writable in a container)
+
 # %% auto #0
 __all__ = ['add_commands']
 
@@ -35,7 +37,8 @@ def _prediction_log(a, p, scorer):
     if key is None and hashed:
         warn(f"{a.log_key_env} is not set: personal columns ({', '.join(hashed)}) are left out of the prediction log "
              "(set it to log them as a keyed hash: monitoring joins labels on the ids)")
-    return PredictionLog(Path(a.log) if a.log else p.products / "serving" / "predictions.db",
+    default = p.products / "serving" / "predictions.db" if p is not None else Path(_LOG_DIR) / "predictions.db"
+    return PredictionLog(Path(a.log) if a.log else default,
                          max_bytes=int(a.log_max_mb * 2 ** 20) or None, max_age_s=a.log_rotate_hours * 3600 or None,
                          max_queue=a.log_queue, retention_days=a.log_retention_days or None, key=key)
 
@@ -65,13 +68,33 @@ def _serving_lines(a, name, scorer, challenger, split, follow, token, plog) -> l
         out.append(f"challenger: {name} version {challenger.version} ({challenger.path} path) " + "; ".join(roles))
     return out
 
-def _serve(a):
-    from mlopsnb.serve import alias_reloader, load_scorer, make_app, serve
-    p = project(a)
-    name, kw = a.model or p.env.model_name, _scorer_args(a, p)
+def _token(a) -> str | None:
+    "The bearer token from the environment (--token-env); a warning when serving beyond this machine without one."
     token = os.environ.get(a.token_env) or None
     if not token and a.host not in {"127.0.0.1", "localhost", "::1"}:
         warn(f"serving on {a.host} without a bearer token (set {a.token_env})")
+    return token
+
+def _serve_dir(a):
+    "`mlopsnb serve --model-dir`: a verified release folder, no project nor store (reload, canary and shadow off)."
+    from mlopsnb.serve import load_scorer_dir, make_app, serve
+    if a.canary or a.shadow:
+        raise MlopsnbError("--canary and --shadow need the registry's @challenger: not with --model-dir")
+    token = _token(a)
+    scorer = load_scorer_dir(a.model_dir, a.threshold, "--threshold")
+    plog = None if a.no_log else _prediction_log(a, None, scorer)
+    app = make_app(scorer, token=token, max_body=a.max_body, max_rows=a.max_rows, prediction_log=plog,
+                   log_required=a.log_required, micro_batch_ms=a.micro_batch_ms)
+    for line in _serving_lines(a, scorer.name, scorer, None, False, False, token, plog): print(line, flush=True)
+    serve(app, a.host, a.port)
+    return 0
+
+def _serve(a):
+    from mlopsnb.serve import alias_reloader, load_scorer, make_app, serve
+    if a.model_dir: return _serve_dir(a)
+    p = project(a)
+    name, kw = a.model or p.env.model_name, _scorer_args(a, p)
+    token = _token(a)
     if not 0.0 <= a.canary <= 1.0: raise MlopsnbError(f"--canary {a.canary}: expected a fraction between 0 and 1")
     scorer = load_scorer(p.store, name, a.version, **kw)
     challenger, split = _challenger(a, p, name, kw)
@@ -158,6 +181,9 @@ def _add_serve(sub):
     s.add_argument("--model", help="registered model name (default: env.yaml's model_name)")
     s.add_argument("--version", default="@champion",
                    help="version number or @alias to serve (default @champion, followed on reload)")
+    s.add_argument("--model-dir", metavar="DIR", help="serve a release folder (`mlopsnb export docker`'s model/) "
+                   "checked against its sha256 manifest, with no store: no reload, the log at --log or "
+                   f"{_LOG_DIR}/predictions.db")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--threshold", type=float, help="decision threshold for every version served, overriding the one "

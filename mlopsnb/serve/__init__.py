@@ -4,16 +4,18 @@
 
 # %% auto #0
 __all__ = ['MAX_BODY', 'MAX_NUMBER', 'MAX_ROWS', 'RequestError', 'SERVING_FILE', 'Scorer', 'decision_threshold',
-           'encoder_categories', 'load_scorer', 'pii_columns', 'read_serving', 'serving_info', 'key_position',
-           'request_key', 'NO_ALIAS', 'alias_reloader', 'LOG_KEY_ENV', 'LOG_PAGE_SIZE', 'LOG_SCHEMA', 'LogError',
-           'LogHasher', 'PredictionLog', 'id_text', 'rotated_logs', 'rotation_time', 'OFF_LOOP_ROWS', 'ScoringApp',
-           'ServeOptions', 'make_app', 'serve', 'ID_NUMBER_TYPES', 'SCORE_BINS', 'csv_dtypes', 'output_schema',
-           'record_scoring', 'same_file', 'score_chunk', 'score_file', 'score_histogram', 'score_summary']
+           'encoder_categories', 'load_scorer', 'pii_columns', 'read_serving', 'serving_info', 'RELEASE_FILE',
+           'RELEASE_FILES', 'load_scorer_dir', 'read_release', 'key_position', 'request_key', 'NO_ALIAS',
+           'alias_reloader', 'LOG_KEY_ENV', 'LOG_PAGE_SIZE', 'LOG_SCHEMA', 'LogError', 'LogHasher', 'PredictionLog',
+           'id_text', 'rotated_logs', 'rotation_time', 'OFF_LOOP_ROWS', 'ScoringApp', 'ServeOptions', 'make_app',
+           'serve', 'ID_NUMBER_TYPES', 'SCORE_BINS', 'csv_dtypes', 'output_schema', 'record_scoring', 'same_file',
+           'score_chunk', 'score_file', 'score_histogram', 'score_summary', 'export_docker', 'runtime_lock']
 
 # %% ../../notebooks/api/10_serve.ipynb #7944e91a
 from .checks import MAX_BODY, MAX_NUMBER, MAX_ROWS, RequestError
 from .scorer import (
-    SERVING_FILE, Scorer, decision_threshold, encoder_categories, load_scorer, pii_columns, read_serving, serving_info)
+    RELEASE_FILE, RELEASE_FILES, SERVING_FILE, Scorer, decision_threshold, encoder_categories, load_scorer,
+    load_scorer_dir, pii_columns, read_release, read_serving, serving_info)
 from .routing import key_position, request_key
 from .reload import NO_ALIAS, alias_reloader
 from .log import (
@@ -22,13 +24,14 @@ from .app import OFF_LOOP_ROWS, ScoringApp, ServeOptions, make_app, serve
 from .batch import (
     ID_NUMBER_TYPES, SCORE_BINS, csv_dtypes, output_schema, record_scoring, same_file, score_chunk, score_file,
     score_histogram, score_summary)
+from .release import export_docker, runtime_lock
 
 _all_ = ["MAX_BODY", "MAX_NUMBER", "MAX_ROWS", "RequestError",
          "SERVING_FILE", "Scorer", "decision_threshold", "encoder_categories", "load_scorer", "pii_columns",
-         "read_serving", "serving_info",
+         "read_serving", "serving_info", "RELEASE_FILE", "RELEASE_FILES", "load_scorer_dir", "read_release",
          "key_position", "request_key", "NO_ALIAS", "alias_reloader",
          "LOG_KEY_ENV", "LOG_PAGE_SIZE", "LOG_SCHEMA", "LogError", "LogHasher", "PredictionLog", "id_text",
          "rotated_logs", "rotation_time",
          "OFF_LOOP_ROWS", "ScoringApp", "ServeOptions", "make_app", "serve",
          "ID_NUMBER_TYPES", "SCORE_BINS", "csv_dtypes", "output_schema", "record_scoring", "same_file", "score_chunk",
-         "score_file", "score_histogram", "score_summary"]
+         "score_file", "score_histogram", "score_summary", "export_docker", "runtime_lock"]
