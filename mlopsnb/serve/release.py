@@ -18,8 +18,9 @@ from ..core import MlopsnbError
 from .scorer import RELEASE_FILE, RELEASE_FILES, read_serving
 
 # %% auto #0
-__all__ = ['BASE_IMAGE', 'APP_UID', 'MODEL_DIR', 'LOG_PATH', 'DOCKERIGNORE', 'runtime_closure', 'lock_blocks', 'runtime_lock',
-           'dockerfile', 'image_tag', 'k8s_manifest', 'context_readme', 'build_wheel', 'default_lock', 'export_docker']
+__all__ = ['BASE_IMAGE', 'APP_UID', 'MODEL_DIR', 'LOG_PATH', 'DOCKERIGNORE', 'SOURCE_SKIP', 'runtime_closure', 'lock_blocks',
+           'runtime_lock', 'dockerfile', 'image_tag', 'k8s_manifest', 'context_readme', 'build_wheel', 'default_lock',
+           'export_docker']
 
 # %% ../../notebooks/api/10j_serve_release.ipynb #3dbbec86
 def runtime_closure(dist: str = "mlopsnb", # the installed distribution whose runtime needs are wanted
@@ -197,6 +198,13 @@ def _copy_version(store, name: str, version: str, dest: Path) -> dict:
     (dest / RELEASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return info
 
+SOURCE_SKIP = (".git", ".venv", "build", "dist", "release")   # at the top of the source tree only (not mlopsnb/build/)
+
+def _source_skip(src: Path):
+    "A copytree `ignore`: SOURCE_SKIP at the top of `src`, egg-info, caches and checkpoints anywhere."
+    anywhere = shutil.ignore_patterns("*.egg-info", "__pycache__", ".ipynb_checkpoints")
+    return lambda d, names: anywhere(d, names) | (set(SOURCE_SKIP) & set(names) if Path(d) == src else set())
+
 def build_wheel(dest: Path, # the folder to write the wheel to
                ) -> Path:
     "Return the mlopsnb wheel in `dest`: the installed one if pip recorded it, else built from the source tree."
@@ -207,8 +215,10 @@ def build_wheel(dest: Path, # the folder to write the wheel to
     src = Path(__file__).resolve().parents[2]
     if not (src / "setup.py").is_file():
         raise MlopsnbError("no mlopsnb wheel to ship: install mlopsnb from a wheel, or export from its source tree")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                        "-w", str(dest), str(src)], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as d:   # a copy: setuptools' build/ and egg-info stay out of the source tree
+        shutil.copytree(src, Path(d) / "src", ignore=_source_skip(src))
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                            "-w", str(dest), str(Path(d) / "src")], capture_output=True, text=True)
     if r.returncode: raise MlopsnbError(f"pip wheel {src}: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
     return next(dest.glob("mlopsnb-*.whl"))
 
