@@ -1,4 +1,4 @@
-"""`mlopsnb export docker`: a version's build context, linted, validated and replayed step by step (no Docker daemon)."""
+"""`mlopsnb export docker`: a version's build context, linted, validated and replayed step by step (no daemon)."""
 import json
 import shlex
 import shutil
@@ -43,7 +43,7 @@ def context(built):
     out = root / "out" / "churn-release"
     r = cli(project, "export", "docker", "churn@champion", "--out", str(out), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith(f"wrote {out}: churn version 1 (run ") and "docker build -t churn:1" in r.stdout
+    assert r.stdout.startswith(f"wrote {out}: churn version 1 (run ") and f"docker build -t churn:1 {out}" in r.stdout
     return out
 
 
@@ -51,7 +51,8 @@ def test_files(context):
     assert sorted(p.name for p in context.iterdir()) == [".dockerignore", "Dockerfile", "README.md", "k8s.yaml", "model",
                                                          "requirements.lock", "wheels"]
     info = json.loads((context / "model/release.json").read_text())
-    assert (info["model"], info["version"], info["threshold"]) == ("churn", "1", 0.5) and len(info["source_run"]) == 32
+    assert (info["model"], info["version"], info["threshold"]) == ("churn", "1", 0.5)
+    assert len(info["source_run"]) == 32
     assert "model.skops" in info["sha256"] and info["contract"]["columns"]
     from mlopsnb.registry.artifacts import manifest
     assert manifest(context / "model/files") == info["sha256"]

@@ -148,8 +148,8 @@ def _export_docker(a) -> int:
     name, version = model_ref(a.model, p.env.model_name)
     out, info = export_docker(p.store, name, version, a.out, a.port)
     print(f"wrote {out}: {name} version {info['version']} (run {str(info['source_run'])[:8]}, "
-          f"{len(info['sha256'])} files verified); build it with `docker build -t "
-          f"{image_tag(name, info['version'])} {out}`")
+          f"{len(info['sha256'])} files verified)")
+    print(f"build it: docker build -t {image_tag(name, info['version'])} {out}")
     return 0
 
 def _task(a) -> int:

@@ -277,14 +277,15 @@ def read_release(folder: str | Path, # a release folder (what `mlopsnb export do
         raise IntegrityError(f"{folder}: no {RELEASE_FILE} (not a release folder written by `mlopsnb export docker`)")
     try: info = json.loads(f.read_text())
     except ValueError as e: raise IntegrityError(f"{f}: not JSON ({e})") from None
-    if not (isinstance(info, dict) and isinstance(info.get("sha256"), dict) and info.get("model") and info.get("version")):
+    keys = isinstance(info, dict) and info.get("model") and info.get("version")
+    if not (keys and isinstance(info.get("sha256"), dict)):
         raise IntegrityError(f"{f}: expected the keys model, version and sha256 (a release manifest)")
     return info
 
 def load_scorer_dir(folder: str | Path, # a release folder: RELEASE_FILE and the version's files under RELEASE_FILES
                     threshold: float | None = None, # an explicit decision threshold: overrides the version's
                     threshold_source: str = "--threshold", # what set `threshold` (shown in /version)
-                    fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source of a version carrying none
+                    fallback: tuple[float, str] = (0.5, "default 0.5"), # threshold and source if it carries none
                    ) -> Scorer:
     "Verify a release folder against its sha256 manifest and load it as `load_scorer` loads a registered version."
     info = read_release(folder)
