@@ -48,8 +48,8 @@ def context(built):
 
 
 def test_files(context):
-    assert sorted(p.name for p in context.iterdir()) == [".dockerignore", "Dockerfile", "README.md", "k8s.yaml", "model",
-                                                         "requirements.lock", "wheels"]
+    assert sorted(p.name for p in context.iterdir()) == [
+        ".dockerignore", "Dockerfile", "README.md", "k8s.yaml", "model", "requirements.lock", "wheels"]
     info = json.loads((context / "model/release.json").read_text())
     assert (info["model"], info["version"], info["threshold"]) == ("churn", "1", 0.5)
     assert len(info["source_run"]) == 32
