@@ -19,8 +19,8 @@ from .scorer import RELEASE_FILE, RELEASE_FILES, read_serving
 
 # %% auto #0
 __all__ = ['BASE_IMAGE', 'APP_UID', 'MODEL_DIR', 'LOG_PATH', 'DOCKERIGNORE', 'SOURCE_SKIP', 'runtime_closure', 'lock_blocks',
-           'runtime_lock', 'dockerfile', 'image_tag', 'k8s_manifest', 'context_readme', 'build_wheel', 'default_lock',
-           'export_docker']
+           'runtime_lock', 'dockerfile', 'image_tag', 'k8s_manifest', 'context_readme', 'source_root', 'build_wheel',
+           'default_lock', 'export_docker']
 
 # %% ../../notebooks/api/10j_serve_release.ipynb #3dbbec86
 def runtime_closure(dist: str = "mlopsnb", # the installed distribution whose runtime needs are wanted
@@ -198,6 +198,11 @@ def _copy_version(store, name: str, version: str, dest: Path) -> dict:
     (dest / RELEASE_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return info
 
+def source_root() -> Path:
+    "Return the folder holding the mlopsnb package (its source tree, for an editable install)."
+    import mlopsnb
+    return Path(mlopsnb.__file__).resolve().parents[1]
+
 SOURCE_SKIP = (".git", ".venv", "build", "dist", "release")   # at the top of the source tree only (not mlopsnb/build/)
 
 def _source_skip(src: Path):
@@ -212,7 +217,7 @@ def build_wheel(dest: Path, # the folder to write the wheel to
     dest.mkdir(parents=True, exist_ok=True)
     wheel = installed_wheel()
     if wheel is not None: return Path(shutil.copy2(wheel, dest))
-    src = Path(__file__).resolve().parents[2]
+    src = source_root()
     if not (src / "setup.py").is_file():
         raise MlopsnbError("no mlopsnb wheel to ship: install mlopsnb from a wheel, or export from its source tree")
     with tempfile.TemporaryDirectory() as d:   # a copy: setuptools' build/ and egg-info stay out of the source tree
@@ -230,7 +235,7 @@ def _empty_out(out: Path) -> None:
 
 def default_lock() -> Path:
     "Return the committed requirements.lock beside the mlopsnb source tree (an editable install's)."
-    return Path(__file__).resolve().parents[2] / "requirements.lock"
+    return source_root() / "requirements.lock"
 
 def export_docker(store, # a Store, Project or tracking URI
                   name: str, # registered model name
