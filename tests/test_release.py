@@ -165,6 +165,8 @@ def test_replay(context, built, tmp_path):
     where = subprocess.run([str(image.venv / "bin/python"), "-c", "import mlopsnb; print(mlopsnb.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert where.startswith(str(image.venv)), where                   # the wheel, not the source tree
+    files = lambda: {p for p in image.root.rglob("*") if not p.is_relative_to(image.root / "tmp")}
+    before = files()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = image.start(port)
@@ -185,6 +187,7 @@ def test_replay(context, built, tmp_path):
         assert httpx.post(url + "/predict", json=rows, timeout=30).status_code == 401
     finally: stop(proc)
     assert (image.root / "tmp/mlopsnb/predictions.db").is_file()      # the log where the image writes it
+    assert files() == before                 # nothing written outside /tmp: k8s.yaml's read-only root fs holds
     tampered = tmp_path / "tampered"
     shutil.copytree(image.root / "app/model", tampered)
     with open(tampered / "files/MLmodel", "a") as f: f.write("\n# changed\n")
