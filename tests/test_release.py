@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from conftest import BIN, SAMPLE, clean_env, cli, make_project
 
@@ -94,7 +95,7 @@ class Image:
     "The Dockerfile replayed: its container paths under `root`, its pip lines run by uv into a fresh virtualenv."
     def __init__(self, context: Path, root: Path):
         self.context, self.root, self.venv = context, root, root / "venv"
-        self.env, self.entrypoint, self.user, self.exposed = {}, None, None, None
+        self.env, self.entrypoint, self.user, self.exposed, self.healthcheck = {}, None, None, None, None
 
     def path(self, p: str) -> str:
         "A container path as a path under `root` (other words unchanged)."
@@ -124,9 +125,18 @@ class Image:
             elif word == "USER": self.user = args
             elif word == "EXPOSE": self.exposed = int(args)
             elif word == "ENTRYPOINT": self.entrypoint = json.loads(args)
-            else: assert word == "HEALTHCHECK", word
+            else:
+                assert word == "HEALTHCHECK", word
+                self.healthcheck = json.loads(args.split(" CMD ", 1)[1])
         assert self.user not in (None, "0", "root") and self.exposed == 8000
         return self
+
+    def probe(self, cmd: list[str], port: int, token: str = TOKEN) -> int:
+        "Run a probe's command (`python -c ...` of the HEALTHCHECK or k8s.yaml) inside the image against `port`."
+        assert cmd[:2] == ["python", "-c"], cmd
+        code = cmd[2].replace(f":{self.exposed}/", f":{port}/")
+        env = clean_env({"MLOPSNB_TOKEN": token})
+        return subprocess.run([str(self.venv / "bin/python"), "-c", code], env=env, capture_output=True).returncode
 
     def start(self, port: int, model_dir: str | None = None) -> subprocess.Popen:
         "Start the ENTRYPOINT on `port` (and another model folder), with the ENV it declares and the token."
@@ -180,6 +190,13 @@ def test_replay(context, built, tmp_path):
             assert time.time() < deadline, "the server did not start"
             time.sleep(0.3)
         assert httpx.get(url + "/ready", headers=AUTH).status_code == 200
+        pod = next(yaml.safe_load_all((context / "k8s.yaml").read_text()))["spec"]["template"]["spec"]
+        probes = pod["containers"][0]
+        assert image.probe(probes["readinessProbe"]["exec"]["command"], port) == 0     # the pod becomes ready
+        assert image.probe(probes["readinessProbe"]["exec"]["command"], port, token="wrong") != 0
+        assert probes["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert httpx.get(url + "/health").status_code == 200                           # liveness: no token
+        assert image.probe(image.healthcheck, port, token="") == 0                      # docker's HEALTHCHECK
         rows = real_rows(project)
         ok = httpx.post(url + "/predict", json=rows, headers=AUTH, timeout=30)
         assert ok.status_code == 200, ok.text

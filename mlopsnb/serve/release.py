@@ -19,8 +19,8 @@ from .scorer import RELEASE_FILE, RELEASE_FILES, read_serving
 
 # %% auto #0
 __all__ = ['BASE_IMAGE', 'APP_UID', 'MODEL_DIR', 'LOG_PATH', 'DOCKERIGNORE', 'SOURCE_SKIP', 'runtime_closure', 'lock_blocks',
-           'runtime_lock', 'dockerfile', 'image_tag', 'k8s_manifest', 'context_readme', 'source_root', 'build_wheel',
-           'default_lock', 'export_docker']
+           'runtime_lock', 'probe', 'dockerfile', 'image_tag', 'k8s_manifest', 'context_readme', 'source_root',
+           'build_wheel', 'default_lock', 'export_docker']
 
 # %% ../../notebooks/api/10j_serve_release.ipynb #3dbbec86
 def runtime_closure(dist: str = "mlopsnb", # the installed distribution whose runtime needs are wanted
@@ -72,6 +72,15 @@ APP_UID = 10001
 MODEL_DIR = "/app/model"
 LOG_PATH = "/tmp/mlopsnb/predictions.db"       # /tmp: writable under a read-only root fs (an emptyDir in k8s.yaml)
 
+def probe(port: int, # the port served
+          path: str, # the endpoint: /health (open) or /ready (behind the token)
+         ) -> str:
+    "Return a probe as `python -c` code: GET `path`, the bearer token from MLOPSNB_TOKEN if set; exits 1 unless 2xx."
+    return ("import os, urllib.request as u\n"
+            "t = os.environ.get('MLOPSNB_TOKEN')\n"
+            f"r = u.Request('http://127.0.0.1:{port}{path}', headers={{'Authorization': 'Bearer ' + t}} if t else {{}})\n"
+            "u.urlopen(r, timeout=4)")
+
 def dockerfile(name: str, # registered model name
                version: str, # the version exported
                wheel: str, # the wheel's file name, under wheels/
@@ -80,7 +89,7 @@ def dockerfile(name: str, # registered model name
               ) -> str:
     "Return the Dockerfile: locked runtime, the wheel --no-deps, the model, non-root, HEALTHCHECK, `mlopsnb serve`."
     extra = "".join(f"ENV {k}={json.dumps(str(v))}\n" for k, v in (env or {}).items())
-    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=4)"
+    health = json.dumps(probe(port, "/health"))
     entry = ["mlopsnb", "serve", "--model-dir", MODEL_DIR, "--host", "0.0.0.0", "--port", str(port),
              "--log", LOG_PATH, "--token-env", "MLOPSNB_TOKEN"]
     return f"""# {name} version {version}, served by mlopsnb: docker build -t {image_tag(name, version)} .
@@ -95,7 +104,7 @@ RUN pip install --no-cache-dir --no-deps /app/wheels/{wheel}
 COPY model/ {MODEL_DIR}/
 USER {APP_UID}
 EXPOSE {port}
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-c", {json.dumps(probe)}]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-c", {health}]
 # the bearer token is read from MLOPSNB_TOKEN at run time (docker run -e, a k8s Secret): never baked in
 ENTRYPOINT {json.dumps(entry)}
 """
@@ -136,9 +145,11 @@ spec:
             - name: MLOPSNB_TOKEN
               valueFrom:
                 secretKeyRef: {{name: {secret}, key: token}}
-          readinessProbe:
-            httpGet: {{path: /ready, port: http}}
+          readinessProbe:   # /ready is behind the bearer token (only /health is open): an exec probe sends it
+            exec:
+              command: ["python", "-c", {json.dumps(probe(port, "/ready"))}]
             periodSeconds: 10
+            timeoutSeconds: 5
           livenessProbe:
             httpGet: {{path: /health, port: http}}
             initialDelaySeconds: 30
