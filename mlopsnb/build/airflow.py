@@ -200,7 +200,7 @@ def find_parent(rec, dag_run_id: str) -> str | None:
 def parent_run(build, # the task's `Build` (its parent run not opened), tagged with Airflow's run id
                dag_run_id: str, # Airflow's run id
               ) -> str | None:
-    "Return the parent run of an Airflow DAG run, creating it (race-free, under the registry lock) if it does not exist."
+    "Return the parent run of an Airflow DAG run, created (race-free, under the registry lock) if it does not exist."
     from mlopsnb.registry.locks import registry_lock
     from mlopsnb.build.run import check_data
     rec = build.rec
@@ -242,7 +242,7 @@ def run_airflow_task(project: Project, # the loaded project
                      attempt: int = 1, # Airflow's try number, tagged on the child run
                      engine: str = "papermill", # papermill | inprocess
                     ):
-    "Run one pipeline task as one attempt of an Airflow DAG run; return its TaskRecord (status `failed` with a one-line error)."
+    "Run one pipeline task as one attempt of an Airflow DAG run; return its TaskRecord (`failed`: a one-line error)."
     from mlopsnb.build.run import sigterm_interrupts
     if attempt < 1: raise ConfigError(f"--attempt {attempt}: 1 or more")
     dag, build = _prepare(project, engine, dag_run_id)
