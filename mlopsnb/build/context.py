@@ -112,6 +112,7 @@ class BuildContext:
             secrets |= found
         return cls(project, hidden, sources, states, digest, phash, secrets, params, reproduction_of)
 
+# %% ../../notebooks/api/08a_build_context.ipynb #9c20faea
 def task_notebook(task) -> str | None:
     "The notebook a Ploomber task writes (its `nb` product), or None for a task without one."
     prod = task.product
@@ -135,6 +136,7 @@ def task_boundary(variables: dict[str, str]):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+# %% ../../notebooks/api/08a_build_context.ipynb #3c06d179
 def build_variables(ctx: BuildContext) -> dict[str, str]:
     "Return the part of a task's environment that all the build's tasks share, known before anything is recorded."
     quiet = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
