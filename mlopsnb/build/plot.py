@@ -63,6 +63,7 @@ def dag_figure(g, # the task graph (`graph`)
     fig.tight_layout()
     return fig
 
+# %% ../../notebooks/api/08k_build_plot.ipynb #0eec84bd
 def plot(path: str | Path | None = None, # .png, .svg, .pdf or .md (a Mermaid diagram); default products/pipeline.png
          project: str | Path | None = None, spec_file: str = PIPELINE_FILE,
          status_rows: list[dict] | None = None, # colour tasks by status (from `status`)
