@@ -66,6 +66,7 @@ def source_state(cfg: DataConfig, # a data configuration
         return {"kind": "query", "stat": None, "sha256": frame_digest(read_source(cfg, root))}
     return {"kind": "file", **file_state(root / src, previous)}
 
+# %% ../../notebooks/api/08h_build_staleness.ipynb #8fd6119a
 def data_inputs(project: Project, # the loaded project
                 params: dict, # {task: {param: value}} from `Project.params`
                 previous: dict | None = None, # {task: record} from the last records
@@ -202,6 +203,7 @@ def drop_record(project: Project, task: str) -> None:
     "Forget what a task consumed (before it runs again)."
     _record_file(project, task).unlink(missing_ok=True)
 
+# %% ../../notebooks/api/08h_build_staleness.ipynb #9edea39a
 def task_states(project: Project, # the loaded project
                 params: dict, # {task: {param: value}} from `Project.params`
                 sources: dict[str, Path], # {task: its notebook}
