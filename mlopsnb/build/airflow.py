@@ -74,6 +74,7 @@ def jinja_literal(text: str) -> str:
     if "endraw" not in text: return "{% raw %}" + text + "{% endraw %}"
     return text.replace("{", "{{ '{' }}")    # no raw block can hold it: every brace on its own
 
+# %% ../../notebooks/api/08l_build_airflow.ipynb #c2c8029d
 def _dag_preamble(root: Path, mlopsnb: str, args: list[str], spec_file: str, secrets: list[str]) -> list[str]:
     "The lines of the DAG file before the DAG: its docstring, imports, constants and the task factory."
     from mlopsnb import __version__
@@ -109,6 +110,7 @@ def _dag_preamble(root: Path, mlopsnb: str, args: list[str], spec_file: str, sec
         "",
     ]
 
+# %% ../../notebooks/api/08l_build_airflow.ipynb #dce48582
 def dag_source(tasks: list[AirflowTask], # from `airflow_tasks`
                dag_id: str, # the Airflow DAG id
                root: Path, # the project folder (absolute)
