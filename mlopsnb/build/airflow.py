@@ -213,6 +213,7 @@ def parent_run(build, # the task's `Build` (its parent run not opened), tagged w
     with registry_lock(build.ctx.project.store):
         return find_parent(rec, dag_run_id) or build.open_parent(**{"mlopsnb.pid": ""})
 
+# %% ../../notebooks/api/08l_build_airflow.ipynb #58c6e4bb
 def _finished(task) -> bool:
     "Whether a task's last run finished: its product exists and its metadata (dropped before every run) is there."
     return task.product.exists() and task.product.metadata.timestamp is not None
