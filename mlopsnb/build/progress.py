@@ -69,6 +69,7 @@ class BuildProgress:
         print(f"[{self.ended}/{self.total}] {record.name} {record.status} in {record.seconds:.1f}s",
               file=self.stream, flush=True)
 
+# %% ../../notebooks/api/08b_build_progress.ipynb #cf33680b
 class NoProgress(BuildProgress):
     "Show nothing (library use)."
     def __init__(self): pass
