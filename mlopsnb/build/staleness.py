@@ -130,6 +130,7 @@ def _imports(source: str, # Python source
         out |= {f"{base}.{n.split(' as ')[0].strip()}" for n in names.replace("\n", ",").split(",") if n.strip()}
     return out
 
+# %% ../../notebooks/api/08h_build_staleness.ipynb #c86c69ec
 @functools.lru_cache(maxsize=512)
 def _file_imports(path: Path, mtime_ns: int, package: str) -> frozenset[str]:
     "The imports of a module file (cached by path and mtime)."
