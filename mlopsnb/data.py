@@ -126,11 +126,13 @@ def encode_target(y: pd.Series, # the raw target column
     "Return the target as 0/1 integers, checking it is binary and holds the positive label."
     if len(y) == 0: raise DataError(f"{where}: the table has no rows")
     values = sorted(set(y.dropna().unique().tolist()), key=str)
-    if len(values) == 1: raise DataError(f"data.target: column {y.name!r} has only one class ({values[0]}); a binary target needs two")
+    if len(values) == 1:
+        raise DataError(f"data.target: column {y.name!r} has only one class ({values[0]}); a binary target needs two")
     hit = _positive_mask(y, positive)
     if not hit.any():
         raise DataError(f"{where}: target {y.name!r} has no value {positive!r} (values: {', '.join(map(str, values[:10]))})")
-    if len(values) > 2: raise DataError(f"{where}: target {y.name!r} has {len(values)} values; mlopsnb models a binary target")
+    if len(values) > 2:
+        raise DataError(f"{where}: target {y.name!r} has {len(values)} values; mlopsnb models a binary target")
     if y.isna().any(): raise DataError(f"{where}: target {y.name!r} has {int(y.isna().sum())} missing values")
     return hit.astype("int64")
 
@@ -162,7 +164,8 @@ def source_values(cfg: DataConfig, # the data section of env.yaml
     try:
         if path.suffix.lower() == ".csv": s = pd.read_csv(path, usecols=[column])[column]
         else: s = pd.read_parquet(path, columns=[column])[column]
-    except Exception as e: raise DataError(f"data.source {src!r}: cannot read column {column!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise DataError(f"data.source {src!r}: cannot read column {column!r}: {str(e).splitlines()[0]}") from None
     return pd.Series(s.dropna().unique(), name=column)
 
 def _sql_values(cfg: DataConfig, column: str, limit: int) -> pd.Series:
@@ -251,7 +254,9 @@ def infer_contract(df: pd.DataFrame, # the table to describe (raw values: descri
     df = CoerceNumeric().fit_transform(df)
     cols = {}
     for c in df.columns:
-        s = df[c]; kind = _kind(s); miss = float(s.isna().mean())
+        s = df[c]
+        kind = _kind(s)
+        miss = float(s.isna().mean())
         spec: dict = {"type": kind, "missing": 0.0 if miss == 0 else round(min(1.0, max(0.01, 2 * miss)), 4)}
         if kind in {"integer", "number"} and s.notna().any() and c not in set(ids):
             spec["min"], spec["max"] = (float(s.min()), float(s.max())) if kind == "number" else (int(s.min()), int(s.max()))
@@ -285,18 +290,24 @@ def _column_messages(c: str, # the column's name
     out, kind = [], spec.get("type")
     s, unparsed = _as_checked(s, kind)
     miss = float(s.isna().mean()) - len(unparsed) / max(1, len(s))   # an unparsable value is a violation, not a blank
-    if miss > spec.get("missing", 0.0) + 1e-12: out.append(f"column {c!r}: {miss:.1%} missing, budget {spec.get('missing', 0.0):.1%}")
-    if len(unparsed): out.append(f"column {c!r}: expected {kind}, found {str(unparsed.iloc[0])!r}" + (f" ({len(unparsed)} values)" if len(unparsed) > 1 else ""))
+    if miss > spec.get("missing", 0.0) + 1e-12:
+        out.append(f"column {c!r}: {miss:.1%} missing, budget {spec.get('missing', 0.0):.1%}")
+    if len(unparsed):
+        out.append(f"column {c!r}: expected {kind}, found {str(unparsed.iloc[0])!r}" + (f" ({len(unparsed)} values)" if len(unparsed) > 1 else ""))
     v = s.dropna()
     if kind in {"integer", "number"}:
         if not (pd.api.types.is_numeric_dtype(v) or pd.api.types.is_bool_dtype(v)): return out
         v = v.astype(float)
-        if kind == "integer" and len(v) and not np.all(np.mod(v, 1) == 0): out.append(f"column {c!r}: expected integers, found {v[np.mod(v, 1) != 0].iloc[0]}")
-        if "min" in spec and (v < spec["min"]).any(): out.append(f"column {c!r}: {int((v < spec['min']).sum())} values below min {spec['min']} (e.g. {v[v < spec['min']].iloc[0]:g})")
-        if "max" in spec and (v > spec["max"]).any(): out.append(f"column {c!r}: {int((v > spec['max']).sum())} values above max {spec['max']} (e.g. {v[v > spec['max']].iloc[0]:g})")
+        if kind == "integer" and len(v) and not np.all(np.mod(v, 1) == 0):
+            out.append(f"column {c!r}: expected integers, found {v[np.mod(v, 1) != 0].iloc[0]}")
+        if "min" in spec and (v < spec["min"]).any():
+            out.append(f"column {c!r}: {int((v < spec['min']).sum())} values below min {spec['min']} (e.g. {v[v < spec['min']].iloc[0]:g})")
+        if "max" in spec and (v > spec["max"]).any():
+            out.append(f"column {c!r}: {int((v > spec['max']).sum())} values above max {spec['max']} (e.g. {v[v > spec['max']].iloc[0]:g})")
     elif kind == "category" and "values" in spec:
         bad = v[~v.astype(str).isin(set(map(str, spec["values"])))]
-        if len(bad): out.append(f"column {c!r}: {len(bad)} values outside the contract's categories (e.g. {str(bad.iloc[0])!r})")
+        if len(bad):
+            out.append(f"column {c!r}: {len(bad)} values outside the contract's categories (e.g. {str(bad.iloc[0])!r})")
     return out
 
 def contract_violations(df: pd.DataFrame, # the table to check
@@ -311,7 +322,9 @@ def contract_violations(df: pd.DataFrame, # the table to check
     for c in cols:
         if c not in df.columns: out.append(Violation(f"column {c!r} is missing", sev(c), str(c)))
     for c in df.columns:
-        if str(c) not in cols: out.append(Violation(f"column {c!r} is not in the contract", default, str(c))); continue
+        if str(c) not in cols:
+            out.append(Violation(f"column {c!r} is not in the contract", default, str(c)))
+            continue
         out += [Violation(m, sev(c), str(c)) for m in _column_messages(c, df[c], cols[str(c)])]
     return out
 
@@ -328,7 +341,8 @@ def check_contract(df: pd.DataFrame, # the table to check
     "Raise ContractError naming the first error-level violation (and how many more); return the warnings."
     found = contract_violations(df, contract)
     bad = violation_messages(found, "error")
-    if bad: raise ContractError(f"{where}: {bad[0]}" + (f" (and {len(bad) - 1} more violations)" if len(bad) > 1 else ""))
+    if bad:
+        raise ContractError(f"{where}: {bad[0]}" + (f" (and {len(bad) - 1} more violations)" if len(bad) > 1 else ""))
     return violation_messages(found, "warn")
 
 # %% ../notebooks/api/02_data.ipynb #2d3dd887
@@ -347,18 +361,23 @@ def _is_number(v) -> bool:
 
 def _check_spec(spec, at: str) -> None:
     "Raise ContractError naming the first bad key of one column's spec (`at` is `file: columns.<name>`)."
-    if not isinstance(spec, dict): raise ContractError(f"{at}: expected a mapping ({', '.join(SPEC_KEYS)}), found {_found(spec)}")
+    if not isinstance(spec, dict):
+        raise ContractError(f"{at}: expected a mapping ({', '.join(SPEC_KEYS)}), found {_found(spec)}")
     for k in spec:
         if k not in SPEC_KEYS: raise ContractError(f"{at}.{k}: unknown key ({', '.join(SPEC_KEYS)})")
     if "type" not in spec: raise ContractError(f"{at}.type: missing ({', '.join(TYPES)})")
     if spec["type"] not in TYPES: raise ContractError(f"{at}.type: unknown type {spec['type']!r} ({', '.join(TYPES)})")
     for k in ("min", "max"):
-        if k in spec and not _is_number(spec[k]): raise ContractError(f"{at}.{k}: expected a number, found {_found(spec[k])}")
-    if "min" in spec and "max" in spec and spec["min"] > spec["max"]: raise ContractError(f"{at}: min {spec['min']} is above max {spec['max']}")
+        if k in spec and not _is_number(spec[k]):
+            raise ContractError(f"{at}.{k}: expected a number, found {_found(spec[k])}")
+    if "min" in spec and "max" in spec and spec["min"] > spec["max"]:
+        raise ContractError(f"{at}: min {spec['min']} is above max {spec['max']}")
     if "missing" in spec and not (_is_number(spec["missing"]) and 0 <= spec["missing"] <= 1):
         raise ContractError(f"{at}.missing: expected a fraction from 0 to 1, found {_found(spec['missing'])}")
-    if "values" in spec and not isinstance(spec["values"], list): raise ContractError(f"{at}.values: expected a list of categories, found {_found(spec['values'])}")
-    if "severity" in spec and spec["severity"] not in SEVERITIES: raise ContractError(f"{at}.severity: unknown severity {spec['severity']!r} ({', '.join(SEVERITIES)})")
+    if "values" in spec and not isinstance(spec["values"], list):
+        raise ContractError(f"{at}.values: expected a list of categories, found {_found(spec['values'])}")
+    if "severity" in spec and spec["severity"] not in SEVERITIES:
+        raise ContractError(f"{at}.severity: unknown severity {spec['severity']!r} ({', '.join(SEVERITIES)})")
     if "pii" in spec and not (isinstance(spec["pii"], bool) or spec["pii"] in ("hash", "drop")):
         raise ContractError(f"{at}.pii: expected true, false, hash or drop, found {_found(spec['pii'])}")
 
@@ -366,7 +385,8 @@ def validate_contract(doc, # a parsed contract file
                       where: str = "contract", # the file, named in errors
                      ) -> dict:
     "Return `doc` if it is a well-formed contract; raise ContractError naming the file and the first bad key."
-    if not isinstance(doc, dict): raise ContractError(f"{where}: expected a mapping ({', '.join(CONTRACT_KEYS)}), found {_found(doc)}")
+    if not isinstance(doc, dict):
+        raise ContractError(f"{where}: expected a mapping ({', '.join(CONTRACT_KEYS)}), found {_found(doc)}")
     for k in doc:
         if k not in CONTRACT_KEYS: raise ContractError(f"{where}: {k}: unknown key ({', '.join(CONTRACT_KEYS)})")
     rows = doc.get("rows", {})
@@ -375,9 +395,11 @@ def validate_contract(doc, # a parsed contract file
         if k != "min": raise ContractError(f"{where}: rows.{k}: unknown key (min)")
     if "min" in rows and not (isinstance(rows["min"], int) and not isinstance(rows["min"], bool) and rows["min"] >= 0):
         raise ContractError(f"{where}: rows.min: expected a whole number >= 0, found {_found(rows['min'])}")
-    if doc.get("severity", "error") not in SEVERITIES: raise ContractError(f"{where}: severity: unknown severity {doc['severity']!r} ({', '.join(SEVERITIES)})")
+    if doc.get("severity", "error") not in SEVERITIES:
+        raise ContractError(f"{where}: severity: unknown severity {doc['severity']!r} ({', '.join(SEVERITIES)})")
     if "columns" not in doc: raise ContractError(f"{where}: columns: missing (a contract lists its columns)")
-    if not isinstance(doc["columns"], dict): raise ContractError(f"{where}: columns: expected a mapping from column name to spec, found {_found(doc['columns'])}")
+    if not isinstance(doc["columns"], dict):
+        raise ContractError(f"{where}: columns: expected a mapping from column name to spec, found {_found(doc['columns'])}")
     for name, spec in doc["columns"].items(): _check_spec(spec, f"{where}: columns.{name}")
     return doc
 

@@ -62,7 +62,8 @@ def calibration_table(y_true, # 0/1 labels
     b = np.minimum((p * bins).astype(int), bins - 1)
     t = (pd.DataFrame({"bin": b, "p": p, "y": y}).groupby("bin")
          .agg(mean_predicted=("p", "mean"), observed_rate=("y", "mean"), count=("y", "size")).reset_index())
-    t.insert(1, "lower", t["bin"] / bins); t.insert(2, "upper", (t["bin"] + 1) / bins)
+    t.insert(1, "lower", t["bin"] / bins)
+    t.insert(2, "upper", (t["bin"] + 1) / bins)
     return t
 
 def calibration_error(table: pd.DataFrame, # from `calibration_table`
@@ -166,7 +167,8 @@ def sensitive_groups(groups: pd.DataFrame | None, # one column per sensitive att
     cfg = fairness_config(fairness)
     if groups is None: return None
     for col in cfg.bins:
-        if col not in groups.columns: raise ConfigError(f"fairness: bins.{col}: not a sensitive attribute ({', '.join(map(str, groups.columns)) or 'none'})")
+        if col not in groups.columns:
+            raise ConfigError(f"fairness: bins.{col}: not a sensitive attribute ({', '.join(map(str, groups.columns)) or 'none'})")
     out = {}
     for c in groups.columns:
         s = groups[c]
@@ -198,11 +200,13 @@ def fairness_table(y_true, # 0/1 labels
     threshold = _check_threshold(threshold)
     y, p = _arrays(y_true, proba)
     groups = pd.DataFrame(index=range(len(y))) if groups is None else pd.DataFrame(groups)
-    if len(groups) != len(y): raise DataError(f"fairness: {len(groups)} rows of sensitive attributes but {len(y)} labels")
+    if len(groups) != len(y):
+        raise DataError(f"fairness: {len(groups)} rows of sensitive attributes but {len(y)} labels")
     pred, rows = p >= threshold, []
     for attr in groups.columns:
         s = groups[attr].reset_index(drop=True)
-        if isinstance(s.dtype, pd.CategoricalDtype) and s.isna().any(): s = s.cat.add_categories(["missing"]).fillna("missing")
+        if isinstance(s.dtype, pd.CategoricalDtype) and s.isna().any():
+            s = s.cat.add_categories(["missing"]).fillna("missing")
         for value, idx in s.groupby(s, sort=True, dropna=False, observed=True).indices.items():
             yy, pp = y[idx], pred[idx]
             rows.append({"attribute": str(attr), "group": _label(value), "n": len(idx),
@@ -272,14 +276,19 @@ def fairness_gap_ci(y_true, # 0/1 labels
 # %% ../notebooks/api/05_evaluate.ipynb #64fd740d
 def _stacked_importances(model, X: pd.DataFrame, y: np.ndarray, n_repeats: int, seed: int, score, max_stack: int = 200_000) -> np.ndarray:
     "sklearn's permutation importances (same shuffles, same seeds) with the shuffled copies scored in stacked calls."
-    seed_all = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)   # as sklearn draws it: one seed for every column
+    # as sklearn draws it: one seed for every column
+    seed_all = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
     n, per_call = len(X), max(1, max_stack // max(len(X), 1))
-    copies = []                                     # (column, shuffled copy of X), sklearn's order: each shuffle compounds the last
+    # (column, shuffled copy of X), sklearn's order: each shuffle compounds the last
+    copies = []
     for j, c in enumerate(X.columns):
         rs, idx, col = np.random.RandomState(seed_all), np.arange(n), X.iloc[:, j].to_numpy()
         for _ in range(n_repeats):
-            rs.shuffle(idx); col = col[idx]
-            Xp = X.copy(); Xp[c] = col; copies.append(Xp)
+            rs.shuffle(idx)
+            col = col[idx]
+            Xp = X.copy()
+            Xp[c] = col
+            copies.append(Xp)
     p_all = [model.predict_proba(X)[:, 1]]
     for i in range(0, len(copies), per_call):
         p_all += np.split(model.predict_proba(pd.concat(copies[i:i + per_call], ignore_index=True))[:, 1], len(copies[i:i + per_call]))
@@ -307,7 +316,8 @@ def importance_table(model, # a fitted classifier (an sklearn Pipeline taking th
     if max_rows and len(X) > max_rows:
         X, y = resample(X, y, n_samples=max_rows, replace=False, stratify=y, random_state=seed)
     if is_scorer(scoring): drops = _stacked_importances(model, X, y, n_repeats, seed, scorer(scoring))
-    else: drops = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1).importances
+    else:
+        drops = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1).importances
     t = pd.DataFrame({"feature": [str(c) for c in X.columns], "importance_mean": drops.mean(axis=1),
                       "importance_std": drops.std(axis=1)})
     return t.sort_values("importance_mean", ascending=False, ignore_index=True)

@@ -152,7 +152,8 @@ def importance_figure(results: dict[str, dict], # model name -> result of `evalu
     return fig
 
 # %% ../notebooks/api/05a_report.ipynb #b142ec63
-SHOWN_AS = {"value_per_customer": "value_per_case"}   # metric keys shown under a neutral name (the key itself is the metric's name in MLflow)
+# metric keys shown under a neutral name (the key itself is the metric's name in MLflow)
+SHOWN_AS = {"value_per_customer": "value_per_case"}
 
 def summary_rows() -> list[str]:
     "Return the rows of the report's summary: the table's summary metrics (as the report names them), the fairness gap."
@@ -205,7 +206,8 @@ def _fairness_note(results: dict[str, dict]) -> str:
         lines.append(f"{name}: largest gap {r['fairness_max_gap']:.3f} (95% bootstrap interval {lo:.3f} to {hi:.3f})")
     size = (first.get("fairness_config") or {}).get("min_group_size")
     small = int(first["fairness_table"].get("too_small", pd.Series(dtype=bool)).sum())
-    if size: lines.append(f"groups of fewer than {size} rows ({small} here) are shown with too_small = True and left out of the gaps")
+    if size:
+        lines.append(f"groups of fewer than {size} rows ({small} here) are shown with too_small = True and left out of the gaps")
     return f'<p class="note">{html.escape("; ".join(lines))}.</p>'
 
 def _section(title: str, *parts: str) -> str:

@@ -37,7 +37,8 @@ def template_files(root: Path) -> list[str]:
     "Return the reference project's files (settings.ini `project_files`) of a repository checkout, or every file packaged."
     ini = root / "settings.ini"
     if ini.is_file():
-        cfg = ConfigParser(delimiters=["="]); cfg.read(ini, encoding="utf-8")
+        cfg = ConfigParser(delimiters=["="])
+        cfg.read(ini, encoding="utf-8")
         return cfg["DEFAULT"].get("project_files", "").split()
     return sorted(p.name for p in root.iterdir())
 
@@ -108,18 +109,24 @@ def describe_data(path: Path, # a .csv or .parquet table
     "Return (positive label typed like the column, its columns, `infer_roles`); ScaffoldError on a bad column or label."
     import pandas as pd
     if not path.is_file(): raise ScaffoldError(f"--data {path}: file not found")
-    if path.suffix.lower() not in {".csv", ".parquet", ".pq"}: raise ScaffoldError(f"--data {path}: expected a .csv or .parquet file")
+    if path.suffix.lower() not in {".csv", ".parquet", ".pq"}:
+        raise ScaffoldError(f"--data {path}: expected a .csv or .parquet file")
     try: df = pd.read_parquet(path) if path.suffix.lower() != ".csv" else pd.read_csv(path)
-    except Exception as e: raise ScaffoldError(f"--data {path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if target not in df.columns: raise ScaffoldError(f"--data {path}: no column {target!r} (columns: {', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''})")
+    except Exception as e:
+        raise ScaffoldError(f"--data {path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if target not in df.columns:
+        raise ScaffoldError(f"--data {path}: no column {target!r} (columns: {', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''})")
     values = df[target].dropna().unique().tolist()
-    if len(values) != 2: raise ScaffoldError(f"--target {target}: expected two classes in {path.name}, found {len(values)}")
+    if len(values) != 2:
+        raise ScaffoldError(f"--target {target}: expected two classes in {path.name}, found {len(values)}")
     if positive is not None:
         match = [v for v in values if str(v) == str(positive)]
-        if not match: raise ScaffoldError(f"--positive {positive}: not a value of {target!r} in {path.name} ({', '.join(map(str, values))})")
+        if not match:
+            raise ScaffoldError(f"--positive {positive}: not a value of {target!r} in {path.name} ({', '.join(map(str, values))})")
         return _plain(match[0]), list(map(str, df.columns)), infer_roles(df, target)
     found = [v for v in values if str(v).strip().lower() in POSITIVE_WORDS]
-    if len(found) != 1: raise ScaffoldError(f"--target {target}: which of {', '.join(map(str, values))} is the positive class? Give --positive")
+    if len(found) != 1:
+        raise ScaffoldError(f"--target {target}: which of {', '.join(map(str, values))} is the positive class? Give --positive")
     return _plain(found[0]), list(map(str, df.columns)), infer_roles(df, target)
 
 def _plain(v):
@@ -171,7 +178,8 @@ def pipeline_yaml(reference: str, # the reference pipeline.yaml
                  ) -> str:
     "Return the reference spec with the promotion policy and card of a new project (modest gates, nothing declared yet)."
     i = reference.find("\n      policy:")
-    if i < 0 or re.search(r"\n  - source:", reference[i:]): raise ScaffoldError("the packaged pipeline.yaml does not end with the policy of its last task")
+    if i < 0 or re.search(r"\n  - source:", reference[i:]):
+        raise ScaffoldError("the packaged pipeline.yaml does not end with the policy of its last task")
     return reference[:i + 1] + POLICY
 
 MAKEFILE = """# `make run` builds the pipeline to a gated @champion; `make test` runs the tests.
@@ -354,8 +362,10 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
                ) -> Path:
     "Create a new project from the installed package's reference project; return its folder."
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())): raise ScaffoldError(f"{dest}: exists and is not empty")
-    if (data is None) != (target is None): raise ScaffoldError("--data and --target go together (the table and the column to predict)")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ScaffoldError(f"{dest}: exists and is not empty")
+    if (data is None) != (target is None):
+        raise ScaffoldError("--data and --target go together (the table and the column to predict)")
     for flag, v in (("--positive", positive), ("--ids", ids), ("--drop", drop)):
         if v is not None and data is None: raise ScaffoldError(f"{flag} needs --data and --target")
     ref, name = template_root(), _name(dest)
@@ -373,9 +383,12 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             src = ref / f
             if data is not None and f in {"pipeline.yaml", "env.yaml", "contracts"}: continue
             if src.is_dir(): shutil.copytree(src, tmp / f, ignore=skip)
-            else: (tmp / f).parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, tmp / f)
+            else:
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp / f)
         if data is not None:
-            (tmp / "data").mkdir(); shutil.copyfile(data, tmp / "data" / data.name)
+            (tmp / "data").mkdir()
+            shutil.copyfile(data, tmp / "data" / data.name)
             ids, drop, notes = data_columns(roles, ids, drop)
             cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids,
                    "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml"}
@@ -383,8 +396,11 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             (tmp / "pipeline.yaml").write_text(pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8")), encoding="utf-8")
             (tmp / "contracts").mkdir(exist_ok=True)
         (tmp / "Makefile").write_text(MAKEFILE.replace("{pytest}", test_requirement()), encoding="utf-8")
-        (tmp / "tests").mkdir(); (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
-        if wheel is not None: (tmp / WHEEL_DIR).mkdir(); shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
+        (tmp / "tests").mkdir()
+        (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
+        if wheel is not None:
+            (tmp / WHEEL_DIR).mkdir()
+            shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
         (tmp / ".github" / "workflows").mkdir(parents=True)
         ci = ci_workflow(source, f"data/{data.name}" if data is not None else None)
         (tmp / ".github/workflows/ci.yml").write_text(ci, encoding="utf-8")

@@ -30,7 +30,8 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     "Where the data comes from and what its columns mean."
-    source: str = "embedded:modeldata/wa_churn"  # `embedded:<package>/<item>`, a .csv/.parquet path, or a SQLAlchemy URL
+    # `embedded:<package>/<item>`, a .csv/.parquet path, or a SQLAlchemy URL
+    source: str = "embedded:modeldata/wa_churn"
     query: str | None = None                     # the SQL query, when `source` is a database URL
     target: str = "churn"                        # the column to predict
     positive: str | int | float | bool = "Yes"   # the target's value that counts as the positive class
@@ -59,8 +60,10 @@ class EnvConfig(Strict):
 # %% ../notebooks/api/01_settings.ipynb #092f1bf4
 class PromotionPolicy(Strict):
     "The gates a challenger must pass before @champion moves to it."
-    primary: str = "roc_auc"                      # metric compared with the champion (in its direction: mlopsnb.metrics)
-    min_delta: float = 0.0                        # the challenger must beat the champion's primary metric by more than this
+    # metric compared with the champion (in its direction: mlopsnb.metrics)
+    primary: str = "roc_auc"
+    # the challenger must beat the champion's primary metric by more than this
+    min_delta: float = 0.0
     minimums: dict[str, float] = {}               # metric -> lowest acceptable value (higher-is-better metrics)
     maximums: dict[str, float] = {}               # metric -> highest acceptable value (log_loss, brier, ...)
     max_fairness_gap: float | None = Field(None, ge=0, le=1)  # largest selection-rate/TPR/FPR gap between groups
@@ -81,7 +84,8 @@ from pydantic import field_validator
 class FairnessConfig(Strict):
     "How evaluate_model groups the sensitive attributes, and which groups its fairness gap counts."
     bins: dict[str, list[float] | int] = {}       # numeric column -> its bin edges, or a number of quantile bins
-    quantiles: int = Field(4, ge=2)               # quantile bins of any other numeric attribute with many distinct values
+    # quantile bins of any other numeric attribute with many distinct values
+    quantiles: int = Field(4, ge=2)
     min_group_size: int = Field(30, ge=0)         # smaller groups are reported, flagged, and left out of the gap
 
     @field_validator("bins", mode="before")
@@ -126,15 +130,18 @@ class MonitorConfig(Strict):
     decay_warn: float = Field(0.02, ge=0)        # drop of a metric from the version's recorded value: warn
     decay_drift: float = Field(0.05, ge=0)       # ... drift, when the bootstrap interval excludes no drop
     min_rows: int = Field(100, ge=1)             # fewer current rows: status "insufficient", never drift
-    min_label_match: float = Field(0.5, ge=0, le=1)   # a labels file whose rows match fewer of the scored rows: warn, never ok
+    # a labels file whose rows match fewer of the scored rows: warn, never ok
+    min_label_match: float = Field(0.5, ge=0, le=1)
     bootstrap: int = Field(200, ge=20)           # bootstrap resamples for confidence intervals
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0                                # bootstrap seed
-    threshold: float | None = Field(None, ge=0, le=1)   # decision threshold (None: the training spec's `threshold` param, else 0.5)
+    # decision threshold (None: the training spec's `threshold` param, else 0.5)
+    threshold: float | None = Field(None, ge=0, le=1)
     value_matrix: dict[str, float] | None = None  # value per case of tp, fp, fn, tn (None: no value metric)
     window_hours: float = Field(24 * 7, gt=0)    # prediction-log window ending now
     chunk_rows: int = Field(50_000, ge=100)      # rows read at a time (memory stays bounded)
-    experiment: str | None = None                # MLflow experiment of monitoring runs (default: <experiment>-monitoring)
+    # MLflow experiment of monitoring runs (default: <experiment>-monitoring)
+    experiment: str | None = None
     webhook: str | None = None                   # POST the JSON summary here on warn/drift (None: no webhook)
     webhook_retries: int = Field(3, ge=1)        # attempts
     webhook_backoff_s: float = Field(0.5, ge=0)  # first wait between attempts, doubled each time
@@ -257,7 +264,8 @@ def load_env(project: Path, # the project folder
     raw = {k: v for k, v in raw.items() if not str(k).startswith("_")}  # Ploomber's own `_module` etc.
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides, EnvConfig)
     try: return EnvConfig.model_validate(_merge(raw, over))
-    except ValidationError as e: raise ConfigError(one_line_error(e, path.name if not over else f"{path.name} (with --env)")) from None
+    except ValidationError as e:
+        raise ConfigError(one_line_error(e, path.name if not over else f"{path.name} (with --env)")) from None
 
 # %% ../notebooks/api/01_settings.ipynb #ee7d09da
 def stable_hash(obj: Any) -> str:

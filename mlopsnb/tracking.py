@@ -114,7 +114,9 @@ class Recorder(NullRecorder):
                 ):
         self.store = as_store(store)
         self.uri, self.client = self.store.tracking_uri, self.store.client()
-        if experiment_id: self.experiment_id = experiment_id; return
+        if experiment_id:
+            self.experiment_id = experiment_id
+            return
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             from mlflow.exceptions import MlflowException
@@ -242,11 +244,14 @@ def advisory_lock(uri: str, # a PostgreSQL URI
             deadline = time.monotonic() + timeout
             while not con.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 con.rollback()
-                if time.monotonic() > deadline: raise error(f"{what} ({key} in {mask_url(uri)}) still held after {timeout:.0f}s")
+                if time.monotonic() > deadline:
+                    raise error(f"{what} ({key} in {mask_url(uri)}) still held after {timeout:.0f}s")
                 time.sleep(0.05 + random.random() * 0.1)
             con.commit()
             try: yield
-            finally: con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key}); con.commit()
+            finally:
+                con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                con.commit()
     finally: engine.dispose()
 
 def prepare_store(uri: str, # a tracking URI
@@ -260,7 +265,8 @@ def prepare_store(uri: str, # a tracking URI
                 from mlflow.tracking import MlflowClient
                 MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
         return uri
-    if "timeout" not in dict(parse_qsl(uri.partition("?")[2])): uri += ("&" if "?" in uri else "?") + f"timeout={timeout:g}"
+    if "timeout" not in dict(parse_qsl(uri.partition("?")[2])):
+        uri += ("&" if "?" in uri else "?") + f"timeout={timeout:g}"
     db.parent.mkdir(parents=True, exist_ok=True)
     with _init_lock(db):
         con = sqlite3.connect(db, timeout=timeout)
@@ -273,7 +279,8 @@ def prepare_store(uri: str, # a tracking URI
         if not ready:   # a new store: let MLflow create its tables now, while the others wait
             from mlflow.tracking import MlflowClient
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1); client.search_registered_models(max_results=1)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
     return uri
 
 # %% ../notebooks/api/06_tracking.ipynb #85f874fc
