@@ -72,7 +72,8 @@ class PromotionPolicy(Strict):
     require_clean_commit: bool = False            # the build ran on a committed tree (its git.dirty tag is false)
 
 class ScoringConfig(Strict):
-    "What a batch-scoring task scores, with which registered version: the file and the version it resolves to are tracked as inputs."
+    ("What a batch-scoring task scores, with which registered version: the file and the version it resolves to are "
+     "tracked as inputs.")
     input: str                                    # a CSV or Parquet file of raw records (relative to the project)
     model_name: str = "churn"                     # registered model name
     version: str = "@champion"                    # version number or @alias
@@ -205,12 +206,14 @@ def _value(item: str, key: list[str], value: str, schema: type[BaseModel] | None
             return value if inner is None else inner
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--env {item!r}: invalid value ({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--env {item!r}: invalid value "
+                          f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
 
 def parse_overrides(items: list[str] | None, # `key=value` strings; dotted keys reach into sections
                     schema: type[BaseModel] | None = None, # the settings model: its text fields keep text
                    ) -> dict:
-    "Turn `['data.target=y', 'sample=500']` into a nested dict; values are text where `schema` says text, YAML otherwise."
+    ("Turn `['data.target=y', 'sample=500']` into a nested dict; values are text where `schema` says text, YAML "
+     "otherwise.")
     out, origin = {}, {}
     for item in items or []:
         if "=" not in item: raise ConfigError(f"--env {item!r}: expected key=value")
@@ -223,7 +226,8 @@ def parse_overrides(items: list[str] | None, # `key=value` strings; dotted keys 
                 raise ConfigError(f"--env {item!r}: conflicts with --env {origin['.'.join(path[:i + 1])]!r}")
             d = d[p]
         if isinstance(d.get(path[-1]), dict):
-            raise ConfigError(f"--env {item!r}: conflicts with --env {next(v for k, v in origin.items() if k.startswith(key.strip() + '.'))!r}")
+            raise ConfigError(f"--env {item!r}: conflicts with --env "
+                              f"{next(v for k, v in origin.items() if k.startswith(key.strip() + '.'))!r}")
         d[path[-1]] = _value(item, path, value, schema)
         origin[key.strip()] = item
     return out
@@ -312,7 +316,8 @@ SERVER_SCHEMES = {"http", "https", "databricks"}
 
 def uri_scheme(uri: str, # a URI or a path
               ) -> str | None:
-    "Return the scheme of a URI (`s3`, `mlflow-artifacts`, `postgresql+psycopg`), or None for a plain path (`C:\\x` too)."
+    ("Return the scheme of a URI (`s3`, `mlflow-artifacts`, `postgresql+psycopg`), or None for a plain path (`C:\\x` "
+     "too).")
     import re
     m = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)   # two characters at least: a Windows drive letter is not a scheme
     return m.group(1).lower() if m else None

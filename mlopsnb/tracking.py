@@ -64,7 +64,7 @@ def lineage_tags(project: str | Path, # the project folder
                  pipeline: str = "pipeline.yaml", # the spec that was built
                  pipeline_hash: str | None = None, # hash of the rendered spec and env
                  data_digest: str | None = None, # digest of the input data
-                 reproduction_of: str | None = None, # `<model>/<version>` the build reproduces (a build's context says; a task: `reproducing()`)
+                 reproduction_of: str | None = None, # `<model>/<version>` reproduced (a task: `reproducing()`)
                 ) -> dict[str, str]:
     "Return the lineage tags every mlopsnb run carries."
     from mlopsnb import __version__
@@ -143,7 +143,8 @@ class Recorder(NullRecorder):
 
     def log_params(self, run_id, params):
         from mlflow.entities import Param
-        ps = [Param(str(k), (json.dumps(v, default=str) if not isinstance(v, str) else v)[:6000]) for k, v in params.items()]
+        ps = [Param(str(k), (json.dumps(v, default=str) if not isinstance(v, str) else v)[:6000])
+              for k, v in params.items()]
         for i in range(0, len(ps), 100): self.client.log_batch(run_id, params=ps[i:i + 100], synchronous=True)
 
     def set_tags(self, run_id, tags):
@@ -162,7 +163,8 @@ class Recorder(NullRecorder):
     def reconcile(self) -> int:
         "End as KILLED the runs of this host left RUNNING by a process that no longer exists."
         host, n = socket.gethostname(), 0
-        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
+        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                       max_results=500)
         for r in runs:
             pid = r.data.tags.get("mlopsnb.pid")
             if r.data.tags.get("mlopsnb.host") != host or not pid or process_alive(int(pid)): continue
@@ -257,11 +259,13 @@ def advisory_lock(uri: str, # a PostgreSQL URI
 def prepare_store(uri: str, # a tracking URI
                   timeout: float = STORE_TIMEOUT, # busy timeout added to a sqlite URI
                  ) -> str:
-    "Put a SQLite store in WAL mode with MLflow's schema created once (a PostgreSQL one: created once too); return the URI to use."
+    ("Put a SQLite store in WAL mode with MLflow's schema created once (a PostgreSQL one: created once too); return "
+     "the URI to use.")
     db = sqlite_path(uri)
     if db is None:
         if is_postgres(uri):
-            with advisory_lock(uri, SCHEMA_KEY, timeout=600):   # the first processes on an empty database: one creates the schema
+            # the first processes on an empty database: one creates the schema
+            with advisory_lock(uri, SCHEMA_KEY, timeout=600):
                 from mlflow.tracking import MlflowClient
                 MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
         return uri
@@ -305,7 +309,8 @@ def current_run_id() -> str | None:
     if not _state.get("interactive"):
         try: project = task_root()
         except MlopsnbError: project = Path.cwd()
-        _state["interactive"] = rec.start_run("interactive", tags={"mlopsnb.mode": "interactive", **lineage_tags(project)})
+        _state["interactive"] = rec.start_run("interactive",
+                                              tags={"mlopsnb.mode": "interactive", **lineage_tags(project)})
         log.info("logging to interactive run %s", _state["interactive"])
     return _state["interactive"]
 
@@ -337,7 +342,8 @@ def set_tags(tags: dict | None = None, **kw) -> None:
     _rec().set_tags(current_run_id(), {**(tags or {}), **kw})
 
 def recorded_tags() -> dict[str, str]:
-    "Return the tags of the current run (its lineage: git.commit, git.dirty, ...); the project's lineage when tracking is off."
+    ("Return the tags of the current run (its lineage: git.commit, git.dirty, ...); the project's lineage when "
+     "tracking is off.")
     rec = _rec()
     if not rec.enabled: return lineage_tags(task_root(), reproduction_of=reproducing())
     return dict(rec.client.get_run(current_run_id()).data.tags)
