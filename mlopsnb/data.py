@@ -47,8 +47,7 @@ def read_source(cfg: DataConfig, # the data section of env.yaml
             with engine.connect() as con: return pd.read_sql_query(sa.text(cfg.query), con)
         except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as e:   # pandas wraps the driver's error in its own
             inner = e.__cause__ if isinstance(e, pd.errors.DatabaseError) and e.__cause__ else e
-            raise DataError(mask_url(f"data.source {src!r}: query failed: "
-                                     f"{str(getattr(inner, 'orig', None) or inner).splitlines()[0]}")) from None
+            raise DataError(mask_url(f"data.source {src!r}: query failed: {str(getattr(inner, 'orig', None) or inner).splitlines()[0]}")) from None
     path = Path(project) / cfg.source
     if not path.is_file(): raise DataError(f"data.source {src!r}: file not found ({path})")
     try:
@@ -72,8 +71,7 @@ def _sql_columns(cfg: DataConfig) -> list[str]:
             try: return list(result.keys())
             finally: result.close()
     except sa.exc.SQLAlchemyError as e:
-        raise DataError(mask_url(f"data.source {mask_url(cfg.source)!r}: query failed: "
-                                 f"{str(e.orig if hasattr(e, 'orig') else e).splitlines()[0]}")) from None
+        raise DataError(mask_url(f"data.source {mask_url(cfg.source)!r}: query failed: {str(e.orig if hasattr(e, 'orig') else e).splitlines()[0]}")) from None
 
 def source_columns(cfg: DataConfig, # the data section of env.yaml
                    project: str | Path = ".", # relative paths are relative to this folder
@@ -107,8 +105,7 @@ def check_columns(cfg: DataConfig, # the data section of env.yaml
         for col in [value] if isinstance(value, str) else value:
             if col not in set(have):
                 listed = ", ".join(have[:12]) + (", …" if len(have) > 12 else "")
-                raise DataError(f"data.{key}: column {col!r} not found in {where or mask_url(cfg.source)} (columns: "
-                                f"{listed})")
+                raise DataError(f"data.{key}: column {col!r} not found in {where or mask_url(cfg.source)} (columns: {listed})")
 
 # %% ../notebooks/api/02_data.ipynb #245ff59d
 def coerce_numeric(df: pd.DataFrame) -> pd.DataFrame:
@@ -129,14 +126,11 @@ def encode_target(y: pd.Series, # the raw target column
     "Return the target as 0/1 integers, checking it is binary and holds the positive label."
     if len(y) == 0: raise DataError(f"{where}: the table has no rows")
     values = sorted(set(y.dropna().unique().tolist()), key=str)
-    if len(values) == 1:
-        raise DataError(f"data.target: column {y.name!r} has only one class ({values[0]}); a binary target needs two")
+    if len(values) == 1: raise DataError(f"data.target: column {y.name!r} has only one class ({values[0]}); a binary target needs two")
     hit = _positive_mask(y, positive)
     if not hit.any():
-        raise DataError(f"{where}: target {y.name!r} has no value {positive!r} (values: "
-                        f"{', '.join(map(str, values[:10]))})")
-    if len(values) > 2:
-        raise DataError(f"{where}: target {y.name!r} has {len(values)} values; mlopsnb models a binary target")
+        raise DataError(f"{where}: target {y.name!r} has no value {positive!r} (values: {', '.join(map(str, values[:10]))})")
+    if len(values) > 2: raise DataError(f"{where}: target {y.name!r} has {len(values)} values; mlopsnb models a binary target")
     if y.isna().any(): raise DataError(f"{where}: target {y.name!r} has {int(y.isna().sum())} missing values")
     return hit.astype("int64")
 
@@ -168,8 +162,7 @@ def source_values(cfg: DataConfig, # the data section of env.yaml
     try:
         if path.suffix.lower() == ".csv": s = pd.read_csv(path, usecols=[column])[column]
         else: s = pd.read_parquet(path, columns=[column])[column]
-    except Exception as e:
-        raise DataError(f"data.source {src!r}: cannot read column {column!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e: raise DataError(f"data.source {src!r}: cannot read column {column!r}: {str(e).splitlines()[0]}") from None
     return pd.Series(s.dropna().unique(), name=column)
 
 def _sql_values(cfg: DataConfig, column: str, limit: int) -> pd.Series:
@@ -179,8 +172,7 @@ def _sql_values(cfg: DataConfig, column: str, limit: int) -> pd.Series:
     try:
         with sa.create_engine(expand_vars(cfg.source)).connect() as con:
             name = con.dialect.identifier_preparer.quote(column)
-            rows = con.execute(sa.text(f"SELECT DISTINCT {name} FROM ({query}) AS q WHERE {name} IS NOT NULL LIMIT "
-                                       f"{int(limit)}"))
+            rows = con.execute(sa.text(f"SELECT DISTINCT {name} FROM ({query}) AS q WHERE {name} IS NOT NULL LIMIT {int(limit)}"))
             return pd.Series([r[0] for r in rows], name=column)
     except sa.exc.SQLAlchemyError as e:
         first = str(getattr(e, "orig", None) or e).splitlines()[0]
@@ -189,14 +181,11 @@ def _sql_values(cfg: DataConfig, column: str, limit: int) -> pd.Series:
 def check_positive(cfg: DataConfig, # the data section of env.yaml
                    values: pd.Series, # the target's distinct values (`source_values`)
                   ) -> None:
-    ("Raise DataError when `cfg.positive` is not one of the target's values (the check `encode_target` makes, before "
-     "any task).")
+    "Raise DataError when `cfg.positive` is not one of the target's values (the check `encode_target` makes, before any task)."
     if values.empty or _positive_mask(values, cfg.positive).any(): return
     shown = ", ".join(map(str, sorted(values.tolist(), key=str)[:10]))
-    hint = (" (a bare yes/no/on/off in env.yaml is read as a boolean: quote it, positive: \"Yes\")"
-            if isinstance(cfg.positive, bool) else "")
-    raise DataError(f"data.positive: {cfg.positive!r} is not a value of target {cfg.target!r} in "
-                    f"{mask_url(cfg.source)} "
+    hint = " (a bare yes/no/on/off in env.yaml is read as a boolean: quote it, positive: \"Yes\")" if isinstance(cfg.positive, bool) else ""
+    raise DataError(f"data.positive: {cfg.positive!r} is not a value of target {cfg.target!r} in {mask_url(cfg.source)} "
                     f"(values: {shown}){hint}")
 
 # %% ../notebooks/api/02_data.ipynb #21fcb290
@@ -235,8 +224,7 @@ def table_summary(df: pd.DataFrame, # the table
     for c in df.columns:
         s = df[c]
         row = {"type": str(s.dtype), "missing": round(float(s.isna().mean()), 4), "distinct": int(s.nunique())}
-        if (pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and c not in set(ids)
-                and s.notna().any()):
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and c not in set(ids) and s.notna().any():
             q = s.astype(float).quantile([0.25, 0.5, 0.75])    # no min or max: an extreme value is one row's
             row |= {"mean": float(s.mean()), "std": float(s.std()), "p25": q[0.25], "median": q[0.5], "p75": q[0.75]}
         out[str(c)] = row
@@ -268,8 +256,7 @@ def infer_contract(df: pd.DataFrame, # the table to describe (raw values: descri
         miss = float(s.isna().mean())
         spec: dict = {"type": kind, "missing": 0.0 if miss == 0 else round(min(1.0, max(0.01, 2 * miss)), 4)}
         if kind in {"integer", "number"} and s.notna().any() and c not in set(ids):
-            spec["min"], spec["max"] = ((float(s.min()), float(s.max())) if kind == "number"
-                                        else (int(s.min()), int(s.max())))
+            spec["min"], spec["max"] = (float(s.min()), float(s.max())) if kind == "number" else (int(s.min()), int(s.max()))
         if kind == "category" and c not in set(ids): spec["values"] = sorted(map(str, s.dropna().unique()))
         cols[str(c)] = spec
     return {"name": name, "rows": {"min": min(len(df), 20)}, "columns": cols}
@@ -300,27 +287,18 @@ def _column_messages(c: str, # the column's name
     out, kind = [], spec.get("type")
     s, unparsed = _as_checked(s, kind)
     miss = float(s.isna().mean()) - len(unparsed) / max(1, len(s))   # an unparsable value is a violation, not a blank
-    if miss > spec.get("missing", 0.0) + 1e-12:
-        out.append(f"column {c!r}: {miss:.1%} missing, budget {spec.get('missing', 0.0):.1%}")
-    if len(unparsed):
-        out.append(f"column {c!r}: expected {kind}, found {str(unparsed.iloc[0])!r}"
-                   + (f" ({len(unparsed)} values)" if len(unparsed) > 1 else ""))
+    if miss > spec.get("missing", 0.0) + 1e-12: out.append(f"column {c!r}: {miss:.1%} missing, budget {spec.get('missing', 0.0):.1%}")
+    if len(unparsed): out.append(f"column {c!r}: expected {kind}, found {str(unparsed.iloc[0])!r}" + (f" ({len(unparsed)} values)" if len(unparsed) > 1 else ""))
     v = s.dropna()
     if kind in {"integer", "number"}:
         if not (pd.api.types.is_numeric_dtype(v) or pd.api.types.is_bool_dtype(v)): return out
         v = v.astype(float)
-        if kind == "integer" and len(v) and not np.all(np.mod(v, 1) == 0):
-            out.append(f"column {c!r}: expected integers, found {v[np.mod(v, 1) != 0].iloc[0]}")
-        if "min" in spec and (v < spec["min"]).any():
-            out.append(f"column {c!r}: {int((v < spec['min']).sum())} values below min {spec['min']} (e.g. "
-                       f"{v[v < spec['min']].iloc[0]:g})")
-        if "max" in spec and (v > spec["max"]).any():
-            out.append(f"column {c!r}: {int((v > spec['max']).sum())} values above max {spec['max']} (e.g. "
-                       f"{v[v > spec['max']].iloc[0]:g})")
+        if kind == "integer" and len(v) and not np.all(np.mod(v, 1) == 0): out.append(f"column {c!r}: expected integers, found {v[np.mod(v, 1) != 0].iloc[0]}")
+        if "min" in spec and (v < spec["min"]).any(): out.append(f"column {c!r}: {int((v < spec['min']).sum())} values below min {spec['min']} (e.g. {v[v < spec['min']].iloc[0]:g})")
+        if "max" in spec and (v > spec["max"]).any(): out.append(f"column {c!r}: {int((v > spec['max']).sum())} values above max {spec['max']} (e.g. {v[v > spec['max']].iloc[0]:g})")
     elif kind == "category" and "values" in spec:
         bad = v[~v.astype(str).isin(set(map(str, spec["values"])))]
-        if len(bad):
-            out.append(f"column {c!r}: {len(bad)} values outside the contract's categories (e.g. {str(bad.iloc[0])!r})")
+        if len(bad): out.append(f"column {c!r}: {len(bad)} values outside the contract's categories (e.g. {str(bad.iloc[0])!r})")
     return out
 
 def contract_violations(df: pd.DataFrame, # the table to check
@@ -354,8 +332,7 @@ def check_contract(df: pd.DataFrame, # the table to check
     "Raise ContractError naming the first error-level violation (and how many more); return the warnings."
     found = contract_violations(df, contract)
     bad = violation_messages(found, "error")
-    if bad:
-        raise ContractError(f"{where}: {bad[0]}" + (f" (and {len(bad) - 1} more violations)" if len(bad) > 1 else ""))
+    if bad: raise ContractError(f"{where}: {bad[0]}" + (f" (and {len(bad) - 1} more violations)" if len(bad) > 1 else ""))
     return violation_messages(found, "warn")
 
 # %% ../notebooks/api/02_data.ipynb #2d3dd887
@@ -374,23 +351,18 @@ def _is_number(v) -> bool:
 
 def _check_spec(spec, at: str) -> None:
     "Raise ContractError naming the first bad key of one column's spec (`at` is `file: columns.<name>`)."
-    if not isinstance(spec, dict):
-        raise ContractError(f"{at}: expected a mapping ({', '.join(SPEC_KEYS)}), found {_found(spec)}")
+    if not isinstance(spec, dict): raise ContractError(f"{at}: expected a mapping ({', '.join(SPEC_KEYS)}), found {_found(spec)}")
     for k in spec:
         if k not in SPEC_KEYS: raise ContractError(f"{at}.{k}: unknown key ({', '.join(SPEC_KEYS)})")
     if "type" not in spec: raise ContractError(f"{at}.type: missing ({', '.join(TYPES)})")
     if spec["type"] not in TYPES: raise ContractError(f"{at}.type: unknown type {spec['type']!r} ({', '.join(TYPES)})")
     for k in ("min", "max"):
-        if k in spec and not _is_number(spec[k]):
-            raise ContractError(f"{at}.{k}: expected a number, found {_found(spec[k])}")
-    if "min" in spec and "max" in spec and spec["min"] > spec["max"]:
-        raise ContractError(f"{at}: min {spec['min']} is above max {spec['max']}")
+        if k in spec and not _is_number(spec[k]): raise ContractError(f"{at}.{k}: expected a number, found {_found(spec[k])}")
+    if "min" in spec and "max" in spec and spec["min"] > spec["max"]: raise ContractError(f"{at}: min {spec['min']} is above max {spec['max']}")
     if "missing" in spec and not (_is_number(spec["missing"]) and 0 <= spec["missing"] <= 1):
         raise ContractError(f"{at}.missing: expected a fraction from 0 to 1, found {_found(spec['missing'])}")
-    if "values" in spec and not isinstance(spec["values"], list):
-        raise ContractError(f"{at}.values: expected a list of categories, found {_found(spec['values'])}")
-    if "severity" in spec and spec["severity"] not in SEVERITIES:
-        raise ContractError(f"{at}.severity: unknown severity {spec['severity']!r} ({', '.join(SEVERITIES)})")
+    if "values" in spec and not isinstance(spec["values"], list): raise ContractError(f"{at}.values: expected a list of categories, found {_found(spec['values'])}")
+    if "severity" in spec and spec["severity"] not in SEVERITIES: raise ContractError(f"{at}.severity: unknown severity {spec['severity']!r} ({', '.join(SEVERITIES)})")
     if "pii" in spec and not (isinstance(spec["pii"], bool) or spec["pii"] in ("hash", "drop")):
         raise ContractError(f"{at}.pii: expected true, false, hash or drop, found {_found(spec['pii'])}")
 
@@ -398,8 +370,7 @@ def validate_contract(doc, # a parsed contract file
                       where: str = "contract", # the file, named in errors
                      ) -> dict:
     "Return `doc` if it is a well-formed contract; raise ContractError naming the file and the first bad key."
-    if not isinstance(doc, dict):
-        raise ContractError(f"{where}: expected a mapping ({', '.join(CONTRACT_KEYS)}), found {_found(doc)}")
+    if not isinstance(doc, dict): raise ContractError(f"{where}: expected a mapping ({', '.join(CONTRACT_KEYS)}), found {_found(doc)}")
     for k in doc:
         if k not in CONTRACT_KEYS: raise ContractError(f"{where}: {k}: unknown key ({', '.join(CONTRACT_KEYS)})")
     rows = doc.get("rows", {})
@@ -408,22 +379,17 @@ def validate_contract(doc, # a parsed contract file
         if k != "min": raise ContractError(f"{where}: rows.{k}: unknown key (min)")
     if "min" in rows and not (isinstance(rows["min"], int) and not isinstance(rows["min"], bool) and rows["min"] >= 0):
         raise ContractError(f"{where}: rows.min: expected a whole number >= 0, found {_found(rows['min'])}")
-    if doc.get("severity", "error") not in SEVERITIES:
-        raise ContractError(f"{where}: severity: unknown severity {doc['severity']!r} ({', '.join(SEVERITIES)})")
+    if doc.get("severity", "error") not in SEVERITIES: raise ContractError(f"{where}: severity: unknown severity {doc['severity']!r} ({', '.join(SEVERITIES)})")
     if "columns" not in doc: raise ContractError(f"{where}: columns: missing (a contract lists its columns)")
-    if not isinstance(doc["columns"], dict):
-        raise ContractError(f"{where}: columns: expected a mapping from column name to spec, found "
-                            f"{_found(doc['columns'])}")
+    if not isinstance(doc["columns"], dict): raise ContractError(f"{where}: columns: expected a mapping from column name to spec, found {_found(doc['columns'])}")
     for name, spec in doc["columns"].items(): _check_spec(spec, f"{where}: columns.{name}")
     return doc
 
 def write_contract(contract: dict, path: str | Path) -> Path:
     "Write a contract as commented YAML, atomically."
-    head = (f"# Data contract for {contract.get('name')}: inferred by mlopsnb on {dt.date.today()} and checked on "
-            "every run.\n"
+    head = (f"# Data contract for {contract.get('name')}: inferred by mlopsnb on {dt.date.today()} and checked on every run.\n"
             "# Review it, tighten or loosen it, and commit it. Types: integer, number, boolean, category, string;\n"
-            "# missing is the largest fraction of blanks allowed; severity: warn (on a column) reports instead of "
-            "failing.\n")
+            "# missing is the largest fraction of blanks allowed; severity: warn (on a column) reports instead of failing.\n")
     return atomic_write_text(path, head + yaml.safe_dump(contract, sort_keys=False, allow_unicode=True))
 
 def read_contract(path: str | Path, # a contract file
@@ -435,8 +401,7 @@ def read_contract(path: str | Path, # a contract file
     except FileNotFoundError: raise ContractError(f"{where}: file not found") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ContractError(f"{where}{f' line {mark.line + 1}' if mark else ''}: invalid YAML "
-                            f"({getattr(e, 'problem', e)})") from None
+        raise ContractError(f"{where}{f' line {mark.line + 1}' if mark else ''}: invalid YAML ({getattr(e, 'problem', e)})") from None
     return validate_contract(doc, where)
 
 # %% ../notebooks/api/02_data.ipynb #879bc709
@@ -452,5 +417,4 @@ def split_frame(df: pd.DataFrame, # the modelling table
         raise DataError(f"split_data: test_size {test_size} and val_size {val_size} must be fractions that sum below 1")
     rest, test = train_test_split(df, test_size=test_size, stratify=df[target], random_state=seed)
     train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=rest[target], random_state=seed)
-    return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True),
-            "test": test.reset_index(drop=True)}
+    return {"train": train.reset_index(drop=True), "val": val.reset_index(drop=True), "test": test.reset_index(drop=True)}

@@ -34,8 +34,7 @@ PACKAGED = "_project"   # mlopsnb/_project: the reference project's files inside
 SERVE_FILE = "pipeline.serve.yaml"   # the serving DAG (score_batch -> monitor_drift), carried into a new project too
 
 def template_files(root: Path) -> list[str]:
-    ("Return the reference project's files (settings.ini `project_files`) of a repository checkout, or every file "
-     "packaged.")
+    "Return the reference project's files (settings.ini `project_files`) of a repository checkout, or every file packaged."
     ini = root / "settings.ini"
     if ini.is_file():
         cfg = ConfigParser(delimiters=["="])
@@ -44,8 +43,7 @@ def template_files(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir())
 
 def template_root() -> Path:
-    ("Return the folder holding the reference project's files: the wheel's mlopsnb/_project, or the repository of an "
-     "editable install.")
+    "Return the folder holding the reference project's files: the wheel's mlopsnb/_project, or the repository of an editable install."
     import mlopsnb
     pkg = Path(mlopsnb.__file__).resolve().parent
     for d in (pkg / PACKAGED, pkg.parent):
@@ -117,8 +115,7 @@ def describe_data(path: Path, # a .csv or .parquet table
         raise ScaffoldError(f"--data {path}: expected a .csv or .parquet file")
     try: df = pd.read_parquet(path) if path.suffix.lower() != ".csv" else pd.read_csv(path)
     except Exception as e:
-        raise ScaffoldError(f"--data {path}: cannot read it "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise ScaffoldError(f"--data {path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if target not in df.columns:
         raise ScaffoldError(f"--data {path}: no column {target!r} (columns: "
                             f"{', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''})")
@@ -184,8 +181,7 @@ POLICY = """      policy:                          # the gates @champion moves t
 
 def pipeline_yaml(reference: str, # the reference pipeline.yaml
                  ) -> str:
-    ("Return the reference spec with the promotion policy and card of a new project (modest gates, nothing declared "
-     "yet).")
+    "Return the reference spec with the promotion policy and card of a new project (modest gates, nothing declared yet)."
     i = reference.find("\n      policy:")
     if i < 0 or re.search(r"\n  - source:", reference[i:]):
         raise ScaffoldError("the packaged pipeline.yaml does not end with the policy of its last task")
@@ -246,8 +242,7 @@ PACKAGE_VARIABLE = "MLOPSNB_PACKAGE"   # the CI variable naming what to install 
 WHEEL_DIR = "ci"                        # where a new project keeps the mlopsnb wheel its CI installs
 
 def test_requirement() -> str:
-    ("Return the pytest requirement of the installed mlopsnb (its `dev` extra), which a new project's `make test` "
-     "installs.")
+    "Return the pytest requirement of the installed mlopsnb (its `dev` extra), which a new project's `make test` installs."
     from importlib.metadata import PackageNotFoundError, requires
     try: found = requires("mlopsnb") or []
     except PackageNotFoundError: found = []
@@ -325,8 +320,7 @@ def _git_commit(folder: Path) -> None:
     run = lambda *a: subprocess.run(["git", *a], cwd=folder, capture_output=True, text=True, timeout=60)
     r = run("init", "-q")
     if r.returncode: raise ScaffoldError(f"git init failed in {folder}: {r.stderr.strip()[:200]}")
-    who = ([] if run("config", "user.email").stdout.strip()
-           else ["-c", "user.name=mlopsnb new", "-c", "user.email=mlopsnb@localhost"])
+    who = [] if run("config", "user.email").stdout.strip() else ["-c", "user.name=mlopsnb new", "-c", "user.email=mlopsnb@localhost"]
     for step, args in (("add", ["add", "-A"]), ("commit", [*who, "commit", "-qm", "new mlopsnb project"])):
         r = run(*args)
         if r.returncode: raise ScaffoldError(f"git {step} failed in {folder}: {(r.stderr or r.stdout).strip()[:200]}")
@@ -375,10 +369,8 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
                ) -> Path:
     "Create a new project from the installed package's reference project; return its folder."
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise ScaffoldError(f"{dest}: exists and is not empty")
-    if (data is None) != (target is None):
-        raise ScaffoldError("--data and --target go together (the table and the column to predict)")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())): raise ScaffoldError(f"{dest}: exists and is not empty")
+    if (data is None) != (target is None): raise ScaffoldError("--data and --target go together (the table and the column to predict)")
     for flag, v in (("--positive", positive), ("--ids", ids), ("--drop", drop)):
         if v is not None and data is None: raise ScaffoldError(f"{flag} needs --data and --target")
     ref, name = template_root(), _name(dest)
@@ -406,15 +398,12 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids,
                    "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml"}
             (tmp / "env.yaml").write_text(_env_yaml(name, cfg, notes), encoding="utf-8")
-            (tmp / "pipeline.yaml").write_text(pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8")),
-                                               encoding="utf-8")
+            (tmp / "pipeline.yaml").write_text(pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8")), encoding="utf-8")
             (tmp / "contracts").mkdir(exist_ok=True)
         (tmp / "Makefile").write_text(MAKEFILE.replace("{pytest}", test_requirement()), encoding="utf-8")
         (tmp / "tests").mkdir()
         (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
-        if wheel is not None:
-            (tmp / WHEEL_DIR).mkdir()
-            shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
+        if wheel is not None: (tmp / WHEEL_DIR).mkdir(); shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
         (tmp / ".github" / "workflows").mkdir(parents=True)
         ci = ci_workflow(source, f"data/{data.name}" if data is not None else None)
         (tmp / ".github/workflows/ci.yml").write_text(ci, encoding="utf-8")
