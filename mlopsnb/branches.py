@@ -49,13 +49,15 @@ def _err(spec_file: str, key: str, msg: str) -> ConfigError:
 def read_branches(spec: dict, # the spec as read from YAML
                   spec_file: str, # named in errors
                  ) -> dict | None:
-    "Validate the spec's branch declaration; return {tasks, branches: {branch: {task: {param: value}}}}, or None without one."
+    ("Validate the spec's branch declaration; return {tasks, branches: {branch: {task: {param: value}}}}, "
+     "or None without one.")
     ex = spec.get("executor")
     b = ex.get("branches") if isinstance(ex, Mapping) else None
     if b is None: return None
     if not isinstance(b, Mapping): raise _err(spec_file, "", "expected a mapping with 'tasks' and 'by'")
     for k in b:
-        if k not in BRANCH_KEYS: raise _err(spec_file, "", f"unknown key {k!r} (expected one of {', '.join(sorted(BRANCH_KEYS))})")
+        if k not in BRANCH_KEYS:
+            raise _err(spec_file, "", f"unknown key {k!r} (expected one of {', '.join(sorted(BRANCH_KEYS))})")
     names, tasks = task_names(spec.get("tasks") or []), b.get("tasks")
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise _err(spec_file, "tasks", "expected a non-empty list of task names")
@@ -69,12 +71,14 @@ def read_branches(spec: dict, # the spec as read from YAML
     if task not in tasks: raise _err(spec_file, "by", f"{task!r} is not one of executor.branches.tasks")
     entries = (spec["tasks"][names.index(task)].get("params") or {}).get(param)
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and key in e for e in entries):
-        raise _err(spec_file, "by", f"task {task!r}: param {param!r} must be a non-empty list of mappings, each with {key!r}")
+        raise _err(spec_file, "by",
+                   f"task {task!r}: param {param!r} must be a non-empty list of mappings, each with {key!r}")
     branches: dict[str, list] = {}
     for e in entries:
         name = str(e[key])
         if not _NAME.fullmatch(name) or name == ALL:
-            raise _err(spec_file, "by", f"branch name {name!r} (from {param}.{key}) must be letters, digits and '_', and not {ALL!r}")
+            raise _err(spec_file, "by",
+                       f"branch name {name!r} (from {param}.{key}) must be letters, digits and '_', and not {ALL!r}")
         branches.setdefault(name, []).append(e)
     return {"tasks": tasks, "branches": {n: {task: {param: es}} for n, es in branches.items()}}
 
@@ -83,22 +87,27 @@ def _branch_product(value, branch: str, where: str):
     if isinstance(value, Mapping): return {k: _branch_product(v, branch, f"{where}.{k}") for k, v in value.items()}
     marker = f"/branches/{ALL}/"
     if not isinstance(value, str) or marker not in value.replace("\\", "/"):
-        raise ConfigError(f"{where}: a branched task's product must be under {{{{products}}}}{marker} (each branch's goes to branches/<branch>/), got {value!r}")
+        raise ConfigError(f"{where}: a branched task's product must be under {{{{products}}}}{marker} "
+                          f"(each branch's goes to branches/<branch>/), got {value!r}")
     return value.replace("\\", "/").replace(marker, f"/branches/{branch}/", 1)
 
 def expand_branches(spec: dict, # the spec as read from YAML
                     spec_file: str, # named in errors
                    ) -> list[dict]:
-    "Return the spec's task entries with every branched task repeated per branch (name, products, params); unchanged without branches."
+    ("Return the spec's task entries with every branched task repeated per branch (name, products, params); "
+     "unchanged without branches.")
     tasks, b = spec.get("tasks") or [], read_branches(spec, spec_file)
     if b is None: return tasks
     out = []
     for name, t in zip(task_names(tasks), tasks):
-        if name not in b["tasks"]: out.append(t); continue
+        if name not in b["tasks"]:
+            out.append(t)
+            continue
         for branch, per in b["branches"].items():
             params = {**(t.get("params") or {}), **copy.deepcopy(per.get(name, {}))}
             product = _branch_product(t.get("product"), branch, f"{spec_file}: task {name!r}: product")
-            out.append({**t, "name": branch_task(name, branch), "product": product, **({"params": params} if params else {})})
+            out.append({**t, "name": branch_task(name, branch), "product": product,
+                        **({"params": params} if params else {})})
     return out
 
 # %% ../notebooks/api/01b_branches.ipynb #e0bb00de
@@ -106,7 +115,8 @@ def branch_wiring(spec: dict, # the spec as read from YAML
                   spec_file: str, # named in errors
                   declared: Mapping[str, list[str]], # {spec entry: the upstream its notebook declares} (`spec.Spec`)
                  ) -> dict[str, dict[str, tuple[str, bool]]] | None:
-    "Return {task: {upstream task: (the name the notebook reads it by, grouped)}} for the expanded tasks, or None without branches."
+    ("Return {task: {upstream task: (the name the notebook reads it by, grouped)}} for the expanded tasks, "
+     "or None without branches.")
     b = read_branches(spec, spec_file)
     if b is None: return None
     branches, out = list(b["branches"]), {}
@@ -123,7 +133,8 @@ def branch_wiring(spec: dict, # the spec as read from YAML
 # %% ../notebooks/api/01b_branches.ipynb #0ae41b66
 @functools.cache
 def branch_runner():
-    "The NotebookRunner subclass for branched tasks, built on first use: importing this module must not import Ploomber."
+    ("The NotebookRunner subclass for branched tasks, built on first use: "
+     "importing this module must not import Ploomber.")
     from ploomber.tasks import NotebookRunner
 
     class BranchNotebookRunner(NotebookRunner):
@@ -164,13 +175,16 @@ def branch_products(upstream: Mapping, # the task's injected `upstream`
 # %% ../notebooks/api/01b_branches.ipynb #fc8f7e3a
 def select_branch(infos: Mapping[str, Mapping], # {branch: train_model's model.json}
                   metric: str, # the validation metric (higher is better)
-                  evaluations: Mapping[str, Mapping] | None = None, # {branch: evaluate_model's metrics.json}, shown beside it
+                  evaluations: Mapping[str, Mapping] | None = None, # {branch: evaluate_model's metrics.json}, shown too
                  ) -> tuple[str, list[dict]]:
-    "Return the branch with the best validation `metric`, and one row per branch: candidate, validation metric, test metrics."
+    ("Return the branch with the best validation `metric`, and one row per branch: candidate, validation metric, "
+     "test metrics.")
     key, shown = f"val_{metric}", dict.fromkeys((scorer_metric(metric), *headline()))   # its metric, the headline
     rows = []
     for branch, info in infos.items():
-        if key not in info: raise ConfigError(f"select_model: metric {metric!r}: branch {branch!r} recorded no {key} (train_model's metric differs?)")
+        if key not in info:
+            raise ConfigError(f"select_model: metric {metric!r}: branch {branch!r} recorded no {key} "
+                              f"(train_model's metric differs?)")
         test = (evaluations or {}).get(branch, {}).get("metrics", {})
         rows.append({"branch": branch, "candidate": info.get("candidate"), key: float(info[key]),
                      **{f"test_{m}": test[m] for m in shown if m in test}})

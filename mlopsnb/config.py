@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .core import PIPELINE_FILE, ConfigError, expand_vars
-from .settings import (
-    SERVER_SCHEMES, DataConfig, EnvConfig, FairnessConfig, ModelCardConfig, MonitorConfig, PromotionPolicy, ScoringConfig,
-    Store, as_store, file_digest, load_env, parse_overrides, read_yaml, resolve_uri, stable_hash, uri_scheme)
+from mlopsnb.settings import (
+    SERVER_SCHEMES, DataConfig, EnvConfig, FairnessConfig, ModelCardConfig, MonitorConfig, PromotionPolicy,
+    ScoringConfig, Store, as_store, file_digest, load_env, parse_overrides, read_yaml, resolve_uri, stable_hash,
+    uri_scheme)
 from .spec import (
     SPEC_KEYS, TASK_KEYS, AirflowTaskSettings, Spec, airflow_settings, check_param, declared_upstream,
     notebook_code, param_type, param_types, resolve_placeholders, task_parameters, task_signature)
@@ -48,7 +49,7 @@ class Project:
              env_file: str | Path | None = None, # another env file
              spec_file: str = PIPELINE_FILE, # the spec
              environ: dict | None = None, # where MLFLOW_TRACKING_URI may override env.yaml (default os.environ)
-             store: "Store | None" = None, # this store, whatever env.yaml and environ say (e.g. the store of another project)
+             store: "Store | None" = None, # this store, whatever env.yaml and environ say (e.g. another project's)
             ) -> "Project":
         "Find, read and validate a project; the store is env.yaml's `tracking_uri` unless MLFLOW_TRACKING_URI is set."
         import os
@@ -66,11 +67,14 @@ class Project:
     def experiment(self) -> str: return self.env.experiment
     @property
     def artifact_location(self) -> str | None:
-        "Where a new experiment keeps its artifacts: a URI as given, a local folder as a file URI, or the server's choice."
+        ("Where a new experiment keeps its artifacts: a URI as given, a local folder as a file URI, "
+         "or the server's choice.")
         a = self.env.artifacts
         if uri_scheme(a): return a                    # s3://…, mlflow-artifacts:/…, file:///…: as given
-        if self.store.is_server: return None          # a tracking server places and serves the artifacts (mlflow-artifacts:/)
-        return (self.root / a).resolve().as_uri()     # SQLite or a database named directly: a folder (shared, for a team)
+        # a tracking server places and serves the artifacts (mlflow-artifacts:/)
+        if self.store.is_server: return None
+        # SQLite or a database named directly: a folder (shared, for a team)
+        return (self.root / a).resolve().as_uri()
 
     @functools.cached_property
     def spec(self) -> Spec:

@@ -49,7 +49,8 @@ class IntegrityError(MlopsnbError, ValueError):
 
 # %% ../notebooks/api/00_core.ipynb #16fdf265
 PIPELINE_FILE = "pipeline.yaml"
-ENV_ARTIFACT = "mlopsnb/env.json"   # a build's env values (secrets as references) on its parent run: what `reproduce` replays
+# a build's env values (secrets as references) on its parent run: what `reproduce` replays
+ENV_ARTIFACT = "mlopsnb/env.json"
 ENV_FILE = "env.yaml"
 
 def find_project(start: str | Path | None = None, # where to start looking (default: cwd)
@@ -148,7 +149,9 @@ def atomic_dir(path: str | Path, # the folder to produce
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST): raise
         if os.path.lexists(tmp) and not _exchange(tmp, path):   # after the swap tmp holds the old folder
             old = _tmp_path(path)
-            os.rename(path, old); os.rename(tmp, path); os.rename(old, tmp)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            os.rename(old, tmp)
         _fsync(path.parent)
     finally:
         if os.path.lexists(tmp): _remove(tmp)
@@ -187,7 +190,8 @@ def clean_stale_temp(folder: str | Path, # where to look, recursively
 # %% ../notebooks/api/00_core.ipynb #10a1aa91
 SECRET_PREFIX = "MLOPSNB_SECRET_"
 _SECRET_NAME = r"[\w.\-]*(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)[\w.\-]*"
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)(?P<secret>[^\s?#]*)(?=@[^\s@/?#]*(?:[/?#\s]|$))")
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)(?P<secret>[^\s?#]*)"
+                       r"(?=@[^\s@/?#]*(?:[/?#\s]|$))")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://\S+")
 _QUERY = re.compile(rf"(?P<head>[?&;]{_SECRET_NAME}=)(?P<secret>[^&#;\s'\"<>()\[\]]*)", re.I)
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
@@ -222,7 +226,8 @@ def expand_vars(value: str, # text with ${NAME} or ${NAME:-default} references
     return _VAR.sub(one, value)
 
 def secret_var(where: str) -> str:
-    "Return the name of the environment variable that carries the secret found at `where` (a param path) to the task processes."
+    ("Return the name of the environment variable that carries the secret found at `where` (a param path) "
+     "to the task processes.")
     # named after where the secret sits, never after the secret: the name shows up in notebooks and params
     return SECRET_PREFIX + hashlib.sha256(where.encode()).hexdigest()[:8]
 
@@ -230,7 +235,8 @@ def hide_secrets(obj: Any, # params: nested dicts, lists and strings
                  where: str = "", # the path of `obj`, e.g. a task name
                  name: Callable[[str], str] = secret_var, # the variable of the secret at a path (`task.data.source#0`)
                 ) -> tuple[Any, dict[str, str]]:
-    "Return `obj` with each literal secret in its URLs replaced by a ${MLOPSNB_SECRET_...} reference, and {variable: secret}."
+    ("Return `obj` with each literal secret in its URLs replaced by a ${MLOPSNB_SECRET_...} reference, "
+     "and {variable: secret}.")
     found: dict[str, str] = {}
     def walk(o, path):
         if isinstance(o, str):

@@ -251,7 +251,9 @@ def infer_contract(df: pd.DataFrame, # the table to describe (raw values: descri
     df = CoerceNumeric().fit_transform(df)
     cols = {}
     for c in df.columns:
-        s = df[c]; kind = _kind(s); miss = float(s.isna().mean())
+        s = df[c]
+        kind = _kind(s)
+        miss = float(s.isna().mean())
         spec: dict = {"type": kind, "missing": 0.0 if miss == 0 else round(min(1.0, max(0.01, 2 * miss)), 4)}
         if kind in {"integer", "number"} and s.notna().any() and c not in set(ids):
             spec["min"], spec["max"] = (float(s.min()), float(s.max())) if kind == "number" else (int(s.min()), int(s.max()))
@@ -311,7 +313,9 @@ def contract_violations(df: pd.DataFrame, # the table to check
     for c in cols:
         if c not in df.columns: out.append(Violation(f"column {c!r} is missing", sev(c), str(c)))
     for c in df.columns:
-        if str(c) not in cols: out.append(Violation(f"column {c!r} is not in the contract", default, str(c))); continue
+        if str(c) not in cols:
+            out.append(Violation(f"column {c!r} is not in the contract", default, str(c)))
+            continue
         out += [Violation(m, sev(c), str(c)) for m in _column_messages(c, df[c], cols[str(c)])]
     return out
 

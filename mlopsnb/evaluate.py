@@ -62,7 +62,8 @@ def calibration_table(y_true, # 0/1 labels
     b = np.minimum((p * bins).astype(int), bins - 1)
     t = (pd.DataFrame({"bin": b, "p": p, "y": y}).groupby("bin")
          .agg(mean_predicted=("p", "mean"), observed_rate=("y", "mean"), count=("y", "size")).reset_index())
-    t.insert(1, "lower", t["bin"] / bins); t.insert(2, "upper", (t["bin"] + 1) / bins)
+    t.insert(1, "lower", t["bin"] / bins)
+    t.insert(2, "upper", (t["bin"] + 1) / bins)
     return t
 
 def calibration_error(table: pd.DataFrame, # from `calibration_table`
@@ -152,11 +153,14 @@ def bin_column(s: pd.Series, # a numeric column
     v = to_number(s)
     if isinstance(spec, list):
         edges = [-np.inf, *map(float, spec), np.inf]
-        labels = [f"<= {_num(spec[0])}"] + [f"({_num(a)}, {_num(b)}]" for a, b in zip(spec, spec[1:])] + [f"> {_num(spec[-1])}"]
+        labels = ([f"<= {_num(spec[0])}"] + [f"({_num(a)}, {_num(b)}]" for a, b in zip(spec, spec[1:])]
+                  + [f"> {_num(spec[-1])}"])
         return pd.Series(pd.cut(v, edges, labels=labels), index=s.index, name=s.name)
     edges = np.unique(np.nanquantile(v, np.linspace(0, 1, int(spec) + 1))) if v.notna().any() else np.array([])
-    if len(edges) < 2: return pd.Series(pd.Categorical(v.map(lambda x: x if pd.isna(x) else _num(x))), index=s.index, name=s.name)
-    labels = [f"[{_num(edges[0])}, {_num(edges[1])}]"] + [f"({_num(a)}, {_num(b)}]" for a, b in zip(edges[1:], edges[2:])]
+    if len(edges) < 2:
+        return pd.Series(pd.Categorical(v.map(lambda x: x if pd.isna(x) else _num(x))), index=s.index, name=s.name)
+    labels = ([f"[{_num(edges[0])}, {_num(edges[1])}]"]
+              + [f"({_num(a)}, {_num(b)}]" for a, b in zip(edges[1:], edges[2:])])
     return pd.Series(pd.cut(v, edges, labels=labels, include_lowest=True), index=s.index, name=s.name)
 
 def sensitive_groups(groups: pd.DataFrame | None, # one column per sensitive attribute (raw values)
@@ -166,7 +170,9 @@ def sensitive_groups(groups: pd.DataFrame | None, # one column per sensitive att
     cfg = fairness_config(fairness)
     if groups is None: return None
     for col in cfg.bins:
-        if col not in groups.columns: raise ConfigError(f"fairness: bins.{col}: not a sensitive attribute ({', '.join(map(str, groups.columns)) or 'none'})")
+        if col not in groups.columns:
+            raise ConfigError(f"fairness: bins.{col}: not a sensitive attribute "
+                              f"({', '.join(map(str, groups.columns)) or 'none'})")
     out = {}
     for c in groups.columns:
         s = groups[c]
@@ -190,7 +196,7 @@ def _label(value) -> str:
 
 def fairness_table(y_true, # 0/1 labels
                    proba, # predicted probability of the positive class
-                   groups: pd.DataFrame | None, # one column per sensitive attribute (groups: see `sensitive_groups`), rows aligned with y_true
+                   groups: pd.DataFrame | None, # a column per sensitive attribute (`sensitive_groups`), rows as y_true
                    threshold: float = 0.5, # decision threshold
                    min_group_size: int = 0, # groups with fewer rows are flagged `too_small` (and left out of the gaps)
                   ) -> pd.DataFrame:
@@ -198,11 +204,13 @@ def fairness_table(y_true, # 0/1 labels
     threshold = _check_threshold(threshold)
     y, p = _arrays(y_true, proba)
     groups = pd.DataFrame(index=range(len(y))) if groups is None else pd.DataFrame(groups)
-    if len(groups) != len(y): raise DataError(f"fairness: {len(groups)} rows of sensitive attributes but {len(y)} labels")
+    if len(groups) != len(y):
+        raise DataError(f"fairness: {len(groups)} rows of sensitive attributes but {len(y)} labels")
     pred, rows = p >= threshold, []
     for attr in groups.columns:
         s = groups[attr].reset_index(drop=True)
-        if isinstance(s.dtype, pd.CategoricalDtype) and s.isna().any(): s = s.cat.add_categories(["missing"]).fillna("missing")
+        if isinstance(s.dtype, pd.CategoricalDtype) and s.isna().any():
+            s = s.cat.add_categories(["missing"]).fillna("missing")
         for value, idx in s.groupby(s, sort=True, dropna=False, observed=True).indices.items():
             yy, pp = y[idx], pred[idx]
             rows.append({"attribute": str(attr), "group": _label(value), "n": len(idx),
@@ -222,7 +230,8 @@ def _nanmax(values) -> float:
 
 def fairness_gaps(table: pd.DataFrame, # from `fairness_table`
                  ) -> dict[str, dict[str, float]]:
-    "Return per attribute the largest gap of each rate between the groups not `too_small`, and the largest as `max_gap`."
+    ("Return per attribute the largest gap of each rate between the groups not `too_small`, and the largest as "
+     "`max_gap`.")
     out = {}
     for attr, t in table.groupby("attribute", sort=False):
         t = t[~t["too_small"].astype(bool)] if "too_small" in t else t
@@ -254,7 +263,8 @@ def fairness_gap_ci(y_true, # 0/1 labels
     "Return a bootstrap interval of each attribute's largest gap, and of the largest over all attributes."
     y, p = _arrays(y_true, proba)
     groups = pd.DataFrame(index=range(len(y))) if groups is None else pd.DataFrame(groups)
-    pred, rng, q = (p >= _check_threshold(threshold)).astype(float), np.random.default_rng(seed), [(1 - level) / 2, (1 + level) / 2]
+    pred, rng, q = ((p >= _check_threshold(threshold)).astype(float), np.random.default_rng(seed),
+                    [(1 - level) / 2, (1 + level) / 2])
     coded = {}
     for attr in groups.columns:
         codes = pd.factorize(groups[attr].reset_index(drop=True).astype(object).map(_label))[0]
@@ -270,19 +280,26 @@ def fairness_gap_ci(y_true, # 0/1 labels
     return {a: interval(draws[:, j]) for j, a in enumerate(coded)}, interval(overall)
 
 # %% ../notebooks/api/05_evaluate.ipynb #64fd740d
-def _stacked_importances(model, X: pd.DataFrame, y: np.ndarray, n_repeats: int, seed: int, score, max_stack: int = 200_000) -> np.ndarray:
+def _stacked_importances(model, X: pd.DataFrame, y: np.ndarray, n_repeats: int, seed: int, score,
+                         max_stack: int = 200_000) -> np.ndarray:
     "sklearn's permutation importances (same shuffles, same seeds) with the shuffled copies scored in stacked calls."
-    seed_all = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)   # as sklearn draws it: one seed for every column
+    # as sklearn draws it: one seed for every column
+    seed_all = np.random.RandomState(seed).randint(np.iinfo(np.int32).max + 1)
     n, per_call = len(X), max(1, max_stack // max(len(X), 1))
-    copies = []                                     # (column, shuffled copy of X), sklearn's order: each shuffle compounds the last
+    # (column, shuffled copy of X), sklearn's order: each shuffle compounds the last
+    copies = []
     for j, c in enumerate(X.columns):
         rs, idx, col = np.random.RandomState(seed_all), np.arange(n), X.iloc[:, j].to_numpy()
         for _ in range(n_repeats):
-            rs.shuffle(idx); col = col[idx]
-            Xp = X.copy(); Xp[c] = col; copies.append(Xp)
+            rs.shuffle(idx)
+            col = col[idx]
+            Xp = X.copy()
+            Xp[c] = col
+            copies.append(Xp)
     p_all = [model.predict_proba(X)[:, 1]]
     for i in range(0, len(copies), per_call):
-        p_all += np.split(model.predict_proba(pd.concat(copies[i:i + per_call], ignore_index=True))[:, 1], len(copies[i:i + per_call]))
+        p_all += np.split(model.predict_proba(pd.concat(copies[i:i + per_call], ignore_index=True))[:, 1],
+                          len(copies[i:i + per_call]))
     base = score(y, p_all[0])
     return np.array([base - score(y, p) for p in p_all[1:]]).reshape(X.shape[1], n_repeats)
 
@@ -307,7 +324,9 @@ def importance_table(model, # a fitted classifier (an sklearn Pipeline taking th
     if max_rows and len(X) > max_rows:
         X, y = resample(X, y, n_samples=max_rows, replace=False, stratify=y, random_state=seed)
     if is_scorer(scoring): drops = _stacked_importances(model, X, y, n_repeats, seed, scorer(scoring))
-    else: drops = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed, n_jobs=1).importances
+    else:
+        drops = permutation_importance(model, X, y, scoring=scoring, n_repeats=n_repeats, random_state=seed,
+                                       n_jobs=1).importances
     t = pd.DataFrame({"feature": [str(c) for c in X.columns], "importance_mean": drops.mean(axis=1),
                       "importance_std": drops.std(axis=1)})
     return t.sort_values("importance_mean", ascending=False, ignore_index=True)
@@ -346,7 +365,8 @@ def evaluate(model, # a fitted classifier with predict_proba
                "value_per_customer": expected_value(y, p, matrix, threshold),
                "best_threshold": best_t, "value_at_best_threshold": best_v}
     return {"threshold": threshold, "rows": len(y), "matrix": matrix, "metrics": metrics,
-            "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}), "pr": pd.DataFrame({"recall": recall, "precision": precision}),
+            "roc": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+            "pr": pd.DataFrame({"recall": recall, "precision": precision}),
             "calibration": calib, "value_curve": curve, "fairness_table": fair, "fairness": gaps,
             "fairness_max_gap": _nanmax(g["max_gap"] for g in gaps.values()), "fairness_max_gap_ci": list(overall_ci),
             "fairness_config": cfg.model_dump(),
@@ -365,14 +385,16 @@ def evaluation_summary(result: dict, # from `evaluate`
                       ) -> dict:
     "Return the metrics, fairness gaps and largest gap (with its interval) of a result, JSON-ready (NaN as None)."
     return _finite({"metrics": result["metrics"], "fairness": result["fairness"],
-                    "fairness_max_gap": result["fairness_max_gap"], "fairness_max_gap_ci": result.get("fairness_max_gap_ci")})
+                    "fairness_max_gap": result["fairness_max_gap"],
+                    "fairness_max_gap_ci": result.get("fairness_max_gap_ci")})
 
 def run_metrics(result: dict, # from `evaluate`
                 prefix: str = "", # prepended to every name, e.g. "champion_"
                ) -> dict[str, float]:
     "Return a result's metrics and fairness gaps as flat MLflow metrics, leaving out undefined values."
     lo, hi = result.get("fairness_max_gap_ci") or (None, None)
-    flat = {**result["metrics"], "fairness_max_gap": result["fairness_max_gap"], "fairness_max_gap_lo": lo, "fairness_max_gap_hi": hi}
+    flat = {**result["metrics"], "fairness_max_gap": result["fairness_max_gap"], "fairness_max_gap_lo": lo,
+            "fairness_max_gap_hi": hi}
     flat |= {f"fairness_{a}_{k}": v for a, g in result["fairness"].items() for k, v in g.items()}
     return {f"{prefix}{k}": float(v) for k, v in flat.items() if v is not None and math.isfinite(v)}
 
@@ -384,8 +406,11 @@ def evaluation_tables(results: dict[str, dict], # model name -> result of `evalu
     "Return one long table per report figure (and the metrics and fairness gaps side by side), with a `model` column."
     if not results: raise ConfigError("evaluation_tables: no results")
     out = {"metrics": metrics_table({n: r["metrics"] for n, r in results.items()}).reset_index()}
-    out["fairness_gaps"] = pd.DataFrame([{"model": n, "attribute": a, **g} for n, r in results.items() for a, g in r["fairness"].items()],
-                                        columns=["model", "attribute", *(f"{x}_gap" for x in RATES), "max_gap", "max_gap_lo", "max_gap_hi"])
+    out["fairness_gaps"] = pd.DataFrame([{"model": n, "attribute": a, **g}
+                                         for n, r in results.items() for a, g in r["fairness"].items()],
+                                        columns=["model", "attribute", *(f"{x}_gap" for x in RATES), "max_gap",
+                                                 "max_gap_lo", "max_gap_hi"])
     for name, key in TABLES.items():
-        out[name] = pd.concat([r[key].assign(model=n)[["model", *r[key].columns]] for n, r in results.items()], ignore_index=True)
+        out[name] = pd.concat([r[key].assign(model=n)[["model", *r[key].columns]] for n, r in results.items()],
+                              ignore_index=True)
     return out

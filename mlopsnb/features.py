@@ -85,7 +85,8 @@ class DropColumns(TransformerMixin, BaseEstimator):
 
 def _frame(X, est) -> pd.DataFrame:
     "Return `X` if it is a DataFrame; raise TypeError naming the transformer otherwise."
-    if not isinstance(X, pd.DataFrame): raise TypeError(f"{type(est).__name__} takes a pandas DataFrame, got {type(X).__name__}")
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"{type(est).__name__} takes a pandas DataFrame, got {type(X).__name__}")
     return X
 
 # %% ../notebooks/api/03_features.ipynb #30430ff8

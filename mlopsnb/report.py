@@ -85,9 +85,12 @@ def calibration_figure(results: dict[str, dict], # model name -> result of `eval
     for i, (name, r) in enumerate(results.items()):
         c, ls = _style(i)
         t = r["calibration"]
-        ax.plot(t["mean_predicted"], t["observed_rate"], color=c, ls=ls, label=f"{name} (ECE {r['metrics']['calibration_error']:.3f})")
-        ax.scatter(t["mean_predicted"], t["observed_rate"], s=12 + 200 * t["count"] / t["count"].sum(), color=c, alpha=0.7)
-    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration", xlim=(0, 1), ylim=(0, 1))
+        ax.plot(t["mean_predicted"], t["observed_rate"], color=c, ls=ls,
+                label=f"{name} (ECE {r['metrics']['calibration_error']:.3f})")
+        ax.scatter(t["mean_predicted"], t["observed_rate"], s=12 + 200 * t["count"] / t["count"].sum(), color=c,
+                   alpha=0.7)
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration", xlim=(0, 1),
+           ylim=(0, 1))
     ax.legend(loc="upper left")
     return fig
 
@@ -152,7 +155,8 @@ def importance_figure(results: dict[str, dict], # model name -> result of `evalu
     return fig
 
 # %% ../notebooks/api/05a_report.ipynb #b142ec63
-SHOWN_AS = {"value_per_customer": "value_per_case"}   # metric keys shown under a neutral name (the key itself is the metric's name in MLflow)
+# metric keys shown under a neutral name (the key itself is the metric's name in MLflow)
+SHOWN_AS = {"value_per_customer": "value_per_case"}
 
 def summary_rows() -> list[str]:
     "Return the rows of the report's summary: the table's summary metrics (as the report names them), the fairness gap."
@@ -171,8 +175,10 @@ def _table(df: pd.DataFrame, # the table to show
            index: bool = False, # show the index
           ) -> str:
     "Return a DataFrame as an escaped HTML table."
-    body = (df.rename_axis(None) if index else df).to_html(index=index, border=0, na_rep="–", float_format=lambda v: f"{v:.4g}")
-    return re.sub(r"^(<table[^>]*>)", lambda m: f"{m[1]}<caption>{html.escape(caption)}</caption>", body, count=1) if caption else body
+    body = (df.rename_axis(None) if index else df).to_html(index=index, border=0, na_rep="–",
+                                                           float_format=lambda v: f"{v:.4g}")
+    if not caption: return body
+    return re.sub(r"^(<table[^>]*>)", lambda m: f"{m[1]}<caption>{html.escape(caption)}</caption>", body, count=1)
 
 def _img(fig, alt: str) -> str:
     "Return a figure as an embedded <img>, or a note when there is no figure."
@@ -193,7 +199,9 @@ def _metrics(results: dict[str, dict], # model name -> result of `evaluate`
     "Return the metrics-by-model table with neutral row names."
     def row(r):
         lo, hi = r.get("fairness_max_gap_ci") or (None, None)
-        return {**r["metrics"], **({"fairness_max_gap": r["fairness_max_gap"], "fairness_max_gap_lo": lo, "fairness_max_gap_hi": hi} if fairness else {})}
+        gaps = ({"fairness_max_gap": r["fairness_max_gap"], "fairness_max_gap_lo": lo, "fairness_max_gap_hi": hi}
+                if fairness else {})
+        return {**r["metrics"], **gaps}
     return metrics_table({n: row(r) for n, r in results.items()}).rename(index=SHOWN_AS)
 
 def _fairness_note(results: dict[str, dict]) -> str:
@@ -205,7 +213,9 @@ def _fairness_note(results: dict[str, dict]) -> str:
         lines.append(f"{name}: largest gap {r['fairness_max_gap']:.3f} (95% bootstrap interval {lo:.3f} to {hi:.3f})")
     size = (first.get("fairness_config") or {}).get("min_group_size")
     small = int(first["fairness_table"].get("too_small", pd.Series(dtype=bool)).sum())
-    if size: lines.append(f"groups of fewer than {size} rows ({small} here) are shown with too_small = True and left out of the gaps")
+    if size:
+        lines.append(f"groups of fewer than {size} rows ({small} here) are shown with too_small = True and left out of "
+                     "the gaps")
     return f'<p class="note">{html.escape("; ".join(lines))}.</p>'
 
 def _section(title: str, *parts: str) -> str:
@@ -224,11 +234,14 @@ def evaluation_report(results: dict[str, dict], # model name -> result of `evalu
     summary = _metrics(results, fairness=True)
     m, pos = first["matrix"], str(positive_label)
     matrix = pd.DataFrame({"outcome": [f"{pos}, acted on (tp)", f"not {pos}, acted on (fp)", f"{pos}, no action (fn)",
-                                       f"not {pos}, no action (tn)"], "value per case": [m["tp"], m["fp"], m["fn"], m["tn"]]})
+                                       f"not {pos}, no action (tn)"],
+                           "value per case": [m["tp"], m["fp"], m["fn"], m["tn"]]})
     value = pd.DataFrame({n: {"threshold in use": r["threshold"], "value per case": r["metrics"]["value_per_customer"],
                               "best threshold": r["metrics"]["best_threshold"],
-                              "value at best threshold": r["metrics"]["value_at_best_threshold"]} for n, r in results.items()})
-    gaps = pd.DataFrame([{"model": n, "attribute": a, **g} for n, r in results.items() for a, g in r["fairness"].items()])
+                              "value at best threshold": r["metrics"]["value_at_best_threshold"]}
+                          for n, r in results.items()})
+    gaps = pd.DataFrame([{"model": n, "attribute": a, **g}
+                         for n, r in results.items() for a, g in r["fairness"].items()])
     has_fairness = len(first["fairness_table"]) > 0
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -241,10 +254,13 @@ def evaluation_report(results: dict[str, dict], # model name -> result of `evalu
                  _table(_metrics(results), "all metrics", index=True)),
         _section("Calibration", _img(calibration_figure(results), "Calibration"),
                  _each(results, "calibration", ["lower", "upper", "mean_predicted", "observed_rate", "count"])),
-        _section("Business value", f'<div class="row"><div>{_img(value_figure(results), "Value against threshold")}</div>'
-                                   f'<div>{_table(matrix, "value matrix")}{_table(value, "value per case", index=True)}</div></div>'),
+        _section("Business value", f'<div class="row"><div>'
+                                   f'{_img(value_figure(results), "Value against threshold")}</div>'
+                                   f'<div>{_table(matrix, "value matrix")}'
+                                   f'{_table(value, "value per case", index=True)}</div></div>'),
         _section("Fairness", _img(fairness_figure(results), "Per-group rates") +
-                 (_fairness_note(results) + _table(gaps, "largest gap between groups") + _each(results, "fairness_table") if has_fairness
+                 (_fairness_note(results) + _table(gaps, "largest gap between groups")
+                  + _each(results, "fairness_table") if has_fairness
                   else '<p class="note">No sensitive attributes declared.</p>')),
         _section("Explanation", _img(importance_figure(results, top), "Permutation importance"),
                  _each(results, "importance", head=top) if any(len(r["importance"]) for r in results.values())

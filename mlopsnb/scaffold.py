@@ -37,7 +37,8 @@ def template_files(root: Path) -> list[str]:
     "Return the reference project's files (settings.ini `project_files`) of a repository checkout, or every file packaged."
     ini = root / "settings.ini"
     if ini.is_file():
-        cfg = ConfigParser(delimiters=["="]); cfg.read(ini, encoding="utf-8")
+        cfg = ConfigParser(delimiters=["="])
+        cfg.read(ini, encoding="utf-8")
         return cfg["DEFAULT"].get("project_files", "").split()
     return sorted(p.name for p in root.iterdir())
 
@@ -47,7 +48,8 @@ def template_root() -> Path:
     pkg = Path(mlopsnb.__file__).resolve().parent
     for d in (pkg / PACKAGED, pkg.parent):
         if (d / "pipeline.yaml").is_file() and (d / "notebooks" / "tasks").is_dir(): return d
-    raise ScaffoldError(f"{pkg}: the installed mlopsnb carries no project template ({PACKAGED}); install it from a wheel or the repository")
+    raise ScaffoldError(f"{pkg}: the installed mlopsnb carries no project template ({PACKAGED}); install it from a "
+                        "wheel or the repository")
 
 # %% ../notebooks/api/13_scaffold.ipynb #b134fd7f
 POSITIVE_WORDS = {"1", "true", "yes", "y", "positive"}
@@ -56,7 +58,8 @@ MIN_ROWS = 20        # fewer rows: a column unique per row says nothing
 DATE_SHARE = 0.8     # a column whose values read as dates this often is a date
 _MONTHS = r"jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
 DATE_LIKE = re.compile(rf"^\s*\d{{1,4}}[-/.]\d{{1,2}}[-/.]\d{{1,4}}"    # 2017-01-31, 31/01/2017, 2017.01.31...
-                       rf"|\b(?:{_MONTHS})[a-z]*\b.*\d|\d.*\b(?:{_MONTHS})[a-z]*\b", re.I)   # ...or a month and a number
+                       # ...or a month and a number
+                       rf"|\b(?:{_MONTHS})[a-z]*\b.*\d|\d.*\b(?:{_MONTHS})[a-z]*\b", re.I)
 
 def _words(name: str) -> set[str]:
     "A column name's words, lower-cased: split at non-letters and at camelCase humps (`idNum` -> id, num)."
@@ -108,18 +111,27 @@ def describe_data(path: Path, # a .csv or .parquet table
     "Return (positive label typed like the column, its columns, `infer_roles`); ScaffoldError on a bad column or label."
     import pandas as pd
     if not path.is_file(): raise ScaffoldError(f"--data {path}: file not found")
-    if path.suffix.lower() not in {".csv", ".parquet", ".pq"}: raise ScaffoldError(f"--data {path}: expected a .csv or .parquet file")
+    if path.suffix.lower() not in {".csv", ".parquet", ".pq"}:
+        raise ScaffoldError(f"--data {path}: expected a .csv or .parquet file")
     try: df = pd.read_parquet(path) if path.suffix.lower() != ".csv" else pd.read_csv(path)
-    except Exception as e: raise ScaffoldError(f"--data {path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if target not in df.columns: raise ScaffoldError(f"--data {path}: no column {target!r} (columns: {', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''})")
+    except Exception as e:
+        raise ScaffoldError(f"--data {path}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if target not in df.columns:
+        raise ScaffoldError(f"--data {path}: no column {target!r} (columns: "
+                            f"{', '.join(map(str, df.columns[:12]))}{' ...' if len(df.columns) > 12 else ''})")
     values = df[target].dropna().unique().tolist()
-    if len(values) != 2: raise ScaffoldError(f"--target {target}: expected two classes in {path.name}, found {len(values)}")
+    if len(values) != 2:
+        raise ScaffoldError(f"--target {target}: expected two classes in {path.name}, found {len(values)}")
     if positive is not None:
         match = [v for v in values if str(v) == str(positive)]
-        if not match: raise ScaffoldError(f"--positive {positive}: not a value of {target!r} in {path.name} ({', '.join(map(str, values))})")
+        if not match:
+            raise ScaffoldError(f"--positive {positive}: not a value of {target!r} in {path.name} "
+                                f"({', '.join(map(str, values))})")
         return _plain(match[0]), list(map(str, df.columns)), infer_roles(df, target)
     found = [v for v in values if str(v).strip().lower() in POSITIVE_WORDS]
-    if len(found) != 1: raise ScaffoldError(f"--target {target}: which of {', '.join(map(str, values))} is the positive class? Give --positive")
+    if len(found) != 1:
+        raise ScaffoldError(f"--target {target}: which of {', '.join(map(str, values))} is the positive class? Give "
+                            "--positive")
     return _plain(found[0]), list(map(str, df.columns)), infer_roles(df, target)
 
 def _plain(v):
@@ -171,7 +183,8 @@ def pipeline_yaml(reference: str, # the reference pipeline.yaml
                  ) -> str:
     "Return the reference spec with the promotion policy and card of a new project (modest gates, nothing declared yet)."
     i = reference.find("\n      policy:")
-    if i < 0 or re.search(r"\n  - source:", reference[i:]): raise ScaffoldError("the packaged pipeline.yaml does not end with the policy of its last task")
+    if i < 0 or re.search(r"\n  - source:", reference[i:]):
+        raise ScaffoldError("the packaged pipeline.yaml does not end with the policy of its last task")
     return reference[:i + 1] + POLICY
 
 MAKEFILE = """# `make run` builds the pipeline to a gated @champion; `make test` runs the tests.
@@ -258,11 +271,12 @@ def package_source(package: str | None = None, # --package: a wheel file, or an 
                         "(never a bare name, which installs whatever a public index holds under it)")
 
 def ci_workflow(package: str | None, # what CI installs: a wheel path, a URL; None: the CI variable MLOPSNB_PACKAGE
-                data: str | None = None, # the project's own table (not committed): the sample build needs it in the checkout
+                data: str | None = None, # the project's own table (not committed): the sample build needs it
                ) -> str:
     "Return a GitHub Actions workflow: install the named mlopsnb package, run the tests and a sample build."
     install = (f'pip install "{package}" pytest' if package else
-               f'test -n "${PACKAGE_VARIABLE}" || {{ echo "set the repository variable {PACKAGE_VARIABLE} to the mlopsnb '
+               f'test -n "${PACKAGE_VARIABLE}" || {{ echo "set the repository variable {PACKAGE_VARIABLE} to the '
+               'mlopsnb '
                f'wheel URL to install"; exit 1; }}\n          pip install "${PACKAGE_VARIABLE}" pytest')
     build = '      - run: make run ARGS="--env sample=600"     # a sample build, through the same gates\n'
     if data:
@@ -329,7 +343,8 @@ def data_columns(roles: list[tuple[str, str, str]], # `infer_roles` of the table
         notes["ids"][0] += ". Inferred by `mlopsnb new` (review it):"
         notes["ids"] += [f"  {c}: {why[c]}" for c in out["ids"]]
         for c in out["ids"]:
-            log.warning("mlopsnb: warning: env.yaml data.ids: %s (%s): an identifier, never a feature; review it (--ids)",
+            log.warning("mlopsnb: warning: env.yaml data.ids: %s (%s): an identifier, never a feature; review it "
+                        "(--ids)",
                         c, why[c])
     elif ids is None:
         notes["ids"][0] += ". `mlopsnb new` found no column unique per row: name yours if the table has one"
@@ -344,11 +359,11 @@ def data_columns(roles: list[tuple[str, str, str]], # `infer_roles` of the table
     return out["ids"], out["drop"], notes
 
 def new_project(dest: str | Path, # the folder to create (must not exist, or be empty)
-                data: str | Path | None = None, # your table (.csv/.parquet), copied into data/; None: the embedded default
+                data: str | Path | None = None, # your table (.csv/.parquet), copied into data/; None: the default
                 target: str | None = None, # its column to predict (with `data`)
                 positive: str | None = None, # the target's positive value (found when obvious)
                 git: bool = True, # git init and commit, so the first build is from a clean commit
-                package: str | None = None, # what CI installs: a wheel file or URL (default: the wheel mlopsnb came from)
+                package: str | None = None, # what CI installs: a wheel file or URL (default: mlopsnb's own wheel)
                 ids: list[str] | None = None, # identifier columns (None: inferred, each choice logged as a warning)
                 drop: list[str] | None = None, # columns removed on load (None: the columns inferred as dates)
                ) -> Path:
@@ -373,9 +388,12 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             src = ref / f
             if data is not None and f in {"pipeline.yaml", "env.yaml", "contracts"}: continue
             if src.is_dir(): shutil.copytree(src, tmp / f, ignore=skip)
-            else: (tmp / f).parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, tmp / f)
+            else:
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp / f)
         if data is not None:
-            (tmp / "data").mkdir(); shutil.copyfile(data, tmp / "data" / data.name)
+            (tmp / "data").mkdir()
+            shutil.copyfile(data, tmp / "data" / data.name)
             ids, drop, notes = data_columns(roles, ids, drop)
             cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids,
                    "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml"}
@@ -383,7 +401,8 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             (tmp / "pipeline.yaml").write_text(pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8")), encoding="utf-8")
             (tmp / "contracts").mkdir(exist_ok=True)
         (tmp / "Makefile").write_text(MAKEFILE.replace("{pytest}", test_requirement()), encoding="utf-8")
-        (tmp / "tests").mkdir(); (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
+        (tmp / "tests").mkdir()
+        (tmp / "tests" / "test_project.py").write_text(FIRST_TEST, encoding="utf-8")
         if wheel is not None: (tmp / WHEEL_DIR).mkdir(); shutil.copyfile(wheel, tmp / WHEEL_DIR / wheel.name)
         (tmp / ".github" / "workflows").mkdir(parents=True)
         ci = ci_workflow(source, f"data/{data.name}" if data is not None else None)

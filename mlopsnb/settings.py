@@ -30,7 +30,8 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     "Where the data comes from and what its columns mean."
-    source: str = "embedded:modeldata/wa_churn"  # `embedded:<package>/<item>`, a .csv/.parquet path, or a SQLAlchemy URL
+    # `embedded:<package>/<item>`, a .csv/.parquet path, or a SQLAlchemy URL
+    source: str = "embedded:modeldata/wa_churn"
     query: str | None = None                     # the SQL query, when `source` is a database URL
     target: str = "churn"                        # the column to predict
     positive: str | int | float | bool = "Yes"   # the target's value that counts as the positive class
@@ -59,8 +60,10 @@ class EnvConfig(Strict):
 # %% ../notebooks/api/01_settings.ipynb #092f1bf4
 class PromotionPolicy(Strict):
     "The gates a challenger must pass before @champion moves to it."
-    primary: str = "roc_auc"                      # metric compared with the champion (in its direction: mlopsnb.metrics)
-    min_delta: float = 0.0                        # the challenger must beat the champion's primary metric by more than this
+    # metric compared with the champion (in its direction: mlopsnb.metrics)
+    primary: str = "roc_auc"
+    # the challenger must beat the champion's primary metric by more than this
+    min_delta: float = 0.0
     minimums: dict[str, float] = {}               # metric -> lowest acceptable value (higher-is-better metrics)
     maximums: dict[str, float] = {}               # metric -> highest acceptable value (log_loss, brier, ...)
     max_fairness_gap: float | None = Field(None, ge=0, le=1)  # largest selection-rate/TPR/FPR gap between groups
@@ -69,7 +72,8 @@ class PromotionPolicy(Strict):
     require_clean_commit: bool = False            # the build ran on a committed tree (its git.dirty tag is false)
 
 class ScoringConfig(Strict):
-    "What a batch-scoring task scores, with which registered version: the file and the version it resolves to are tracked as inputs."
+    ("What a batch-scoring task scores, with which registered version: the file and the version it resolves to are "
+     "tracked as inputs.")
     input: str                                    # a CSV or Parquet file of raw records (relative to the project)
     model_name: str = "churn"                     # registered model name
     version: str = "@champion"                    # version number or @alias
@@ -81,7 +85,8 @@ from pydantic import field_validator
 class FairnessConfig(Strict):
     "How evaluate_model groups the sensitive attributes, and which groups its fairness gap counts."
     bins: dict[str, list[float] | int] = {}       # numeric column -> its bin edges, or a number of quantile bins
-    quantiles: int = Field(4, ge=2)               # quantile bins of any other numeric attribute with many distinct values
+    # quantile bins of any other numeric attribute with many distinct values
+    quantiles: int = Field(4, ge=2)
     min_group_size: int = Field(30, ge=0)         # smaller groups are reported, flagged, and left out of the gap
 
     @field_validator("bins", mode="before")
@@ -126,15 +131,18 @@ class MonitorConfig(Strict):
     decay_warn: float = Field(0.02, ge=0)        # drop of a metric from the version's recorded value: warn
     decay_drift: float = Field(0.05, ge=0)       # ... drift, when the bootstrap interval excludes no drop
     min_rows: int = Field(100, ge=1)             # fewer current rows: status "insufficient", never drift
-    min_label_match: float = Field(0.5, ge=0, le=1)   # a labels file whose rows match fewer of the scored rows: warn, never ok
+    # a labels file whose rows match fewer of the scored rows: warn, never ok
+    min_label_match: float = Field(0.5, ge=0, le=1)
     bootstrap: int = Field(200, ge=20)           # bootstrap resamples for confidence intervals
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0                                # bootstrap seed
-    threshold: float | None = Field(None, ge=0, le=1)   # decision threshold (None: the training spec's `threshold` param, else 0.5)
+    # decision threshold (None: the training spec's `threshold` param, else 0.5)
+    threshold: float | None = Field(None, ge=0, le=1)
     value_matrix: dict[str, float] | None = None  # value per case of tp, fp, fn, tn (None: no value metric)
     window_hours: float = Field(24 * 7, gt=0)    # prediction-log window ending now
     chunk_rows: int = Field(50_000, ge=100)      # rows read at a time (memory stays bounded)
-    experiment: str | None = None                # MLflow experiment of monitoring runs (default: <experiment>-monitoring)
+    # MLflow experiment of monitoring runs (default: <experiment>-monitoring)
+    experiment: str | None = None
     webhook: str | None = None                   # POST the JSON summary here on warn/drift (None: no webhook)
     webhook_retries: int = Field(3, ge=1)        # attempts
     webhook_backoff_s: float = Field(0.5, ge=0)  # first wait between attempts, doubled each time
@@ -198,12 +206,14 @@ def _value(item: str, key: list[str], value: str, schema: type[BaseModel] | None
             return value if inner is None else inner
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--env {item!r}: invalid value ({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
+        raise ConfigError(f"--env {item!r}: invalid value "
+                          f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
 
 def parse_overrides(items: list[str] | None, # `key=value` strings; dotted keys reach into sections
                     schema: type[BaseModel] | None = None, # the settings model: its text fields keep text
                    ) -> dict:
-    "Turn `['data.target=y', 'sample=500']` into a nested dict; values are text where `schema` says text, YAML otherwise."
+    ("Turn `['data.target=y', 'sample=500']` into a nested dict; values are text where `schema` says text, YAML "
+     "otherwise.")
     out, origin = {}, {}
     for item in items or []:
         if "=" not in item: raise ConfigError(f"--env {item!r}: expected key=value")
@@ -216,7 +226,8 @@ def parse_overrides(items: list[str] | None, # `key=value` strings; dotted keys 
                 raise ConfigError(f"--env {item!r}: conflicts with --env {origin['.'.join(path[:i + 1])]!r}")
             d = d[p]
         if isinstance(d.get(path[-1]), dict):
-            raise ConfigError(f"--env {item!r}: conflicts with --env {next(v for k, v in origin.items() if k.startswith(key.strip() + '.'))!r}")
+            raise ConfigError(f"--env {item!r}: conflicts with --env "
+                              f"{next(v for k, v in origin.items() if k.startswith(key.strip() + '.'))!r}")
         d[path[-1]] = _value(item, path, value, schema)
         origin[key.strip()] = item
     return out
@@ -257,7 +268,8 @@ def load_env(project: Path, # the project folder
     raw = {k: v for k, v in raw.items() if not str(k).startswith("_")}  # Ploomber's own `_module` etc.
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides, EnvConfig)
     try: return EnvConfig.model_validate(_merge(raw, over))
-    except ValidationError as e: raise ConfigError(one_line_error(e, path.name if not over else f"{path.name} (with --env)")) from None
+    except ValidationError as e:
+        raise ConfigError(one_line_error(e, path.name if not over else f"{path.name} (with --env)")) from None
 
 # %% ../notebooks/api/01_settings.ipynb #ee7d09da
 def stable_hash(obj: Any) -> str:
@@ -304,7 +316,8 @@ SERVER_SCHEMES = {"http", "https", "databricks"}
 
 def uri_scheme(uri: str, # a URI or a path
               ) -> str | None:
-    "Return the scheme of a URI (`s3`, `mlflow-artifacts`, `postgresql+psycopg`), or None for a plain path (`C:\\x` too)."
+    ("Return the scheme of a URI (`s3`, `mlflow-artifacts`, `postgresql+psycopg`), or None for a plain path (`C:\\x` "
+     "too).")
     import re
     m = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)   # two characters at least: a Windows drive letter is not a scheme
     return m.group(1).lower() if m else None

@@ -156,8 +156,11 @@ def param_type(annotation: str, # the annotation's source, e.g. "PromotionPolicy
                where: str = "param", # named in the error
               ):
     "Evaluate a parameter annotation in a namespace of builtin types and settings models only."
-    try: return eval(compile(ast.parse(annotation, mode="eval"), "<annotation>", "eval"), {"__builtins__": {}}, param_types())
-    except Exception as e: raise ConfigError(f"{where}: unknown type {annotation!r} ({type(e).__name__}: {e})") from None
+    try:
+        return eval(compile(ast.parse(annotation, mode="eval"), "<annotation>", "eval"), {"__builtins__": {}},
+                    param_types())
+    except Exception as e:
+        raise ConfigError(f"{where}: unknown type {annotation!r} ({type(e).__name__}: {e})") from None
 
 def check_param(value: Any, # the param's value
                 annotation: str, # its declared type
@@ -188,7 +191,8 @@ def _lookup(values: dict, key: str, where: str):
     "Return the env value at a dotted key, or raise naming the placeholder."
     d = values
     for p in key.split("."):
-        if not isinstance(d, dict) or p not in d: raise ConfigError(f"{where}: placeholder '{{{{{key}}}}}' has no value in env.yaml")
+        if not isinstance(d, dict) or p not in d:
+            raise ConfigError(f"{where}: placeholder '{{{{{key}}}}}' has no value in env.yaml")
         d = d[p]
     return d
 
@@ -197,7 +201,8 @@ def resolve_placeholders(value, # a value of the spec: text, list or mapping
                          where: str, # named in errors
                          strict: bool = True, # an unknown placeholder is an error (False: left as it is)
                         ):
-    "Replace placeholders: a whole-value placeholder by the validated value itself (never re-parsed), others inside text."
+    ("Replace placeholders: a whole-value placeholder by the validated value itself (never re-parsed), "
+     "others inside text.")
     def get(key, whole):
         try: return _lookup(values, key, where)
         except ConfigError:

@@ -64,7 +64,7 @@ def lineage_tags(project: str | Path, # the project folder
                  pipeline: str = "pipeline.yaml", # the spec that was built
                  pipeline_hash: str | None = None, # hash of the rendered spec and env
                  data_digest: str | None = None, # digest of the input data
-                 reproduction_of: str | None = None, # `<model>/<version>` the build reproduces (a build's context says; a task: `reproducing()`)
+                 reproduction_of: str | None = None, # `<model>/<version>` reproduced (a task: `reproducing()`)
                 ) -> dict[str, str]:
     "Return the lineage tags every mlopsnb run carries."
     from mlopsnb import __version__
@@ -114,7 +114,9 @@ class Recorder(NullRecorder):
                 ):
         self.store = as_store(store)
         self.uri, self.client = self.store.tracking_uri, self.store.client()
-        if experiment_id: self.experiment_id = experiment_id; return
+        if experiment_id:
+            self.experiment_id = experiment_id
+            return
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             from mlflow.exceptions import MlflowException
@@ -141,7 +143,8 @@ class Recorder(NullRecorder):
 
     def log_params(self, run_id, params):
         from mlflow.entities import Param
-        ps = [Param(str(k), (json.dumps(v, default=str) if not isinstance(v, str) else v)[:6000]) for k, v in params.items()]
+        ps = [Param(str(k), (json.dumps(v, default=str) if not isinstance(v, str) else v)[:6000])
+              for k, v in params.items()]
         for i in range(0, len(ps), 100): self.client.log_batch(run_id, params=ps[i:i + 100], synchronous=True)
 
     def set_tags(self, run_id, tags):
@@ -160,7 +163,8 @@ class Recorder(NullRecorder):
     def reconcile(self) -> int:
         "End as KILLED the runs of this host left RUNNING by a process that no longer exists."
         host, n = socket.gethostname(), 0
-        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
+        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                       max_results=500)
         for r in runs:
             pid = r.data.tags.get("mlopsnb.pid")
             if r.data.tags.get("mlopsnb.host") != host or not pid or process_alive(int(pid)): continue
@@ -242,25 +246,31 @@ def advisory_lock(uri: str, # a PostgreSQL URI
             deadline = time.monotonic() + timeout
             while not con.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 con.rollback()
-                if time.monotonic() > deadline: raise error(f"{what} ({key} in {mask_url(uri)}) still held after {timeout:.0f}s")
+                if time.monotonic() > deadline:
+                    raise error(f"{what} ({key} in {mask_url(uri)}) still held after {timeout:.0f}s")
                 time.sleep(0.05 + random.random() * 0.1)
             con.commit()
             try: yield
-            finally: con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key}); con.commit()
+            finally:
+                con.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                con.commit()
     finally: engine.dispose()
 
 def prepare_store(uri: str, # a tracking URI
                   timeout: float = STORE_TIMEOUT, # busy timeout added to a sqlite URI
                  ) -> str:
-    "Put a SQLite store in WAL mode with MLflow's schema created once (a PostgreSQL one: created once too); return the URI to use."
+    ("Put a SQLite store in WAL mode with MLflow's schema created once (a PostgreSQL one: created once too); return "
+     "the URI to use.")
     db = sqlite_path(uri)
     if db is None:
         if is_postgres(uri):
-            with advisory_lock(uri, SCHEMA_KEY, timeout=600):   # the first processes on an empty database: one creates the schema
+            # the first processes on an empty database: one creates the schema
+            with advisory_lock(uri, SCHEMA_KEY, timeout=600):
                 from mlflow.tracking import MlflowClient
                 MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
         return uri
-    if "timeout" not in dict(parse_qsl(uri.partition("?")[2])): uri += ("&" if "?" in uri else "?") + f"timeout={timeout:g}"
+    if "timeout" not in dict(parse_qsl(uri.partition("?")[2])):
+        uri += ("&" if "?" in uri else "?") + f"timeout={timeout:g}"
     db.parent.mkdir(parents=True, exist_ok=True)
     with _init_lock(db):
         con = sqlite3.connect(db, timeout=timeout)
@@ -273,7 +283,8 @@ def prepare_store(uri: str, # a tracking URI
         if not ready:   # a new store: let MLflow create its tables now, while the others wait
             from mlflow.tracking import MlflowClient
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1); client.search_registered_models(max_results=1)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
     return uri
 
 # %% ../notebooks/api/06_tracking.ipynb #85f874fc
@@ -298,7 +309,8 @@ def current_run_id() -> str | None:
     if not _state.get("interactive"):
         try: project = task_root()
         except MlopsnbError: project = Path.cwd()
-        _state["interactive"] = rec.start_run("interactive", tags={"mlopsnb.mode": "interactive", **lineage_tags(project)})
+        _state["interactive"] = rec.start_run("interactive",
+                                              tags={"mlopsnb.mode": "interactive", **lineage_tags(project)})
         log.info("logging to interactive run %s", _state["interactive"])
     return _state["interactive"]
 
@@ -330,7 +342,8 @@ def set_tags(tags: dict | None = None, **kw) -> None:
     _rec().set_tags(current_run_id(), {**(tags or {}), **kw})
 
 def recorded_tags() -> dict[str, str]:
-    "Return the tags of the current run (its lineage: git.commit, git.dirty, ...); the project's lineage when tracking is off."
+    ("Return the tags of the current run (its lineage: git.commit, git.dirty, ...); the project's lineage when "
+     "tracking is off.")
     rec = _rec()
     if not rec.enabled: return lineage_tags(task_root(), reproduction_of=reproducing())
     return dict(rec.client.get_run(current_run_id()).data.tags)

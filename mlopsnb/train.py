@@ -32,7 +32,8 @@ def _estimator(family: str, params: dict, seed: int):
         "hist_gradient_boosting": (lambda **p: HistGradientBoostingClassifier(random_state=seed, **p), False),
         "random_forest": (lambda **p: RandomForestClassifier(random_state=seed, n_jobs=1, **p), False),
     }
-    if family not in families: raise ConfigError(f"train_model: unknown model family {family!r} (choose from {', '.join(families)})")
+    if family not in families:
+        raise ConfigError(f"train_model: unknown model family {family!r} (choose from {', '.join(families)})")
     make, scale = families[family]
     try: return make(**params), scale
     except TypeError as e: raise ConfigError(f"train_model: family {family!r}: {e}") from None
@@ -55,7 +56,9 @@ def expand_grid(grid: list[dict], # entries like {family: logistic_regression, C
     for i, entry in enumerate(grid):
         entry = dict(entry or {})
         family = entry.pop("family", None)
-        if family not in FAMILIES: raise ConfigError(f"train_model: grid entry {i + 1}: unknown model family {family!r} (choose from {', '.join(FAMILIES)})")
+        if family not in FAMILIES:
+            raise ConfigError(f"train_model: grid entry {i + 1}: unknown model family {family!r} "
+                              f"(choose from {', '.join(FAMILIES)})")
         keys = list(entry)
         values = [v if isinstance(v, list) else [v] for v in entry.values()]
         out += [Candidate(family, dict(zip(keys, combo))) for combo in itertools.product(*values)]

@@ -74,6 +74,7 @@ def jinja_literal(text: str) -> str:
     if "endraw" not in text: return "{% raw %}" + text + "{% endraw %}"
     return text.replace("{", "{{ '{' }}")    # no raw block can hold it: every brace on its own
 
+# %% ../../notebooks/api/08l_build_airflow.ipynb #c2c8029d
 def _dag_preamble(root: Path, mlopsnb: str, args: list[str], spec_file: str, secrets: list[str]) -> list[str]:
     "The lines of the DAG file before the DAG: its docstring, imports, constants and the task factory."
     from mlopsnb import __version__
@@ -109,6 +110,7 @@ def _dag_preamble(root: Path, mlopsnb: str, args: list[str], spec_file: str, sec
         "",
     ]
 
+# %% ../../notebooks/api/08l_build_airflow.ipynb #dce48582
 def dag_source(tasks: list[AirflowTask], # from `airflow_tasks`
                dag_id: str, # the Airflow DAG id
                root: Path, # the project folder (absolute)
@@ -200,7 +202,7 @@ def find_parent(rec, dag_run_id: str) -> str | None:
 def parent_run(build, # the task's `Build` (its parent run not opened), tagged with Airflow's run id
                dag_run_id: str, # Airflow's run id
               ) -> str | None:
-    "Return the parent run of an Airflow DAG run, creating it (race-free, under the registry lock) if it does not exist."
+    "Return the parent run of an Airflow DAG run, created (race-free, under the registry lock) if it does not exist."
     from mlopsnb.registry.locks import registry_lock
     from mlopsnb.build.run import check_data
     rec = build.rec
@@ -211,6 +213,7 @@ def parent_run(build, # the task's `Build` (its parent run not opened), tagged w
     with registry_lock(build.ctx.project.store):
         return find_parent(rec, dag_run_id) or build.open_parent(**{"mlopsnb.pid": ""})
 
+# %% ../../notebooks/api/08l_build_airflow.ipynb #58c6e4bb
 def _finished(task) -> bool:
     "Whether a task's last run finished: its product exists and its metadata (dropped before every run) is there."
     return task.product.exists() and task.product.metadata.timestamp is not None
@@ -242,7 +245,7 @@ def run_airflow_task(project: Project, # the loaded project
                      attempt: int = 1, # Airflow's try number, tagged on the child run
                      engine: str = "papermill", # papermill | inprocess
                     ):
-    "Run one pipeline task as one attempt of an Airflow DAG run; return its TaskRecord (status `failed` with a one-line error)."
+    "Run one pipeline task as one attempt of an Airflow DAG run; return its TaskRecord (`failed`: a one-line error)."
     from mlopsnb.build.run import sigterm_interrupts
     if attempt < 1: raise ConfigError(f"--attempt {attempt}: 1 or more")
     dag, build = _prepare(project, engine, dag_run_id)

@@ -18,6 +18,18 @@ from ..core import PIPELINE_FILE, MlopsnbError, atomic_write_text, find_project
 # %% auto #0
 __all__ = ['ENGINES', 'JUPYTER_SETTINGS', 'load_dag', 'inject', 'lab_command']
 
+# %% ../../notebooks/api/08i_build_dag.ipynb #ec61e39b
+def _no_shell_atexit() -> None:
+    "Keep each in-process notebook's IPython shell from resetting itself (a full gc) again at exit."
+    import atexit
+    from ploomber_engine.ipython import PloomberShell
+    if getattr(PloomberShell, "_mlopsnb_patched", False): return
+    init = PloomberShell.__init__
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        atexit.unregister(self.atexit_operations)
+    PloomberShell.__init__, PloomberShell._mlopsnb_patched = __init__, True
+
 # %% ../../notebooks/api/08i_build_dag.ipynb #6817b636
 ENGINES = {"papermill": "papermill", "inprocess": "ploomber-engine"}
 
@@ -68,18 +80,6 @@ def load_dag(project: Project, # the loaded project
         dag.executor = RecordingExecutor(str(project.root), project.spec_file)
     dag.executor.project = str(project.root)
     return dag
-
-# %% ../../notebooks/api/08i_build_dag.ipynb #ec61e39b
-def _no_shell_atexit() -> None:
-    "Keep each in-process notebook's IPython shell from resetting itself (a full gc) again at exit."
-    import atexit
-    from ploomber_engine.ipython import PloomberShell
-    if getattr(PloomberShell, "_mlopsnb_patched", False): return
-    init = PloomberShell.__init__
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        atexit.unregister(self.atexit_operations)
-    PloomberShell.__init__, PloomberShell._mlopsnb_patched = __init__, True
 
 # %% ../../notebooks/api/08i_build_dag.ipynb #77fa0e63
 def inject(project: str | Path | None = None, remove: bool = False, overrides: list[str] | None = None,

@@ -83,7 +83,7 @@ def fork_server(requests: int, # the pipe the build writes requests to (one JSON
                 parent: int, # the build's process id: the server ends when it is gone
                 modules: list[str], # what to import before forking, most needed first
                ) -> None:
-    "Run the fork server: import ipykernel, then `modules` one by one, forking a kernel for each request between imports and after."
+    "Run the fork server: import ipykernel, then `modules` one by one; fork a kernel per request, between and after."
     import importlib, select, signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)         # Ctrl-C is the build's (it interrupts its kernels itself)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)        # children are reaped by the system
@@ -123,7 +123,7 @@ def fork_server(requests: int, # the pipe the build writes requests to (one JSON
 
 # %% ../../notebooks/api/08g_build_forks.ipynb #297ab911
 class ForkServer:
-    "The build's side of the fork server: started (`start`) with the interpreter and environment of the kernels it will fork."
+    "The build's side of the fork server: started (`start`) with the interpreter and environment of its kernels."
     def __init__(self, modules: list[str], # what the server imports ahead, most needed first
                  timeout: float = STARTUP_TIMEOUT, # seconds to wait for a fork
                 ):
@@ -207,7 +207,7 @@ class ForkServer:
 from jupyter_client.provisioning import LocalProvisioner
 
 class ForkedKernel:
-    "What the provisioner needs of a Popen, for a kernel forked by the server (not this process's child: watched through a pidfd)."
+    "What the provisioner needs of a Popen, for a kernel the server forked (not our child: watched by a pidfd)."
     stdin = stdout = stderr = None
     def __init__(self, pid: int):
         self.pid, self.returncode = pid, None
@@ -243,7 +243,7 @@ class ForkedKernel:
     def terminate(self): self.send_signal(15)
 
 class ForkProvisioner(LocalProvisioner):
-    "The local provisioner, except that the kernel is forked from the pool's fork server when the server can stand in for a new process."
+    "The local provisioner, except that the pool's fork server forks the kernel when it can stand in for a new process."
     forks = None
 
     async def launch_kernel(self, cmd: list[str], **kwargs):

@@ -65,7 +65,7 @@ def task_imports(notebook: str, # the rendered notebook (ipynb JSON), as Ploombe
 LAZY_IMPORTS = {
     "mlopsnb.tracking": ["mlflow", "mlflow.entities", "mlflow.tracking"],
     "mlopsnb.registry.versions": ["mlflow.sklearn", "mlflow.models", "skops.io"],   # what the tasks import
-    "mlopsnb.registry": ["mlflow.sklearn", "mlflow.models", "skops.io"],            # the package, in a project's own task
+    "mlopsnb.registry": ["mlflow.sklearn", "mlflow.models", "skops.io"],   # the package, in a project's own task
     "mlopsnb.train": ["sklearn.ensemble", "sklearn.linear_model", "skl2onnx", "onnxruntime"],   # ships an ONNX copy
     "mlopsnb.evaluate": ["sklearn.inspection"],
     "mlopsnb.report": ["matplotlib.figure", "matplotlib.backends.backend_agg"],
@@ -81,7 +81,7 @@ def warm_up_code(modules: list[str], # what to import
                  parent: int | tuple[int, ...], # the build's pid (and the fork server's): the kernel ends with it
                  experiment: str | None = None, # the build's experiment id: opened ahead in the environment's store
                 ) -> str:
-    "Return the one line a warm kernel runs at start: a watchdog on the build process, the imports, then the build's store opened."
+    "Return the one line a warm kernel runs at start: a watchdog on the build, the imports, the store opened."
     parents = tuple(int(p) for p in (parent if isinstance(parent, (tuple, list)) else (parent,)))
     body = ("import importlib, os, threading, time\n"
             "def watch(parents):\n"
@@ -207,7 +207,7 @@ class KernelPool:
         self.closing.append((th, k))
 
     def close(self, wait: float = 10.0) -> None:
-        "Shut down every kernel still running, wait for the ones shutting down (killed after `wait` seconds); write the record."
+        "Shut down every kernel still running, wait for those shutting down (killed after `wait` s); write the record."
         for k in [*self.ahead.values(), *self.taken.values()]: _shutdown(k.km, now=True)
         self.ahead.clear()
         self.taken.clear()
@@ -225,7 +225,7 @@ class KernelPool:
 from jupyter_client.manager import AsyncKernelManager
 
 class PoolKernelManager(AsyncKernelManager):
-    "An AsyncKernelManager that remembers the clients made on it, so that they are closed with its kernel, and forks its kernel when it can."
+    "An AsyncKernelManager that remembers its clients (closed with its kernel) and forks its kernel when it can."
     forks = None        # the pool's ForkServer
 
     def client(self, **kwargs):
@@ -313,7 +313,7 @@ STORE_IMPORTS = ["mlopsnb.tracking", "mlflow.tracking", "mlflow.store.tracking.s
 def fork_modules(plan: list, # [(task, kernel name, modules)] in build order
                  store: tuple | None = None, # the build's store, when the warm-ups open it
                 ) -> list[str]:
-    "Return what the fork server imports: every planned task's modules in build order, then what opening the store needs."
+    "Return what the fork server imports: every planned task's modules in build order, then what the store needs."
     return list(dict.fromkeys([m for _, _, mods in plan for m in mods] + (STORE_IMPORTS if store else [])))
 
 def source_imports(path: str | Path, # a task's source: a notebook, or a percent script
@@ -326,7 +326,7 @@ def prestart(sources: dict, # {task: its source}, in the spec's order
              cwd: str | Path, # where the kernels run (the project's root)
              env: dict, # the environment the kernels will start with (at least what is read at start: PYTHON*...)
             ) -> ForkServer | None:
-    "Start a build's fork server before Ploomber loads (its imports overlap the build's start); None when the pool or forking is off."
+    "Start a build's fork server before Ploomber loads (overlapping its start); None when the pool or forking is off."
     if not pool_size() or not forking() or len(sources) < 2: return None
     plan = []
     for task, src in sources.items():

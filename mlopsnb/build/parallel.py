@@ -33,7 +33,7 @@ def _on_connect(dbapi_connection, record) -> None:
 def _on_checkout(dbapi_connection, record, proxy) -> None:
     if record.info.get("mlopsnb.pid") != os.getpid():
         from sqlalchemy import exc
-        _FOREIGN.append(dbapi_connection)                              # closing it here would close the other process's session
+        _FOREIGN.append(dbapi_connection)   # closing it here would close the other process's session
         record.dbapi_connection = proxy.dbapi_connection = None
         raise exc.DisconnectionError("a connection opened by another process: opening a new one")
 
@@ -53,14 +53,15 @@ def _exit_with_parent(parent: int) -> None:
         if os.getppid() != parent: os.killpg(0, signal.SIGKILL)
 
 def _task_process(t, variables: dict, conn, parent: int, forks=None) -> None:
-    "Run one task in this (forked) process; send back ('ok', report, metadata, kernels) or ('failed', line, None, kernels)."
+    "Run one task in this (forked) process; send ('ok', report, metadata, kernels) or ('failed', line, None, kernels)."
     os.setpgid(0, 0)                     # its own group: the build stops the task and its kernel together
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     from mlopsnb.build.kernels import kernel_for
     pool = None
     try:
         with task_boundary(variables):
-            pool = _task_pool(t, forks)          # started with the task's environment (PYTHON* are read at a kernel's start)
+            # started with the task's environment (PYTHON* are read at a kernel's start)
+            pool = _task_pool(t, forks)
             with kernel_for(pool, t): report, meta = t._build(catch_exceptions=True)
         if pool is not None: pool.close()
         kernels = pool.record if pool is not None else []
@@ -72,7 +73,7 @@ def _task_process(t, variables: dict, conn, parent: int, forks=None) -> None:
     finally: conn.close()
 
 def _task_pool(t, forks):
-    "A papermill task's kernel pool in its task process, its kernel forked through the build (`forks`: a RemoteForks); else None."
+    "A papermill task's kernel pool in its task process, forked by the build (`forks`: a RemoteForks); else None."
     if forks is None: return None
     from mlopsnb.build.kernels import build_pool
     return build_pool({t.name: t}, forks=forks)
@@ -90,8 +91,8 @@ def _start(build: Build, t, mp, broker=None) -> _Running:
     here, there = mp.Pipe(duplex=False)
     asks, remote = (mp.Pipe() if broker is not None else (None, None))
     forks = RemoteForks(remote, broker.forks.pid) if broker is not None else None
-    p = mp.Process(target=_task_process, args=(t, tr.variables, there, os.getpid(), forks), name=f"mlopsnb task {t.name}",
-                   daemon=False)
+    p = mp.Process(target=_task_process, args=(t, tr.variables, there, os.getpid(), forks),
+                   name=f"mlopsnb task {t.name}", daemon=False)
     p.start()
     there.close()
     if broker is not None:
@@ -143,12 +144,15 @@ class ForkBroker:
         from multiprocessing.connection import wait
         while not self.stop.is_set():
             with self.lock: conns = list(self.conns)
-            if not conns: self.stop.wait(0.05); continue
+            if not conns:
+                self.stop.wait(0.05)
+                continue
             for c in wait(conns, timeout=0.1):
                 try: request = c.recv()
                 except (EOFError, OSError):        # the task process ended
                     with self.lock: self.conns.remove(c)
-                    c.close(); continue
+                    c.close()
+                    continue
                 try: c.send(self._answer(*request))
                 except (OSError, ValueError): pass
     def _answer(self, op: str, cmd: list[str], env: dict, cwd: str | None = None) -> tuple[bool, object]:
@@ -158,7 +162,8 @@ class ForkBroker:
         except Exception as e: return False, f"{type(e).__name__}: {e}"
     def close(self) -> None:
         "Stop answering; close the pipes."
-        self.stop.set(); self.thread.join(5)
+        self.stop.set()
+        self.thread.join(5)
         with self.lock:
             for c in self.conns: c.close()
             self.conns.clear()

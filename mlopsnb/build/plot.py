@@ -30,7 +30,7 @@ def graph(project: str | Path | None = None, spec_file: str = PIPELINE_FILE,
 def dag_figure(g, # the task graph (`graph`)
                status_rows: list[dict] | None = None, # colour tasks by status (from `status`)
               ):
-    "Return a matplotlib Figure of the DAG: one box per task sized to its name, one arrow per edge (arcs for edges that skip a layer)."
+    "Return a matplotlib Figure of the DAG: a box per task sized to its name, an arrow per edge (arcs skip a layer)."
     import networkx as nx
     from matplotlib.figure import Figure
     layers = list(nx.topological_generations(g))
@@ -63,6 +63,7 @@ def dag_figure(g, # the task graph (`graph`)
     fig.tight_layout()
     return fig
 
+# %% ../../notebooks/api/08k_build_plot.ipynb #0eec84bd
 def plot(path: str | Path | None = None, # .png, .svg, .pdf or .md (a Mermaid diagram); default products/pipeline.png
          project: str | Path | None = None, spec_file: str = PIPELINE_FILE,
          status_rows: list[dict] | None = None, # colour tasks by status (from `status`)

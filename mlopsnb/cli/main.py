@@ -11,6 +11,7 @@ import os
 import sys
 
 from .build import add_commands as build_verbs
+from .common import error
 from .monitor import add_commands as monitor_verbs
 from .new import add_commands as new_verbs
 from .registry import add_commands as registry_verbs
@@ -82,7 +83,7 @@ def _main(argv: list[str] | None) -> int:
     try: return a.fn(a) or 0
     except MlopsnbError as e:
         if a.debug: raise
-        print(f"mlopsnb: error: {e}", file=sys.stderr)
+        error(str(e))
         return 1
     except BrokenPipeError:          # `mlopsnb history churn | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from .common import ENGINES, env_args, error, project, say
 from ..core import mask_url

@@ -54,6 +54,7 @@ def verify_manifest(folder: str | Path, # the model directory to check
     extra = sorted(set(actual) - set(expected))
     if extra: raise IntegrityError(f"{what}: {extra[0]} is not in its sha256 manifest")
 
+# %% ../../notebooks/api/07a_registry_artifacts.ipynb #da49066a
 def save_model(model, # a fitted sklearn estimator or Pipeline
                path: str | Path, # the .skops file to write
               ) -> Path:
@@ -126,6 +127,26 @@ def onnx_session(data: bytes):
     so.inter_op_num_threads = 1
     return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
 
+# %% ../../notebooks/api/07a_registry_artifacts.ipynb #f288662c
+def walk_estimators(est, # an estimator, Pipeline or ColumnTransformer
+                   ):
+    "Yield `est` and every estimator nested in it (Pipeline steps, ColumnTransformer transformers)."
+    yield est
+    for _, sub in getattr(est, "steps", []): yield from walk_estimators(sub)
+    for _, sub, _ in getattr(est, "transformers_", []):
+        if hasattr(sub, "fit"): yield from walk_estimators(sub)
+
+@contextmanager
+def _leaf_flags_as_ints():
+    "Have skl2onnx pass tree leaves' missing-value flag as 0/1: it passes a bool, which onnx >= 1.19 refuses in ints."
+    import skl2onnx.common.tree_ensemble as te
+    original = te.add_node
+    def add_node(*args, nodes_missing_value_tracks_true=0, **kw):
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kw)
+    te.add_node = add_node
+    try: yield
+    finally: te.add_node = original
+
 def _to_onnx(tail, coerced) -> bytes:
     "Convert the Pipeline after drop/coerce for inputs typed like `coerced` (missing text as '')."
     import copy
@@ -145,25 +166,7 @@ def _to_onnx(tail, coerced) -> bytes:
         return convert_sklearn(tail, initial_types=types, target_opset={"": 18, "ai.onnx.ml": 3},
                                options={id(final): {"zipmap": False}}).SerializeToString()
 
-@contextmanager
-def _leaf_flags_as_ints():
-    "Have skl2onnx pass tree leaves' missing-value flag as 0/1: it passes a bool, which onnx >= 1.19 refuses in ints."
-    import skl2onnx.common.tree_ensemble as te
-    original = te.add_node
-    def add_node(*args, nodes_missing_value_tracks_true=0, **kw):
-        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kw)
-    te.add_node = add_node
-    try: yield
-    finally: te.add_node = original
-
-def walk_estimators(est, # an estimator, Pipeline or ColumnTransformer
-                   ):
-    "Yield `est` and every estimator nested in it (Pipeline steps, ColumnTransformer transformers)."
-    yield est
-    for _, sub in getattr(est, "steps", []): yield from walk_estimators(sub)
-    for _, sub, _ in getattr(est, "transformers_", []):
-        if hasattr(sub, "fit"): yield from walk_estimators(sub)
-
+# %% ../../notebooks/api/07a_registry_artifacts.ipynb #e6bb8233
 def onnx_copy(model, # a fitted mlopsnb Pipeline
               X_check, # held-out raw rows: the parity check
              ) -> tuple[bytes | None, dict]:

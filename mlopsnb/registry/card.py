@@ -54,6 +54,7 @@ def _data_lines(t: dict, env: dict, ev: dict, contract: dict | None) -> list[str
                    f"{contract.get('warnings', '?')} warnings")
     return out
 
+# %% ../../notebooks/api/07h_registry_card.ipynb #0d8bfd27
 def _metric_lines(m: dict, ev: dict) -> list[str]:
     "The metrics section (beside the champion's on the same rows, when it was compared), value and thresholds."
     champ = ev.get("champion") or {}
@@ -85,6 +86,7 @@ def _fairness_lines(m: dict, ev: dict, info: dict, tables: dict) -> list[str]:
     out += ["", "## Permutation importance (top 10)", ""]
     return out + _table(_challenger(tables, "importance")[:10], ["feature", "importance_mean", "importance_std"])
 
+# %% ../../notebooks/api/07h_registry_card.ipynb #9710351a
 def model_card(info: dict, # from `lineage` (or the build alone, for a candidate not registered)
                card=None, # a `ModelCardConfig` (owner, intended use, out of scope, limitations)
                evaluation: dict | None = None, # the evaluation summary (`metrics.json`)

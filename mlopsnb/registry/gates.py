@@ -72,6 +72,7 @@ def _build_gates(policy: PromotionPolicy, evidence: dict) -> list[dict]:
                            "a build from a committed tree (git.dirty: 1 means uncommitted changes)"))
     return gates
 
+# %% ../../notebooks/api/07c_registry_gates.ipynb #2cf11443
 def evaluate_gates(policy: PromotionPolicy, # the declared policy
                    evidence: dict, # {"metrics", "fairness_max_gap", "contract_violations", "contract_warnings", ...}
                    champion: dict | None = None, # the champion's evidence on the same test rows, if there is a champion

@@ -185,6 +185,7 @@ def build_lines(b: dict, # a build, from `build_of`
     w = max([16, *(len(r["task"]) for r in b["tasks"])])     # branch tasks have longer names: one column for all
     return out + [line for r in b["tasks"] for line in _task_lines(r, w)]
 
+# %% ../../notebooks/api/07g_registry_provenance.ipynb #fe645fae
 def _evaluation_line(ev: dict) -> str:
     "The headline test metrics of an evidence, its fairness gap and test rows."
     m = ev.get("metrics", {})

@@ -56,9 +56,10 @@ def _log_schema(con) -> None:
         con.execute(_LOG_VIEW.format(name=name, test=test))
 
 LOG_PAGE_SIZE = 32768   # bytes per SQLite page of a new prediction log
-_INSERT_REQUEST = ("INSERT INTO requests (seq, ts, request_id, model, version, path, rows, features, role, auth, masking) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_INSERT_ROWS = ("INSERT INTO predictions (request, row, probability, decision) "   # a request's rows from one JSON array
+_INSERT_REQUEST = ("INSERT INTO requests (seq, ts, request_id, model, version, path, rows, features, role, auth, "
+                   "masking) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# a request's rows from one JSON array
+_INSERT_ROWS = ("INSERT INTO predictions (request, row, probability, decision) "
                 "SELECT ?, key, value, value >= ? FROM json_each(?)")
 _INSERT_ROW = "INSERT INTO predictions (request, row, probability, decision) VALUES (?, ?, ?, ?)"
 LOG_KEY_ENV = "MLOPSNB_LOG_KEY"   # the key of the prediction log's keyed hash (read by `mlopsnb serve` and `monitor`)
@@ -376,7 +377,8 @@ class PredictionLog:
         if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
             # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same
             # doubles), the GIL released
-            sql, params = _INSERT_ROWS, [(seq, float(threshold), orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode())]
+            sql, params = _INSERT_ROWS, [(seq, float(threshold),
+                                          orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode())]
         else: sql, params = _INSERT_ROW, list(zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
         if predictions and predictions[-1][0] == sql: predictions[-1][1].extend(params)   # rows stay in request order
         else: predictions.append((sql, params))
