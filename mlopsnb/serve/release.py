@@ -78,7 +78,8 @@ def probe(port: int, # the port served
     "Return a probe as `python -c` code: GET `path`, the bearer token from MLOPSNB_TOKEN if set; exits 1 unless 2xx."
     return ("import os, urllib.request as u\n"
             "t = os.environ.get('MLOPSNB_TOKEN')\n"
-            f"r = u.Request('http://127.0.0.1:{port}{path}', headers={{'Authorization': 'Bearer ' + t}} if t else {{}})\n"
+            "h = {'Authorization': 'Bearer ' + t} if t else {}\n"
+            f"r = u.Request('http://127.0.0.1:{port}{path}', headers=h)\n"
             "u.urlopen(r, timeout=4)")
 
 def dockerfile(name: str, # registered model name
