@@ -43,6 +43,7 @@ def category_counts(s, # a column
         return {str(k): int(v) for k, v in s.value_counts().items()}, miss
     return {str(k): int(v) for k, v in s[s.notna()].astype(str).value_counts().items()}, miss
 
+# %% ../../notebooks/api/11a_monitor_reference.ipynb #4dbe7c43
 def _numeric_profile(x, knots: int, bins: int) -> dict:
     "Profile one numeric column (floats, NaN missing): knots with exact CDF fractions, PSI bin knots."
     import numpy as np
@@ -73,6 +74,7 @@ def _categorical_profile(s, numbers: bool, max_categories: int) -> dict:
     return {"kind": "categorical", "rows": int(len(s)), "n": int(sum(counts.values())),
             "missing": missing / len(s) if len(s) else 0.0, "counts": out, "complete": len(ranked) <= max_categories}
 
+# %% ../../notebooks/api/11a_monitor_reference.ipynb #e45fcc22
 def _text_of_numbers(s) -> bool:
     "Whether a text column holds only numbers (blanks aside): 100 values tried first, the whole column if they parse."
     import pandas as pd
@@ -114,6 +116,7 @@ def column_profile(s, # one column
         if _more_than_two(v): return _sorted_profile(v, len(x), knots, bins)
     return {**_categorical_profile(s, numeric, max_categories), "numbers": numeric}
 
+# %% ../../notebooks/api/11a_monitor_reference.ipynb #0a73acf0
 def _columns(X):
     "Yield (name, Series) of a DataFrame, or of a Parquet file read one column at a time (never its whole table)."
     if isinstance(X, (str, Path)):
