@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from fastcore.basics import patch
+
 from ..config import MonitorConfig
 from ..core import DataError
 from .reference import OTHER, category_counts, numbers_of
@@ -101,59 +103,6 @@ class DriftAccumulator:
                                 "score_sum": 0.0}
         return self.versions[v]
 
-    def update(self, frame, # a chunk of current rows (raw columns; others ignored)
-               scores=None, # their scores
-               versions=None, # the model version that scored each row (None: one group)
-               labels=None, # 0/1 labels, NaN where unknown
-              ) -> None:
-        "Add one chunk."
-        import numpy as np
-        self.rows += len(frame)
-        for c, acc in self.cols.items():
-            if c not in frame.columns: continue
-            self.absent.discard(c)
-            p = self.profile["columns"][c]
-            if p["kind"] == "numeric":
-                x = numbers_of(frame[c])
-                ok = ~np.isnan(x)
-                slot, eq = knot_counts(p["knots"], x[ok])
-                acc["slot"] += slot
-                acc["eq"] += eq
-                acc["missing"] += int((~ok).sum())
-                acc["sum"] += float(x[ok].sum())
-            else:
-                counts, missing = category_counts(frame[c], p.get("numbers", False))
-                acc["missing"] += missing
-                for k, n in counts.items():
-                    if k not in acc["counts"] and len(acc["counts"]) >= MAX_TRACKED and k not in p["counts"]:
-                        k = OTHER_NEW
-                    acc["counts"][k] = acc["counts"].get(k, 0) + n
-        if scores is None: return
-        s = np.asarray(scores, dtype=float)
-        vs = (np.full(len(s), "current", dtype=object) if versions is None
-              else np.asarray(versions, dtype=object).astype(str))
-        y = None if labels is None else np.asarray(labels, dtype=float)
-        for v in dict.fromkeys(vs.tolist()):
-            m = vs == v
-            acc, sv = self._version(v), s[m]
-            acc["rows"] += int(m.sum())
-            acc["decisions"] += int((sv >= self.threshold).sum())
-            acc["score_sum"] += float(sv.sum())
-            if "scores" in self.profile:
-                slot, eq = knot_counts(self.profile["scores"]["knots"], sv)
-                acc["slot"] += slot
-                acc["eq"] += eq
-            b = np.clip(np.searchsorted(self.edges, sv, "right") - 1, 0, len(self.edges) - 2)
-            acc["hist"] += np.bincount(b, minlength=len(self.edges) - 1)
-            acc["sum"] += np.bincount(b, sv, minlength=len(self.edges) - 1)
-            acc["sumsq"] += np.bincount(b, sv * sv, minlength=len(self.edges) - 1)
-            if y is not None:
-                known = m & ~np.isnan(y)
-                if known.any():
-                    got = self.pairs.setdefault(v, ([], []))
-                    got[0].append(s[known])
-                    got[1].append(y[known].astype(int))
-
     def labelled(self, version: str | None = None) -> tuple:
         "Return (labels, scores) of the labelled rows of one version (None: all versions)."
         import numpy as np
@@ -161,6 +110,61 @@ class DriftAccumulator:
         else: groups = [self.pairs[version]] if version in self.pairs else []
         s, y = [a for g in groups for a in g[0]], [a for g in groups for a in g[1]]
         return (np.concatenate(y), np.concatenate(s)) if s else (np.zeros(0, int), np.zeros(0))
+
+# %% ../../notebooks/api/11b_monitor_drift.ipynb #3e220d0a
+@patch
+def update(self: DriftAccumulator, frame, # a chunk of current rows (raw columns; others ignored)
+           scores=None, # their scores
+           versions=None, # the model version that scored each row (None: one group)
+           labels=None, # 0/1 labels, NaN where unknown
+          ) -> None:
+    "Add one chunk."
+    import numpy as np
+    self.rows += len(frame)
+    for c, acc in self.cols.items():
+        if c not in frame.columns: continue
+        self.absent.discard(c)
+        p = self.profile["columns"][c]
+        if p["kind"] == "numeric":
+            x = numbers_of(frame[c])
+            ok = ~np.isnan(x)
+            slot, eq = knot_counts(p["knots"], x[ok])
+            acc["slot"] += slot
+            acc["eq"] += eq
+            acc["missing"] += int((~ok).sum())
+            acc["sum"] += float(x[ok].sum())
+        else:
+            counts, missing = category_counts(frame[c], p.get("numbers", False))
+            acc["missing"] += missing
+            for k, n in counts.items():
+                if k not in acc["counts"] and len(acc["counts"]) >= MAX_TRACKED and k not in p["counts"]:
+                    k = OTHER_NEW
+                acc["counts"][k] = acc["counts"].get(k, 0) + n
+    if scores is None: return
+    s = np.asarray(scores, dtype=float)
+    vs = (np.full(len(s), "current", dtype=object) if versions is None
+          else np.asarray(versions, dtype=object).astype(str))
+    y = None if labels is None else np.asarray(labels, dtype=float)
+    for v in dict.fromkeys(vs.tolist()):
+        m = vs == v
+        acc, sv = self._version(v), s[m]
+        acc["rows"] += int(m.sum())
+        acc["decisions"] += int((sv >= self.threshold).sum())
+        acc["score_sum"] += float(sv.sum())
+        if "scores" in self.profile:
+            slot, eq = knot_counts(self.profile["scores"]["knots"], sv)
+            acc["slot"] += slot
+            acc["eq"] += eq
+        b = np.clip(np.searchsorted(self.edges, sv, "right") - 1, 0, len(self.edges) - 2)
+        acc["hist"] += np.bincount(b, minlength=len(self.edges) - 1)
+        acc["sum"] += np.bincount(b, sv, minlength=len(self.edges) - 1)
+        acc["sumsq"] += np.bincount(b, sv * sv, minlength=len(self.edges) - 1)
+        if y is not None:
+            known = m & ~np.isnan(y)
+            if known.any():
+                got = self.pairs.setdefault(v, ([], []))
+                got[0].append(s[known])
+                got[1].append(y[known].astype(int))
 
 # %% ../../notebooks/api/11b_monitor_drift.ipynb #3e9cc5fa
 LEVELS = ("ok", "warn", "drift")
@@ -178,6 +182,7 @@ def _cdf_counts(slot, eq):
     le = np.cumsum(slot)[:-1]
     return le, le - np.asarray(eq)
 
+# %% ../../notebooks/api/11b_monitor_drift.ipynb #c3051bb5
 def numeric_drift(ref: dict, # a numeric column's profile
                   acc: dict, # its accumulator: slot, eq, missing
                   cfg: MonitorConfig, # thresholds
@@ -206,6 +211,7 @@ def numeric_drift(ref: dict, # a numeric column's profile
                           _level(out["missing_change"], cfg.missing_warn, cfg.missing_drift))
     return out
 
+# %% ../../notebooks/api/11b_monitor_drift.ipynb #07a42bd9
 def categorical_drift(ref: dict, # a categorical column's profile
                       acc: dict, # its accumulator: counts, missing
                       cfg: MonitorConfig, # thresholds
@@ -240,6 +246,7 @@ def categorical_drift(ref: dict, # a categorical column's profile
                           _level(out["new_share"], cfg.new_warn, cfg.new_drift))
     return out
 
+# %% ../../notebooks/api/11b_monitor_drift.ipynb #fccd388f
 def drift_results(acc: DriftAccumulator, # the current data, accumulated
                   cfg: MonitorConfig, # thresholds
                   version: str | None = None, # whose scores are compared with the reference's (None: all rows)
