@@ -49,6 +49,7 @@ def _ci(a, confidence: float) -> list[float]:
     q = (1 - confidence) / 2
     return [float(np.quantile(a, q)), float(np.quantile(a, 1 - q))] if len(a) else [float("nan")] * 2
 
+# %% ../../notebooks/api/11c_monitor_performance.ipynb #588674b1
 def decay(y, p, # labelled current rows: labels and scores
           reference: dict, # the profile (its held-out pairs)
           recorded: dict | None, # the metrics recorded for the version (None: computed on the reference pairs)
@@ -80,7 +81,7 @@ def decay(y, p, # labelled current rows: labels and scores
                   "status": status}
     return out
 
-# %% ../../notebooks/api/11c_monitor_performance.ipynb #74666744
+# %% ../../notebooks/api/11c_monitor_performance.ipynb #966e83a7
 def calibrator(reference: dict, # the profile, with held-out pairs
               ):
     "Return a function mapping scores to calibrated probabilities, fitted on the reference's held-out pairs (Platt)."
@@ -96,6 +97,7 @@ def calibrator(reference: dict, # the profile, with held-out pairs
     lr = LogisticRegression(C=1e4).fit(logit(pr["score"]), pr["label"])
     return lambda s: lr.predict_proba(logit(s))[:, 1]
 
+# %% ../../notebooks/api/11c_monitor_performance.ipynb #40e7af95
 def estimate_performance(hist, total, sumsq, # per score bin: rows, sum of scores, sum of squared scores
                          edges, # the bins' edges
                          calibrate, # from `calibrator`
@@ -138,6 +140,7 @@ def _binned_metrics(b: dict, # from `_bins`
                                            + matrix["fn"] * P[~act].sum() + matrix["tn"] * N[~act].sum()) / n.sum())
     return out
 
+# %% ../../notebooks/api/11c_monitor_performance.ipynb #d4c8cf97
 def estimate_interval(hist, total, sumsq, # per score bin: rows, sum of scores, sum of squared scores
                       edges, # the bins' edges
                       reference: dict, # the profile, with held-out pairs
