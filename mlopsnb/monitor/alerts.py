@@ -22,8 +22,29 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'MISSING', 'report_figures', 'report_html', 'summary_json', 'webhook_origin', 'check_webhook', 'post_webhook',
            'record_monitoring', 'monitoring_history', 'report_lines', 'webhook_line', 'retrain_line']
 
-# %% ../../notebooks/api/11d_monitor_alerts.ipynb #0d90cf28
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #dc09c565
 MISSING = "–"         # what a table shows for a value that does not apply or was not measured
+
+def _num(x, digits: int = 4) -> str:
+    "Format a number for a table: `digits` significant digits; a missing or non-finite one as `MISSING`."
+    if x is None: return MISSING
+    if hasattr(x, "item"): x = x.item()                  # a NumPy scalar
+    if isinstance(x, bool) or not isinstance(x, (int, float)): return str(x)
+    if isinstance(x, int): return str(x)
+    return f"{x:.{digits}g}" if math.isfinite(x) else MISSING
+
+def _metric(x, sign: bool = False, like=None) -> str:
+    "Format a metric: 4 decimals (2 from 10 up, or as many as `like` gets), signed if asked; a missing one as MISSING."
+    if x is None or not math.isfinite(x): return MISSING
+    return f"{x:{'+' if sign else ''}.{4 if abs(x if like is None else like) < 10 else 2}f}"
+
+def _with_ci(v, ci=None, sign: bool = False) -> str:
+    "Format a metric and its interval: `0.8123 [0.7901, 0.8345]`; what is missing as `MISSING`."
+    if v is None or not math.isfinite(v): return MISSING
+    if not ci or any(c is None or not math.isfinite(c) for c in ci): return _metric(v, sign)
+    return f"{_metric(v, sign)} [{_metric(ci[0], sign, v)}, {_metric(ci[1], sign, v)}]"
+
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #bed587a0
 _MAX_BARS = 16        # bars per categorical feature: the largest categories in either window, the rest pooled into one
 
 def _tick(label, width: int = 14, lines: int = 3) -> str:
@@ -47,6 +68,7 @@ def _bins(r: dict) -> tuple[list[str], list[float], list[float]]:
         cats, ref, cur = [cats[i] for i in sorted(keep)] + [f"({len(rest)} others)"], pick(ref), pick(cur)
     return cats, ref, cur
 
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #d859ff03
 def _bars(ax, r: dict, title: str) -> None:
     "Draw reference vs current fractions per bin or category of one result on `ax`: side by side, or one row each."
     import numpy as np
@@ -96,26 +118,7 @@ def report_figures(summary: dict, # from `monitor`
         figs.append(fig)
     return figs
 
-# %% ../../notebooks/api/11d_monitor_alerts.ipynb #dc09c565
-def _num(x, digits: int = 4) -> str:
-    "Format a number for a table: `digits` significant digits; a missing or non-finite one as `MISSING`."
-    if x is None: return MISSING
-    if hasattr(x, "item"): x = x.item()                  # a NumPy scalar
-    if isinstance(x, bool) or not isinstance(x, (int, float)): return str(x)
-    if isinstance(x, int): return str(x)
-    return f"{x:.{digits}g}" if math.isfinite(x) else MISSING
-
-def _metric(x, sign: bool = False, like=None) -> str:
-    "Format a metric: 4 decimals (2 from 10 up, or as many as `like` gets), signed if asked; a missing one as MISSING."
-    if x is None or not math.isfinite(x): return MISSING
-    return f"{x:{'+' if sign else ''}.{4 if abs(x if like is None else like) < 10 else 2}f}"
-
-def _with_ci(v, ci=None, sign: bool = False) -> str:
-    "Format a metric and its interval: `0.8123 [0.7901, 0.8345]`; what is missing as `MISSING`."
-    if v is None or not math.isfinite(v): return MISSING
-    if not ci or any(c is None or not math.isfinite(c) for c in ci): return _metric(v, sign)
-    return f"{_metric(v, sign)} [{_metric(ci[0], sign, v)}, {_metric(ci[1], sign, v)}]"
-
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #a923eb47
 _COLUMNS = {"status": "status", "kind": "kind", "rows": "rows", "psi": "PSI", "ks": "KS", "ks_p": "KS p",
             "chi2_p": "chi-square p", "cramers_v": "Cramér's V", "missing_ref": "missing (reference)",
             "missing_cur": "missing (current)", "new_share": "new categories"}
@@ -162,6 +165,7 @@ def _ab_tables(ab: dict) -> list[str]:
              for v, d in ab["differences"].items() for k, x in d.items()]
     return [_table(per), _table(diffs)] if diffs else [_table(per)]
 
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #54e47998
 def report_html(summary: dict, # from `monitor`
                 max_plots: int = 12, # feature figures (flagged first)
                ) -> str:
@@ -234,6 +238,7 @@ def check_webhook(url: str, # a webhook URL
         raise ConfigError(f"{where} {webhook_origin(url)}: only http:// and https:// URLs")
     return url
 
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #c8160991
 def _undelivered(shown: str, attempts: int, err: str) -> dict:
     log.warning("webhook %s: not delivered after %d attempt(s) (%s)", shown, attempts, err)
     return {"delivered": False, "attempts": attempts, "error": err}
@@ -279,6 +284,9 @@ def post_webhook(url: str, # where to POST: http(s), ${VAR} references expanded 
         if attempt < retries: time.sleep(backoff_s * 2 ** (attempt - 1))
     return _undelivered(shown, retries, err)
 
+
+
+# %% ../../notebooks/api/11d_monitor_alerts.ipynb #25cecea8
 def record_monitoring(store, # a Store, Project or tracking URI
                       experiment: str, # the monitoring experiment (created if absent)
                       summary: dict, # from `monitor`
