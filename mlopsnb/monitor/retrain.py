@@ -41,6 +41,9 @@ def retraining_table(source, # the training source's raw table
     report["replaced"] = len(both) - len(out)
     return out, report
 
+
+
+# %% ../../notebooks/api/11e_monitor_retrain.ipynb #7e68dccd
 def retrain(project, # the loaded Project
             labelled, # labelled current rows (raw columns and `__label__`)
             overrides: list[str] | None = None, # the `--env` items of this call, passed on to the build
