@@ -51,6 +51,7 @@ def read_log(path: str | Path, # the prediction log (SQLite); the files it was r
             except sqlite3.DatabaseError as e: raise DataError(f"prediction log {f}: cannot read ({e})") from None
         finally: con.close()
 
+# %% ../../notebooks/api/11f_monitor_inputs.ipynb #c1856563
 def _log_chunks(reqs, scored, chunk_rows: int):
     "Merge a log's requests (seq order) with their scores (grouped by request, the same order) into chunks of rows."
     import orjson
@@ -79,6 +80,7 @@ def _log_chunk(cols: dict, meta: list) -> tuple:
     return (pd.DataFrame(cols), np.array([v for x in meta for v in x[0]], dtype=float), rep(1, object), rep(2, float),
             rep(3, bool), [x[4] for x in meta for _ in range(x[5])])
 
+# %% ../../notebooks/api/11f_monitor_inputs.ipynb #d382d938
 def read_chunks(path: str | Path, # a CSV or Parquet file
                 chunk_rows: int = 50_000, # rows per chunk
                 columns=None, # read only these columns (those the file has; None: all)
@@ -98,6 +100,7 @@ def read_chunks(path: str | Path, # a CSV or Parquet file
         for b in f.iter_batches(batch_size=chunk_rows, columns=names, use_threads=False): yield b.to_pandas()
     else: raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .parquet)")
 
+# %% ../../notebooks/api/11f_monitor_inputs.ipynb #9c291ab7
 def encode_labels(s, # a label column: 0/1, or the target's raw values
                   positive, # the positive label
                   where: str = "labels", # named in errors
@@ -131,6 +134,14 @@ def _keys(df, ids: list[str]) -> list[str]:
     from mlopsnb.serve import id_text
     return ["\x1f".join(t) for t in zip(*([id_text(v) for v in df[c].tolist()] for c in ids))]
 
+# %% ../../notebooks/api/11f_monitor_inputs.ipynb #97eb7c76
+def _groups(values: list) -> dict:
+    "{value: [row positions]} of a list, in first-seen order."
+    out: dict = {}
+    for i, v in enumerate(values): out.setdefault(v, []).append(i)
+    return out
+
+# %% ../../notebooks/api/11f_monitor_inputs.ipynb #f7bf2444
 class LogLabels:
     "Join labels (keyed by clear ids) with log rows whose ids are clear, hashed (the service's key) or dropped."
     def __init__(self, labels: dict, ids: list[str], hasher, log):
@@ -181,11 +192,8 @@ class LogLabels:
                               for k, v in self.labels.items()}
         return self.maps[how]
 
-def _groups(values: list) -> dict:
-    "{value: [row positions]} of a list, in first-seen order."
-    out: dict = {}
-    for i, v in enumerate(values): out.setdefault(v, []).append(i)
-    return out
+
+
 
 # %% ../../notebooks/api/11f_monitor_inputs.ipynb #b353fb61
 def load_reference(store, # a Store, Project or tracking URI
@@ -212,6 +220,7 @@ def load_reference(store, # a Store, Project or tracking URI
     recorded = evidence or ref.get("metrics") or {}
     return {"version": v, "reference": ref, "recorded": recorded, "model": model, "serving": serving}
 
+# %% ../../notebooks/api/11f_monitor_inputs.ipynb #41278ac3
 NOT_AUTHENTICATED = "not authenticated: the service answered it without a bearer token"
 
 def current_chunks(current, # a file of raw records (None: the prediction log)
