@@ -18,7 +18,93 @@ from .performance import (
 # %% auto #0
 __all__ = ['monitor', 'monitor_config', 'spec_threshold', 'spec_policy']
 
-# %% ../../notebooks/api/11g_monitor_run.ipynb #691f9598
+# %% ../../notebooks/api/11g_monitor_run.ipynb #68f6adc0
+def _accumulate(chunks, # from `current_chunks`
+                acc: DriftAccumulator, # an empty accumulator of the version's profile
+                keep_labelled: bool, # keep the labelled rows (raw, with `__label__` and `__refused__`), for a retrain
+               ) -> tuple:
+    "Stream the current chunks into `acc`; return it, the labelled rows kept and the columns the log masked."
+    import numpy as np
+    kept, masked = [], set()
+    for df, s, vs, y, raw, why, m in chunks:
+        acc.update(df, s, vs, y)
+        masked |= m
+        if keep_labelled and y is not None and (~np.isnan(y)).any():
+            ok = ~np.isnan(y)
+            kept.append(raw[ok].assign(**{"__label__": y[ok], "__refused__": why[ok] if why is not None else None}))
+    return acc, kept, masked
+
+# %% ../../notebooks/api/11g_monitor_run.ipynb #95c528cd
+def _drift(acc: DriftAccumulator, cfg: MonitorConfig, version: str, masked: set) -> dict:
+    "The drift results of every feature and of the scores; personal inputs the log does not keep as sent, not judged."
+    prof = acc.profile
+    res = drift_results(acc, cfg, version if version in acc.versions else None)
+    for c in sorted(masked & acc.absent):      # personal inputs the log does not keep as sent: not judged, said so
+        res["features"][c] = {"kind": prof["columns"][c]["kind"], "status": "ok",
+                              "reason": "not in the prediction log as sent (personal data)"}
+    return res
+
+# %% ../../notebooks/api/11g_monitor_run.ipynb #9c06b641
+def _verdict(res: dict, perf: dict, rows: int, cfg: MonitorConfig) -> tuple[str, list[str]]:
+    "The status of a pass and why: drifted features and scores, performance flags and decay; too few rows: warn."
+    reasons = [f"{c}: {r.get('reason') or _why(r, cfg)}" for c, r in res["features"].items() if r["status"] != "ok"]
+    if res["score"] and res["score"]["status"] != "ok": reasons.append(f"scores: {_why(res['score'], cfg)}")
+    reasons += [f"performance: {r}" for r in perf.get("flags", [])]
+    reasons += [f"{k}: {d['recorded']:.4f} -> {d['current']:.4f}" for k, d in perf.get("decay", {}).items()
+                if d["status"] != "ok"]
+    status = worst(*(r["status"] for r in res["features"].values()), res["score"]["status"] if res["score"] else "ok",
+                   perf.get("status", "ok"))
+    if rows < cfg.min_rows:
+        status, reasons = "warn", [f"only {rows} current rows (min_rows {cfg.min_rows}): too few to judge drift"]
+    return status, reasons
+
+def _labels_matched(joiner, labels, lab: dict | None, current, cfg: MonitorConfig) -> tuple[dict | None, str | None]:
+    "How many rows of the labels file met a current row, and a reason when too few did (None: enough, or no file)."
+    if joiner is None: return None, None
+    matched = {"file": str(labels), "rows": len(lab), "matched": len(joiner.matched)}
+    if matched["matched"] >= cfg.min_label_match * matched["rows"]: return matched, None
+    where = "of " + str(current) if current else "in the window"
+    return matched, (f"labels: only {matched['matched']:,} of the {matched['rows']:,} rows of {Path(labels).name} "
+                     f"match a row {where}: these are not the rows you labelled "
+                     f"(min_label_match {cfg.min_label_match:g})")
+
+def _why(r: dict, cfg: MonitorConfig) -> str:
+    "Say which checks of a column's result fired."
+    out = []
+    if r.get("psi", 0) >= cfg.psi_warn: out.append(f"PSI {r['psi']:.3f}")
+    if r["kind"] == "numeric" and r.get("ks_p", 1) < cfg.p_value and r.get("ks", 0) >= cfg.ks_warn:
+        out.append(f"KS {r['ks']:.3f} (p {r['ks_p']:.2g})")
+    if r["kind"] == "categorical" and r.get("chi2_p", 1) < cfg.p_value and r.get("cramers_v", 0) >= cfg.v_warn:
+        out.append(f"chi-square V {r['cramers_v']:.3f} (p {r['chi2_p']:.2g})")
+    if r.get("missing_change", 0) >= cfg.missing_warn:
+        out.append(f"missing {r['missing_ref']:.1%} -> {r['missing_cur']:.1%}")
+    if r.get("new_share", 0) >= cfg.new_warn:
+        out.append(f"{r['new_share']:.1%} new categories ({', '.join(r['new_categories'][:3])})")
+    return f"{r['status']}: " + ", ".join(out)
+
+# %% ../../notebooks/api/11g_monitor_run.ipynb #51c6d79c
+def _performance(acc: DriftAccumulator, prof: dict, recorded: dict, cfg: MonitorConfig, version: str, policy) -> dict:
+    "Estimate performance from the scores (CBPE), and with labels measure it and its decay; flag it against the policy."
+    g = acc.versions.get(version) or (next(iter(acc.versions.values())) if len(acc.versions) == 1 else None)
+    out: dict = {}
+    if g is not None and prof.get("pairs"):
+        out["estimate"] = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, calibrator(prof),
+                                               acc.threshold, cfg.value_matrix)
+        out["estimate_ci"] = estimate_interval(g["hist"], g["sum"], g["sumsq"], acc.edges, prof, acc.threshold,
+                                               cfg.value_matrix, cfg.bootstrap, cfg.confidence, cfg.seed)
+        out["flags"] = below_policy(out["estimate"], policy.minimums, policy.maximums) if policy is not None else []
+    y, p = acc.labelled(version if version in acc.pairs else None)
+    if len(y) >= 20 and 0 < y.sum() < len(y):
+        out["labelled"] = int(len(y))
+        out["decay"] = decay(y, p, prof, recorded, cfg, acc.threshold)
+        out["actual"] = {k: d["current"] for k, d in out["decay"].items()}
+        if "estimate" in out:
+            out["estimate_error"] = {k: out["estimate"][k] - out["actual"][k] for k in out["estimate"]
+                                     if k in out["actual"]}
+    out["status"] = worst("drift" if out.get("flags") else "ok", *(d["status"] for d in out.get("decay", {}).values()))
+    return out
+
+# %% ../../notebooks/api/11g_monitor_run.ipynb #50a3ff93
 def monitor(store, # a Store, Project or tracking URI
             name: str, # registered model name
             version: str | None = None, # the version compared with (None: @champion); with the log, only its rows
@@ -73,88 +159,6 @@ def monitor(store, # a Store, Project or tracking URI
            "config": cfg.model_dump(), "seconds": round(time.time() - t0, 3),
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if keep_labelled: out["labelled_rows"] = pd.concat(kept) if kept else None
-    return out
-
-def _accumulate(chunks, # from `current_chunks`
-                acc: DriftAccumulator, # an empty accumulator of the version's profile
-                keep_labelled: bool, # keep the labelled rows (raw, with `__label__` and `__refused__`), for a retrain
-               ) -> tuple:
-    "Stream the current chunks into `acc`; return it, the labelled rows kept and the columns the log masked."
-    import numpy as np
-    kept, masked = [], set()
-    for df, s, vs, y, raw, why, m in chunks:
-        acc.update(df, s, vs, y)
-        masked |= m
-        if keep_labelled and y is not None and (~np.isnan(y)).any():
-            ok = ~np.isnan(y)
-            kept.append(raw[ok].assign(**{"__label__": y[ok], "__refused__": why[ok] if why is not None else None}))
-    return acc, kept, masked
-
-def _drift(acc: DriftAccumulator, cfg: MonitorConfig, version: str, masked: set) -> dict:
-    "The drift results of every feature and of the scores; personal inputs the log does not keep as sent, not judged."
-    prof = acc.profile
-    res = drift_results(acc, cfg, version if version in acc.versions else None)
-    for c in sorted(masked & acc.absent):      # personal inputs the log does not keep as sent: not judged, said so
-        res["features"][c] = {"kind": prof["columns"][c]["kind"], "status": "ok",
-                              "reason": "not in the prediction log as sent (personal data)"}
-    return res
-
-def _verdict(res: dict, perf: dict, rows: int, cfg: MonitorConfig) -> tuple[str, list[str]]:
-    "The status of a pass and why: drifted features and scores, performance flags and decay; too few rows: warn."
-    reasons = [f"{c}: {r.get('reason') or _why(r, cfg)}" for c, r in res["features"].items() if r["status"] != "ok"]
-    if res["score"] and res["score"]["status"] != "ok": reasons.append(f"scores: {_why(res['score'], cfg)}")
-    reasons += [f"performance: {r}" for r in perf.get("flags", [])]
-    reasons += [f"{k}: {d['recorded']:.4f} -> {d['current']:.4f}" for k, d in perf.get("decay", {}).items()
-                if d["status"] != "ok"]
-    status = worst(*(r["status"] for r in res["features"].values()), res["score"]["status"] if res["score"] else "ok",
-                   perf.get("status", "ok"))
-    if rows < cfg.min_rows:
-        status, reasons = "warn", [f"only {rows} current rows (min_rows {cfg.min_rows}): too few to judge drift"]
-    return status, reasons
-
-def _labels_matched(joiner, labels, lab: dict | None, current, cfg: MonitorConfig) -> tuple[dict | None, str | None]:
-    "How many rows of the labels file met a current row, and a reason when too few did (None: enough, or no file)."
-    if joiner is None: return None, None
-    matched = {"file": str(labels), "rows": len(lab), "matched": len(joiner.matched)}
-    if matched["matched"] >= cfg.min_label_match * matched["rows"]: return matched, None
-    where = "of " + str(current) if current else "in the window"
-    return matched, (f"labels: only {matched['matched']:,} of the {matched['rows']:,} rows of {Path(labels).name} "
-                     f"match a row {where}: these are not the rows you labelled "
-                     f"(min_label_match {cfg.min_label_match:g})")
-
-def _why(r: dict, cfg: MonitorConfig) -> str:
-    "Say which checks of a column's result fired."
-    out = []
-    if r.get("psi", 0) >= cfg.psi_warn: out.append(f"PSI {r['psi']:.3f}")
-    if r["kind"] == "numeric" and r.get("ks_p", 1) < cfg.p_value and r.get("ks", 0) >= cfg.ks_warn:
-        out.append(f"KS {r['ks']:.3f} (p {r['ks_p']:.2g})")
-    if r["kind"] == "categorical" and r.get("chi2_p", 1) < cfg.p_value and r.get("cramers_v", 0) >= cfg.v_warn:
-        out.append(f"chi-square V {r['cramers_v']:.3f} (p {r['chi2_p']:.2g})")
-    if r.get("missing_change", 0) >= cfg.missing_warn:
-        out.append(f"missing {r['missing_ref']:.1%} -> {r['missing_cur']:.1%}")
-    if r.get("new_share", 0) >= cfg.new_warn:
-        out.append(f"{r['new_share']:.1%} new categories ({', '.join(r['new_categories'][:3])})")
-    return f"{r['status']}: " + ", ".join(out)
-
-def _performance(acc: DriftAccumulator, prof: dict, recorded: dict, cfg: MonitorConfig, version: str, policy) -> dict:
-    "Estimate performance from the scores (CBPE), and with labels measure it and its decay; flag it against the policy."
-    g = acc.versions.get(version) or (next(iter(acc.versions.values())) if len(acc.versions) == 1 else None)
-    out: dict = {}
-    if g is not None and prof.get("pairs"):
-        out["estimate"] = estimate_performance(g["hist"], g["sum"], g["sumsq"], acc.edges, calibrator(prof),
-                                               acc.threshold, cfg.value_matrix)
-        out["estimate_ci"] = estimate_interval(g["hist"], g["sum"], g["sumsq"], acc.edges, prof, acc.threshold,
-                                               cfg.value_matrix, cfg.bootstrap, cfg.confidence, cfg.seed)
-        out["flags"] = below_policy(out["estimate"], policy.minimums, policy.maximums) if policy is not None else []
-    y, p = acc.labelled(version if version in acc.pairs else None)
-    if len(y) >= 20 and 0 < y.sum() < len(y):
-        out["labelled"] = int(len(y))
-        out["decay"] = decay(y, p, prof, recorded, cfg, acc.threshold)
-        out["actual"] = {k: d["current"] for k, d in out["decay"].items()}
-        if "estimate" in out:
-            out["estimate_error"] = {k: out["estimate"][k] - out["actual"][k] for k in out["estimate"]
-                                     if k in out["actual"]}
-    out["status"] = worst("drift" if out.get("flags") else "ok", *(d["status"] for d in out.get("decay", {}).values()))
     return out
 
 # %% ../../notebooks/api/11g_monitor_run.ipynb #6f0b6e54
