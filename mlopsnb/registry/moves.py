@@ -20,12 +20,19 @@ __all__ = ['HISTORY_PREFIX', 'INTENT', 'DONE', 'APPLIED', 'NOT_APPLIED', 'NO_MOV
 HISTORY_PREFIX = "mlopsnb.history."
 INTENT, DONE = "intent", "done"   # an entry's state: written before the move, confirmed after it
 APPLIED, NOT_APPLIED = "interrupted, applied", "interrupted, not applied"   # an intent the next move found unconfirmed
-NO_MOVE = {"held", "refused"}   # decisions recorded in the history that leave the alias where it was
+# decisions recorded in the history that leave the alias where it was (awaiting, rejected: human approval)
+NO_MOVE = {"held", "refused", "awaiting", "rejected"}
 
-def who() -> str:
-    "Return who moves or decides: `MLOPSNB_USER`, else the login name ('unknown' when there is none)."
+def who(root=None, # a project folder: its git user (an approval names the reviewer)
+       ) -> str:
+    "Return who moves or decides: `MLOPSNB_USER`, else the project's git user.email or user.name, else the login name."
     import getpass
+    import subprocess
     if os.environ.get("MLOPSNB_USER"): return os.environ["MLOPSNB_USER"]
+    for key in ("user.email", "user.name") if root is not None else ():
+        try: r = subprocess.run(["git", "-C", str(root), "config", key], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired): break       # no git: the login name
+        if r.returncode == 0 and r.stdout.strip(): return r.stdout.strip()
     try: return getpass.getuser()
     except Exception: return "unknown"
 
