@@ -51,6 +51,7 @@ def _decision(name: str, version: str, policy: PromotionPolicy, gates: list[dict
             "reason": why, "gates": gates, "previous_champion": current, "policy": policy.model_dump(),
             "who": who(), "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_id": run_id}
 
+# %% ../../notebooks/api/07f_registry_promotion.ipynb #6a094175
 def judge(store, # a Store, Project or URI
           name: str, # registered model name
           version: str, # the version number
@@ -112,6 +113,7 @@ def promote(store, # a Store, Project or URI
         kind = ("forced" if decision["forced"] else action) if moved else ("refused" if action == "manual" else "held")
         return record_decision(store, decision, kind, run_id)
 
+# %% ../../notebooks/api/07f_registry_promotion.ipynb #7e652693
 def _dry_run(store, name: str, policy: PromotionPolicy, evidence: dict, champion: dict | None, run_id: str | None,
              why: str) -> dict:
     "What the gates decide for a candidate that is not registered; a reproduction records the evidence on its run."
@@ -157,6 +159,7 @@ def promote_candidate(store, # a Store, Project or URI
     return promote(store, name, version, policy, reason=reason, evidence=evidence, champion=champion, run_id=run_id,
                    action="promote")
 
+# %% ../../notebooks/api/07f_registry_promotion.ipynb #bfa8f5a0
 def model_digest(model, # the candidate, loaded from its logged files
                  X, # the build's test rows (raw columns)
                  keys, # their `row_keys`
@@ -193,6 +196,7 @@ def same_model(store, # a Store, Project or URI
         return str(mv.version)
     return None
 
+# %% ../../notebooks/api/07f_registry_promotion.ipynb #36e3887a
 def champion_stack(entries: list[dict]) -> list[str]:
     "Replay the champion's history: a move pushes a version, a rollback pops one; held, refused, unapplied: nothing."
     stack: list[str] = []
@@ -248,6 +252,7 @@ def _verdict(name: str, version: str, held: dict, what: str, note: str, by: str 
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return {**held, "awaiting_approval": False, "approval": {"decision": what, "who": by, "when": when, "note": note}}
 
+# %% ../../notebooks/api/07f_registry_promotion.ipynb #a709d26a
 def approve(store, # a Store, Project or URI
             name: str, # registered model name
             version: str, # the version awaiting approval (or `@alias`)
