@@ -49,6 +49,7 @@ def history(store, # a Store, Project or URI
     entries = sorted((json.loads(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)), key=lambda e: e["seq"])
     return [e for e in entries if alias is None or e["alias"] == alias]
 
+# %% ../../notebooks/api/07e_registry_moves.ipynb #3ae390a5
 def _append(client, name: str, entries: list[dict], **entry) -> dict:
     import datetime as dt
     e = {"seq": (entries[-1]["seq"] if entries else 0) + 1,
@@ -84,6 +85,7 @@ def settle(store, # a Store, Project or URI
                 reason="the alias was moved outside mlopsnb", run_id=None)
     return current
 
+# %% ../../notebooks/api/07e_registry_moves.ipynb #130d8005
 def begin_move(store, # a Store, Project or URI
                name: str, # registered model name
                alias: str, # the alias to move
@@ -139,6 +141,7 @@ def _check_move(store, name: str, alias: str, entry: dict) -> None:
                             f"this move set {entry['to']}, history entry {entry['seq']} {kept}); "
                             f"see `mlopsnb history {name}`")
 
+# %% ../../notebooks/api/07e_registry_moves.ipynb #43619db9
 def move_alias(store, # a Store, Project or URI
                name: str, # registered model name
                alias: str, # e.g. champion, challenger
