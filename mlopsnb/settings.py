@@ -70,6 +70,8 @@ class PromotionPolicy(Strict):
     require_contract: bool = True                 # the data contract must have passed
     max_latency_ms: float | None = Field(None, gt=0)           # single-row prediction latency (median)
     require_clean_commit: bool = False            # the build ran on a committed tree (its git.dirty tag is false)
+    require_approval: bool = False                # a candidate that passes is held as @challenger until
+                                                  # `mlopsnb approve` (a person) moves @champion to it
 
 class ScoringConfig(Strict):
     ("What a batch-scoring task scores, with which registered version: the file and the version it resolves to are "

@@ -90,7 +90,7 @@ def test_ci_runs_what_the_readme_says():
 
 
 @pytest.mark.parametrize("verb", ["", "run", "status", "plot", "nb", "lab", "ui", "history", "promote", "rollback",
-                                  "serve", "score", "monitor", "show", "reproduce", "new"])
+                                  "approve", "reject", "serve", "score", "monitor", "show", "reproduce", "new"])
 def test_cli_help(verb):
     r = subprocess.run([str(BIN / "mlopsnb"), *([verb] if verb else []), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "usage: mlopsnb" in r.stdout

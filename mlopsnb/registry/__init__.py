@@ -11,10 +11,11 @@ __all__ = ['MODEL_FILE', 'ONNX_FILE', 'ONNX_INFO', 'ONNX_TOLERANCE', 'TRUSTED_TY
            'EVIDENCE_TAG', 'TRAINING_ROWS_FILE', 'champion_on_same_rows', 'comparison_rows', 'evaluate_gates',
            'gates_summary', 'input_difference', 'latency_ms', 'row_keys', 'ADVISORY_KEY', 'LOCK_LEASE', 'LOCK_MODEL',
            'lock_kind', 'registry_lock', 'store_lock', 'APPLIED', 'DONE', 'HISTORY_PREFIX', 'INTENT', 'NO_MOVE',
-           'NOT_APPLIED', 'history', 'move_alias', 'DIGEST_TAG', 'INTERACTIVE_REGISTRY_ENV', 'champion_stack',
-           'model_digest', 'promote', 'promote_candidate', 'rollback', 'same_model', 'CARD_TAG', 'ENV_ARTIFACT',
-           'LINEAGE_TAGS', 'UI', 'LineageError', 'build_of', 'download_text', 'lineage', 'manifest_check', 'parse_ref',
-           'resolve', 'show_lines', 'task_run', 'card_html', 'log_model_card', 'model_card', 'read_card', 'TOLERANCE',
+           'NOT_APPLIED', 'history', 'move_alias', 'DIGEST_TAG', 'INTERACTIVE_REGISTRY_ENV', 'approve',
+           'awaiting_decision', 'champion_stack', 'judge', 'model_digest', 'promote', 'promote_candidate',
+           'record_decision', 'reject', 'rollback', 'same_model', 'CARD_TAG', 'ENV_ARTIFACT', 'LINEAGE_TAGS', 'UI',
+           'LineageError', 'build_of', 'download_text', 'lineage', 'manifest_check', 'parse_ref', 'resolve',
+           'show_lines', 'task_run', 'card_html', 'log_model_card', 'model_card', 'read_card', 'TOLERANCE',
            'ReproduceError', 'comparable', 'compare', 'reproduce']
 
 # %% ../../notebooks/api/07_registry.ipynb #be9d1e0f
@@ -29,9 +30,9 @@ from .gates import (
     gates_summary, input_difference, latency_ms, row_keys)
 from .locks import ADVISORY_KEY, LOCK_LEASE, LOCK_MODEL, lock_kind, registry_lock, store_lock
 from .moves import APPLIED, DONE, HISTORY_PREFIX, INTENT, NO_MOVE, NOT_APPLIED, history, move_alias
-from mlopsnb.registry.promotion import (
-    DIGEST_TAG, INTERACTIVE_REGISTRY_ENV, champion_stack, model_digest, promote, promote_candidate, rollback,
-    same_model)
+from .promotion import (
+    DIGEST_TAG, INTERACTIVE_REGISTRY_ENV, approve, awaiting_decision, champion_stack, judge, model_digest, promote,
+    promote_candidate, record_decision, reject, rollback, same_model)
 from .provenance import (
     CARD_TAG, ENV_ARTIFACT, LINEAGE_TAGS, UI, LineageError, build_of, download_text, lineage, manifest_check,
     parse_ref, resolve, show_lines, task_run)
@@ -48,8 +49,8 @@ _all_ = ["MODEL_FILE", "ONNX_FILE", "ONNX_INFO", "ONNX_TOLERANCE", "TRUSTED_TYPE
          "evaluate_gates", "gates_summary", "input_difference", "latency_ms", "row_keys",
          "ADVISORY_KEY", "LOCK_LEASE", "LOCK_MODEL", "lock_kind", "registry_lock", "store_lock",
          "APPLIED", "DONE", "HISTORY_PREFIX", "INTENT", "NO_MOVE", "NOT_APPLIED", "history", "move_alias",
-         "DIGEST_TAG", "INTERACTIVE_REGISTRY_ENV", "champion_stack", "model_digest", "promote", "promote_candidate",
-         "rollback", "same_model",
+         "DIGEST_TAG", "INTERACTIVE_REGISTRY_ENV", "approve", "awaiting_decision", "champion_stack", "judge",
+         "model_digest", "promote", "promote_candidate", "record_decision", "reject", "rollback", "same_model",
          "CARD_TAG", "ENV_ARTIFACT", "LINEAGE_TAGS", "UI", "LineageError", "build_of", "download_text", "lineage",
          "manifest_check", "parse_ref", "resolve", "show_lines", "task_run",
          "card_html", "log_model_card", "model_card", "read_card",

@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 from ..core import mask_url
-from .provenance import CARD_TAG, LineageError, build_lines, download_text, resolve, short_number
+from .gates import DECISION_TAG
+from .provenance import (
+    CARD_TAG, LineageError, approval_line, build_lines, decision_state, download_text, resolve, short_number)
 
 # %% auto #0
 __all__ = ['model_card', 'card_html', 'log_model_card', 'read_card']
@@ -107,8 +109,13 @@ def model_card(info: dict, # from `lineage` (or the build alone, for a candidate
     out += ["", "## Limitations", ""] + ([f"- {x}" for x in card.limitations] or [f"- {undeclared}"])
     out += ["", "## Lineage", "", "```"] + (build_lines(b) if b else ["not recorded"]) + ["```"]
     d = info.get("decision")
-    if d: out += ["", f"Promotion decision: {'promoted' if d.get('promoted') else 'held'}: {d.get('reason', '')}"]
-    return mask_url("\n".join(out) + "\n")
+    return mask_url("\n".join(out + (_decision_text(d) if d else [])) + "\n")
+
+def _decision_text(d: dict) -> list[str]:
+    "The card's last lines: the promotion decision and its human approval (or what it awaits)."
+    line = approval_line(d)
+    out = ["", f"Promotion decision: {decision_state(d)}: {d.get('reason', '')}"]
+    return out + (["", f"Approval: {line}"] if line else [])
 
 def card_html(markdown: str, # from `model_card`
               title: str = "Model card", # the page title
@@ -144,10 +151,15 @@ def read_card(store, # a Store, Project or tracking URI
               name: str, # registered model name
               version: str = "@champion", # version number or `@alias`
              ) -> str:
-    "Return the model card logged with a version; LineageError when it has none."
+    "Return the model card logged with a version, its decision as it stands now (approved, rejected); LineageError."
+    import json
     from mlopsnb.config import as_store
     mv = resolve(store, name, version)
     path = mv.tags.get(CARD_TAG)
     if not path or not mv.run_id:
         raise LineageError(f"model {name!r} version {mv.version} has no model card (registered before cards existed?)")
-    return download_text(as_store(store).client(), mv.run_id, path)
+    text = download_text(as_store(store).client(), mv.run_id, path)
+    if DECISION_TAG not in mv.tags: return text
+    # the card was written when the build decided; a person may have approved or rejected the version since
+    head = text.split("\n\nPromotion decision: ", 1)[0].rstrip("\n")
+    return mask_url("\n".join([head, *_decision_text(json.loads(mv.tags[DECISION_TAG]))]) + "\n")

@@ -63,6 +63,7 @@ def _file_lock(uri: str, timeout: float, name: str = "registry"):
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
+# %% ../../notebooks/api/07d_registry_locks.ipynb #a72feeda
 def _abandoned(holder: dict, # a lock record's tags: host, pid, since
                lease: float, # seconds after which another machine's record is taken as abandoned
               ) -> bool:
@@ -81,6 +82,7 @@ def _label(record: str) -> str:
     "The lock a record or takeover claim belongs to, as messages name it (`mlopsnb-registry-lock...`: registry lock)."
     return record.removeprefix("mlopsnb-").partition("-lock")[0] + " lock"
 
+# %% ../../notebooks/api/07d_registry_locks.ipynb #5ba83ca4
 def _create_record(client, name: str, tags: dict) -> bool:
     "Create the registered model `name` (the store refuses a second one); return False when it exists."
     from mlflow.exceptions import MlflowException
@@ -128,6 +130,7 @@ def _release_record(client, # the store's client
         return True
     finally: _delete_record(client, claim)
 
+# %% ../../notebooks/api/07d_registry_locks.ipynb #efdb88de
 @contextmanager
 def _record_lock(store, timeout: float, lease: float, record: str = LOCK_MODEL):
     "Hold the lock record: a registered model that the store creates atomically; take over an abandoned one."
@@ -146,6 +149,7 @@ def _record_lock(store, timeout: float, lease: float, record: str = LOCK_MODEL):
         if not _release_record(client, record, token, lease):
             log.warning("the %s was taken over while this process held it", label)
 
+# %% ../../notebooks/api/07d_registry_locks.ipynb #32b34608
 @contextmanager
 def store_lock(store, # the store: a Store, Project or URI
                name: str, # the lock: lower-case letters, digits and '_' ("registry": `registry_lock`)

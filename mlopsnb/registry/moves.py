@@ -20,12 +20,19 @@ __all__ = ['HISTORY_PREFIX', 'INTENT', 'DONE', 'APPLIED', 'NOT_APPLIED', 'NO_MOV
 HISTORY_PREFIX = "mlopsnb.history."
 INTENT, DONE = "intent", "done"   # an entry's state: written before the move, confirmed after it
 APPLIED, NOT_APPLIED = "interrupted, applied", "interrupted, not applied"   # an intent the next move found unconfirmed
-NO_MOVE = {"held", "refused"}   # decisions recorded in the history that leave the alias where it was
+# decisions recorded in the history that leave the alias where it was (awaiting, rejected: human approval)
+NO_MOVE = {"held", "refused", "awaiting", "rejected"}
 
-def who() -> str:
-    "Return who moves or decides: `MLOPSNB_USER`, else the login name ('unknown' when there is none)."
+def who(root=None, # a project folder: its git user (an approval names the reviewer)
+       ) -> str:
+    "Return who moves or decides: `MLOPSNB_USER`, else the project's git user.email or user.name, else the login name."
     import getpass
+    import subprocess
     if os.environ.get("MLOPSNB_USER"): return os.environ["MLOPSNB_USER"]
+    for key in ("user.email", "user.name") if root is not None else ():
+        try: r = subprocess.run(["git", "-C", str(root), "config", key], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired): break       # no git: the login name
+        if r.returncode == 0 and r.stdout.strip(): return r.stdout.strip()
     try: return getpass.getuser()
     except Exception: return "unknown"
 
@@ -42,6 +49,7 @@ def history(store, # a Store, Project or URI
     entries = sorted((json.loads(v) for k, v in tags.items() if k.startswith(HISTORY_PREFIX)), key=lambda e: e["seq"])
     return [e for e in entries if alias is None or e["alias"] == alias]
 
+# %% ../../notebooks/api/07e_registry_moves.ipynb #3ae390a5
 def _append(client, name: str, entries: list[dict], **entry) -> dict:
     import datetime as dt
     e = {"seq": (entries[-1]["seq"] if entries else 0) + 1,
@@ -77,6 +85,7 @@ def settle(store, # a Store, Project or URI
                 reason="the alias was moved outside mlopsnb", run_id=None)
     return current
 
+# %% ../../notebooks/api/07e_registry_moves.ipynb #130d8005
 def begin_move(store, # a Store, Project or URI
                name: str, # registered model name
                alias: str, # the alias to move
@@ -132,6 +141,7 @@ def _check_move(store, name: str, alias: str, entry: dict) -> None:
                             f"this move set {entry['to']}, history entry {entry['seq']} {kept}); "
                             f"see `mlopsnb history {name}`")
 
+# %% ../../notebooks/api/07e_registry_moves.ipynb #43619db9
 def move_alias(store, # a Store, Project or URI
                name: str, # registered model name
                alias: str, # e.g. champion, challenger

@@ -18,7 +18,7 @@ from .versions import is_absent, no_progress_bar, registry_failure, verified_ver
 
 # %% auto #0
 __all__ = ['LINEAGE_TAGS', 'UI', 'CARD_TAG', 'LineageError', 'parse_ref', 'resolve', 'download_text', 'task_run', 'build_of',
-           'manifest_check', 'lineage', 'short_number', 'build_lines', 'show_lines']
+           'manifest_check', 'lineage', 'short_number', 'build_lines', 'decision_state', 'approval_line', 'show_lines']
 
 # %% ../../notebooks/api/07g_registry_provenance.ipynb #7ba78660
 class LineageError(MlopsnbError, LookupError):
@@ -195,9 +195,26 @@ def _evaluation_line(ev: dict) -> str:
             + (f"  fairness gap {short_number(gap)}" if gap is not None else "")
             + (f"  on {ev['test_rows']} test rows" if "test_rows" in ev else ""))
 
+def decision_state(d: dict, # a promotion decision (the version's `mlopsnb.decision` tag)
+                  ) -> str:
+    "Return what a promotion decision came to: promoted, awaiting approval, rejected or held."
+    if d.get("promoted"): return "promoted"
+    if d.get("awaiting_approval"): return "awaiting approval"
+    return "rejected" if (d.get("approval") or {}).get("decision") == "rejected" else "held"
+
+def approval_line(d: dict, # a promotion decision
+                 ) -> str | None:
+    "Return a decision's human approval (who approved or rejected it, when, the note), what it awaits, or None."
+    a = d.get("approval")
+    if a: return f"{a['decision']} by {a['who']} at {a['when']}: {a['note']}"
+    if not d.get("awaiting_approval"): return None
+    ref = f"{d.get('model')}/{d.get('version')}"
+    return f'awaiting approval: mlopsnb approve {ref} --note "..." (or mlopsnb reject {ref} --note "...")'
+
 def _decision_lines(d: dict) -> list[str]:
-    "The promotion decision and every gate: pass or FAIL, value, what it needs."
-    out = [f"decision  {'promoted' if d.get('promoted') else 'held'}: {d.get('reason', '')}"]
+    "The promotion decision, its approval, and every gate: pass or FAIL, value, what it needs."
+    out = [f"decision  {decision_state(d)}: {d.get('reason', '')}"]
+    if approval_line(d): out.append(f"approval  {approval_line(d)}")
     for g in d.get("gates", []):
         v = short_number(g["value"]) if g["value"] is not None else "not measured"
         out.append(f"  {'pass' if g['passed'] else 'FAIL'}  {g['gate']:<28} {v:<10} needs {g['rule']}")

@@ -42,6 +42,7 @@ def registry_failure(what: str, # what was being done, e.g. "model churn @champi
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
     return RegistryError(f"{what}: registry error ({type(e).__name__}: {mask_url(first)})")
 
+# %% ../../notebooks/api/07b_registry_versions.ipynb #ee95c7e7
 EXAMPLE_MIN_COUNT = 10   # a text value seen fewer times than this never goes into a model's input example
 
 def _example_value(s, # a column of the model's input rows
@@ -79,6 +80,7 @@ def example_rows(X, # the model's input rows (e.g. the training rows): only type
         cols[c] = pd.Series(values, dtype=X[c].dtype, index=range(n))
     return pd.DataFrame(cols, columns=X.columns)
 
+# %% ../../notebooks/api/07b_registry_versions.ipynb #180702ed
 def save_mlflow_model(model, # fitted sklearn Pipeline
                       path: str | Path, # the directory to write (must not exist)
                       X_example, # input rows: only their types and summary statistics go into the model
@@ -106,6 +108,7 @@ def save_mlflow_model(model, # fitted sklearn Pipeline
     if X_check is not None: write_onnx(model, path, X_check)     # inside the manifest, like every other file
     return manifest(path)
 
+# %% ../../notebooks/api/07b_registry_versions.ipynb #c44098bd
 def log_model(store, # where the run lives: a Store, Project or tracking URI
               model, # fitted sklearn Pipeline
               X_example, # input rows: their types and summary statistics make the signature and input example
@@ -138,6 +141,7 @@ def log_model(store, # where the run lives: a Store, Project or tracking URI
     client.log_dict(run_id, digests, "model_manifest.json")
     return {"model_uri": f"models:/{lm.model_id}", "model_id": lm.model_id, "manifest": digests}
 
+# %% ../../notebooks/api/07b_registry_versions.ipynb #da4bb432
 # one process-wide setting, shared by concurrent downloads
 _PROGRESS_BAR = {"lock": threading.Lock(), "holders": 0, "saved": None}
 
@@ -175,6 +179,7 @@ def download(store, # a Store, Project or tracking URI
     except Exception as e:
         raise registry_failure(f"{model_uri}: cannot download", e) from None
 
+# %% ../../notebooks/api/07b_registry_versions.ipynb #140a5d01
 def load_logged(store, # a Store, Project or tracking URI
                 model_uri: str, # from `log_model`
                 expected: dict[str, str], # its manifest, from `log_model`
@@ -218,6 +223,7 @@ def register(store, # a Store, Project or tracking URI
         raise
     return str(mv.version)
 
+# %% ../../notebooks/api/07b_registry_versions.ipynb #e772a955
 def get_alias(store, # a Store, Project or tracking URI
               name: str, # registered model name
               alias: str, # e.g. champion

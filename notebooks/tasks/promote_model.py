@@ -2,7 +2,7 @@
 # # promote_model
 # Register the selected model (`select_model`) with its evidence (test metrics, fairness gap, data contract result,
 # latency), make it `@challenger`, and move `@champion` to it only when every gate of the policy
-# passes. The decision, gate by gate, is recorded on the model version, in the audit history
+# passes (with `require_approval: true`, it awaits `mlopsnb approve`). The decision, gate by gate, is recorded on the model version, in the audit history
 # (`mlopsnb history <model>`) and in this notebook.
 
 # %% tags=["parameters"]
@@ -59,11 +59,13 @@ aliases = [a for a in ("challenger", "champion") if version and get_alias(store,
 write_json(decision, product["decision"])
 log_dict(decision, "promotion_decision.json")
 if version:
-    said = "" if decision.get("unchanged") else "promoted: " if decision["promoted"] else "held: "
+    said = ("" if decision.get("unchanged") else "promoted: " if decision["promoted"] else
+            "awaiting approval: " if decision.get("awaiting_approval") else "held: ")
     set_tags({"mlopsnb.model_name": model_name, "mlopsnb.model_version": version, "mlopsnb.model_aliases": ",".join(aliases),
               "mlopsnb.model_decision": said + decision["reason"], "mlopsnb.model_digest": digest})
 log_metrics(promoted=int(decision["promoted"]), gates_failed=sum(not g["passed"] for g in decision["gates"]))
-outcome = "nothing registered" if decision.get("unchanged") else "PROMOTED to @champion" if decision["promoted"] else "held"
+outcome = ("nothing registered" if decision.get("unchanged") else "PROMOTED to @champion" if decision["promoted"] else
+           f"AWAITING APPROVAL (mlopsnb approve {model_name}/{version} --note ...)" if decision.get("awaiting_approval") else "held")
 print(f"{model_name} version {version} @{' @'.join(aliases)}: {outcome} ({decision['reason']})" if version else decision["reason"])
 
 # %% [markdown]
