@@ -207,6 +207,7 @@ def mask_url(text: str, # any text: a URL, a message, a log line
     "Return `text` with the password of every URL and every secret query value replaced by ***."
     return _sub_secrets(text, lambda s: "***")
 
+# %% ../notebooks/api/00_core.ipynb #28f0d53f
 _AUTHORITY = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://(?P<userinfo>[^\s/?#@]*)@")
 
 def expand_vars(value: str, # text with ${NAME} or ${NAME:-default} references
@@ -225,6 +226,7 @@ def expand_vars(value: str, # text with ${NAME} or ${NAME:-default} references
         return quote(v, safe="") if inside and not m["name"].startswith(SECRET_PREFIX) else v
     return _VAR.sub(one, value)
 
+# %% ../notebooks/api/00_core.ipynb #2362c104
 def secret_var(where: str) -> str:
     ("Return the name of the environment variable that carries the secret found at `where` (a param path) "
      "to the task processes.")

@@ -142,6 +142,7 @@ def fairness_config(fairness: FairnessConfig | dict | None = None, # settings, o
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"fairness: {loc}: {msg}") from None
 
+# %% ../notebooks/api/05_evaluate.ipynb #b84c4ea3
 def _num(x: float) -> str:
     "Return a bin edge as short text."
     return f"{x:g}"
@@ -184,6 +185,7 @@ def sensitive_groups(groups: pd.DataFrame | None, # one column per sensitive att
         else: out[c] = s
     return pd.DataFrame(out, index=groups.index)
 
+# %% ../notebooks/api/05_evaluate.ipynb #2e99663e
 def _rate(mask: np.ndarray) -> float:
     "Return the mean of a boolean array, NaN when it is empty."
     return float(mask.mean()) if len(mask) else float("nan")

@@ -37,6 +37,13 @@ def holds_numbers(s: pd.Series, # a column
     t = s.astype("string").str.strip().replace("", pd.NA)
     return bool(t.notna().any()) and int(pd.to_numeric(t, errors="coerce").notna().sum()) == int(t.notna().sum())
 
+def _frame(X, est) -> pd.DataFrame:
+    "Return `X` if it is a DataFrame; raise TypeError naming the transformer otherwise."
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"{type(est).__name__} takes a pandas DataFrame, got {type(X).__name__}")
+    return X
+
+# %% ../notebooks/api/03_features.ipynb #ab3de310
 class CoerceNumeric(TransformerMixin, BaseEstimator):
     "Convert the text columns that held only numbers at fit time to floats; blanks become NaN."
     def fit(self, X: pd.DataFrame, y=None):
@@ -60,6 +67,7 @@ class CoerceNumeric(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "feature_names_in_")
         return self.feature_names_in_.copy()
 
+# %% ../notebooks/api/03_features.ipynb #2d4bb74c
 class DropColumns(TransformerMixin, BaseEstimator):
     "Drop the named columns when present."
     def __init__(self, columns=()): # the columns to drop; absent ones are ignored
@@ -82,12 +90,6 @@ class DropColumns(TransformerMixin, BaseEstimator):
         "Return the output column names: the fitted input's, less the dropped ones."
         check_is_fitted(self, "feature_names_in_")
         return np.asarray([c for c in self.feature_names_in_ if c not in set(self.columns)], dtype=object)
-
-def _frame(X, est) -> pd.DataFrame:
-    "Return `X` if it is a DataFrame; raise TypeError naming the transformer otherwise."
-    if not isinstance(X, pd.DataFrame):
-        raise TypeError(f"{type(est).__name__} takes a pandas DataFrame, got {type(X).__name__}")
-    return X
 
 # %% ../notebooks/api/03_features.ipynb #30430ff8
 MAX_CATEGORIES = 50   # one-hot columns per categorical feature, at most (the rest: one "infrequent" column)

@@ -163,13 +163,19 @@ def summary_rows() -> list[str]:
     fairness = ["fairness_max_gap", "fairness_max_gap_lo", "fairness_max_gap_hi"]
     return [SHOWN_AS.get(k, k) for k in summary_metrics()] + fairness
 
-CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+# the page's styles; a backslash at a line's end continues the line (the string holds none of these breaks)
+CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:2em auto;\
+max-width:1200px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}.sub{color:#555;margin-top:0}
-.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.row>div{min-width:0}figure{margin:0}img{max-width:100%}
-table{border-collapse:collapse;font-size:.85em;margin:.4em 0}th,td{padding:.25em .6em;text-align:right;border-bottom:1px solid #eee}
-th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}caption{font-weight:600;text-align:left;padding:.3em 0}
+.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.row>div{min-width:0}figure{margin:0}\
+img{max-width:100%}
+table{border-collapse:collapse;font-size:.85em;margin:.4em 0}\
+th,td{padding:.25em .6em;text-align:right;border-bottom:1px solid #eee}
+th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}\
+caption{font-weight:600;text-align:left;padding:.3em 0}
 .note{color:#555;font-size:.9em}"""
 
+# %% ../notebooks/api/05a_report.ipynb #8ae067ac
 def _table(df: pd.DataFrame, # the table to show
            caption: str = "", # its caption
            index: bool = False, # show the index
@@ -193,6 +199,7 @@ def _each(results: dict[str, dict], key: str, cols: list[str] | None = None, hea
         parts.append(f"<div>{_table(t.head(head) if head else t, name)}</div>")
     return f'<div class="row">{"".join(parts)}</div>'
 
+# %% ../notebooks/api/05a_report.ipynb #5c13a926
 def _metrics(results: dict[str, dict], # model name -> result of `evaluate`
              fairness: bool = False, # add the largest fairness gap and its interval
             ) -> pd.DataFrame:
@@ -222,6 +229,7 @@ def _section(title: str, *parts: str) -> str:
     "Return an HTML section with a heading."
     return f"<section><h2>{html.escape(title)}</h2>{''.join(parts)}</section>"
 
+# %% ../notebooks/api/05a_report.ipynb #a9ad42ed
 def evaluation_report(results: dict[str, dict], # model name -> result of `evaluate` (challenger first)
                       title: str = "Evaluation report", # the page title
                       subtitle: str = "", # a line under the title (data, model versions, ...)

@@ -171,6 +171,7 @@ def one_line_error(err: ValidationError, # what pydantic raised
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{file}: {loc}: {msg}{more}"
 
+# %% ../notebooks/api/01_settings.ipynb #98ae105d
 def _annotation_at(model: type[BaseModel], path: list[str]):
     "Return the annotation of the field at a dotted path of a pydantic model, or None if there is none."
     ann = model
@@ -211,6 +212,7 @@ def _value(item: str, key: list[str], value: str, schema: type[BaseModel] | None
         raise ConfigError(f"--env {item!r}: invalid value "
                           f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
 
+# %% ../notebooks/api/01_settings.ipynb #aff9aaf1
 def parse_overrides(items: list[str] | None, # `key=value` strings; dotted keys reach into sections
                     schema: type[BaseModel] | None = None, # the settings model: its text fields keep text
                    ) -> dict:
@@ -234,6 +236,7 @@ def parse_overrides(items: list[str] | None, # `key=value` strings; dotted keys 
         origin[key.strip()] = item
     return out
 
+# %% ../notebooks/api/01_settings.ipynb #e9ea491a
 def _merge(base: dict, extra: dict) -> dict:
     "Return `base` deep-updated with `extra`."
     out = copy.deepcopy(base)

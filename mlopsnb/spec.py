@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import settings
@@ -113,6 +114,7 @@ def read_notebook(path: str | Path, # a percent-format .py or an .ipynb notebook
     st = os.stat(path)
     return _read_notebook(path, st.st_size, st.st_mtime_ns)
 
+# %% ../notebooks/api/01a_spec.ipynb #f5b81484
 def parameters_source(path: str | Path) -> str | None:
     "Return the source of the parameters cell of a percent-format .py or an .ipynb notebook."
     return read_notebook(path).parameters
@@ -348,43 +350,6 @@ class Spec:
         "The tasks' names, a branched task once per branch."
         return list(self.sources)
 
-    def params(self, env: EnvConfig, # validated env values
-              ) -> dict[str, dict[str, Any]]:
-        "Return {task: {param: value}} with placeholders replaced by the validated env values and typed params checked."
-        out, values = {}, env.model_dump()
-        for name, src, t in self._entries():
-            where = f"{self.file}: task {name!r}"
-            params = {p: resolve_placeholders(v, values, f"{where}: {p}") for p, v in (t.get("params") or {}).items()}
-            for p, ann in read_notebook(src).signature.items():
-                if ann and p in params: check_param(params[p], ann, f"{where}: {p}")
-            out[name] = params
-        return out
-
-    def of_type(self, params: dict[str, dict[str, Any]], # from `params`
-                model: type[BaseModel], # e.g. DataConfig
-               ) -> dict[str, dict[str, BaseModel]]:
-        "Return {task: {param: validated model}} for every param declared with the type `model`."
-        out = {}
-        for name, src, _ in self._entries():
-            for p, ann in read_notebook(src).signature.items():
-                if ann and p in params.get(name, {}) and param_type(ann) is model:
-                    out.setdefault(name, {})[p] = model.model_validate(params[name][p] or {})
-        return out
-
-    def first(self, params: dict[str, dict[str, Any]], model: type[BaseModel]) -> BaseModel | None:
-        "Return the first param declared with the type `model` (the policy, the monitor settings), or None."
-        return next((m for ps in self.of_type(params, model).values() for m in ps.values()), None)
-
-    def threshold(self, params: dict[str, dict[str, Any]], # from `params`
-                 ) -> tuple[float, str]:
-        "Return the decision threshold the tasks declare and where: their `threshold` params if they agree, else 0.5."
-        found = [(t, ps["threshold"]) for t, ps in params.items()
-                 if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
-        entry = self.entry_names()   # branches: one entry
-        entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
-        if len(values) == 1: return values.pop(), f"{self.file}: " + ", ".join(f"{e}.threshold" for e in entries)
-        return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {self.file} disagree)" if found else "")
-
     def entry_upstream(self) -> dict[str, list[str]]:
         "Return {spec entry: the upstream its notebook declares} (before branches are expanded)."
         entries = self.raw["tasks"]
@@ -405,3 +370,45 @@ class Spec:
                ) -> dict[str, AirflowTaskSettings]:
         "Return every task's Airflow settings (`airflow_settings`)."
         return airflow_settings(self.raw, names if names is not None else task_names(self.raw["tasks"]), self.file)
+
+# %% ../notebooks/api/01a_spec.ipynb #d1ecb5f4
+@patch
+def params(self: Spec, env: EnvConfig, # validated env values
+          ) -> dict[str, dict[str, Any]]:
+    "Return {task: {param: value}} with placeholders replaced by the validated env values and typed params checked."
+    out, values = {}, env.model_dump()
+    for name, src, t in self._entries():
+        where = f"{self.file}: task {name!r}"
+        params = {p: resolve_placeholders(v, values, f"{where}: {p}") for p, v in (t.get("params") or {}).items()}
+        for p, ann in read_notebook(src).signature.items():
+            if ann and p in params: check_param(params[p], ann, f"{where}: {p}")
+        out[name] = params
+    return out
+
+@patch
+def of_type(self: Spec, params: dict[str, dict[str, Any]], # from `params`
+            model: type[BaseModel], # e.g. DataConfig
+           ) -> dict[str, dict[str, BaseModel]]:
+    "Return {task: {param: validated model}} for every param declared with the type `model`."
+    out = {}
+    for name, src, _ in self._entries():
+        for p, ann in read_notebook(src).signature.items():
+            if ann and p in params.get(name, {}) and param_type(ann) is model:
+                out.setdefault(name, {})[p] = model.model_validate(params[name][p] or {})
+    return out
+
+@patch
+def first(self: Spec, params: dict[str, dict[str, Any]], model: type[BaseModel]) -> BaseModel | None:
+    "Return the first param declared with the type `model` (the policy, the monitor settings), or None."
+    return next((m for ps in self.of_type(params, model).values() for m in ps.values()), None)
+
+@patch
+def threshold(self: Spec, params: dict[str, dict[str, Any]], # from `params`
+             ) -> tuple[float, str]:
+    "Return the decision threshold the tasks declare and where: their `threshold` params if they agree, else 0.5."
+    found = [(t, ps["threshold"]) for t, ps in params.items()
+             if isinstance(ps.get("threshold"), (int, float)) and not isinstance(ps.get("threshold"), bool)]
+    entry = self.entry_names()   # branches: one entry
+    entries, values = list(dict.fromkeys(entry.get(t, t) for t, _ in found)), {float(v) for _, v in found}
+    if len(values) == 1: return values.pop(), f"{self.file}: " + ", ".join(f"{e}.threshold" for e in entries)
+    return 0.5, "default 0.5" + (f" ({len(found)} threshold params in {self.file} disagree)" if found else "")
