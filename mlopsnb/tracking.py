@@ -104,6 +104,22 @@ def _clean(v):
     v = float(v)
     return v if math.isfinite(v) else float("nan")
 
+# %% ../notebooks/api/06_tracking.ipynb #6002040e
+def _experiment_id(client, # an MlflowClient
+                   experiment: str, # the experiment's name
+                   artifact_location: str | None, # its artifact root, if it is created now
+                  ) -> str:
+    "Return the id of the named experiment, created if missing (also when a concurrent process creates it)."
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None: return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+    try: return client.create_experiment(experiment, artifact_location=artifact_location)
+    except MlflowException:   # created by a concurrent process in the meantime
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None: raise
+        return exp.experiment_id
+
+# %% ../notebooks/api/06_tracking.ipynb #3c9ddfde
 class Recorder(NullRecorder):
     "Record runs, metrics, params, tags and artifacts in one MLflow experiment."
     enabled = True
@@ -114,18 +130,7 @@ class Recorder(NullRecorder):
                 ):
         self.store = as_store(store)
         self.uri, self.client = self.store.tracking_uri, self.store.client()
-        if experiment_id:
-            self.experiment_id = experiment_id
-            return
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            from mlflow.exceptions import MlflowException
-            try: self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-            except MlflowException:   # created by a concurrent process in the meantime
-                exp = self.client.get_experiment_by_name(experiment)
-                if exp is None: raise
-                self.experiment_id = exp.experiment_id
-        else: self.experiment_id = exp.experiment_id
+        self.experiment_id = experiment_id or _experiment_id(self.client, experiment, artifact_location)
 
     def start_run(self, name, parent_id=None, tags=None):
         t = {"mlflow.runName": name, "mlopsnb.pid": str(os.getpid()), **(tags or {})}
@@ -173,6 +178,7 @@ class Recorder(NullRecorder):
             n += 1
         return n
 
+# %% ../notebooks/api/06_tracking.ipynb #bd359a76
 def process_alive(pid: int) -> bool:
     "Whether a process of this machine still exists."
     try: os.kill(pid, 0)
@@ -217,6 +223,7 @@ def _init_lock(db: Path):
     fcntl.flock(f, fcntl.LOCK_EX)
     return f   # closing it releases the lock
 
+# %% ../notebooks/api/06_tracking.ipynb #6b9a487c
 def is_postgres(uri: str) -> bool:
     "Whether a store URI names a PostgreSQL database directly (`postgresql://`, `postgresql+psycopg://`)."
     from mlopsnb.config import uri_scheme
@@ -256,6 +263,7 @@ def advisory_lock(uri: str, # a PostgreSQL URI
                 con.commit()
     finally: engine.dispose()
 
+# %% ../notebooks/api/06_tracking.ipynb #93e77007
 def prepare_store(uri: str, # a tracking URI
                   timeout: float = STORE_TIMEOUT, # busy timeout added to a sqlite URI
                  ) -> str:
