@@ -7,7 +7,9 @@ __all__ = ['TYPES', 'COLUMN_KEYS', 'MAX_CATEGORIES', 'SEVERITIES', 'CONTRACT_KEY
            'check_columns', 'coerce_numeric', 'encode_target', 'load_data', 'source_values', 'check_positive',
            'write_frame', 'read_frame', 'write_json', 'frame_digest', 'table_summary', 'infer_contract', 'Violation',
            'contract_violations', 'violation_messages', 'check_contract', 'validate_contract', 'write_contract',
-           'read_contract', 'split_frame']
+           'read_contract', 'split_frame', 'SNAPSHOT_TAG', 'SNAPSHOT_EXPERIMENT', 'SNAPSHOT_DIR', 'INDEX_PREFIX',
+           'INPUT_DIGEST_TAG', 'SnapshotError', 'store_lock', 'local_path', 'snapshot_run', 'store_snapshot',
+           'find_snapshot', 'read_snapshot', 'dataset', 'log_table', 'source_name', 'log_source', 'snapshot_tags']
 
 # %% ../../notebooks/api/02_data.ipynb #b2119b5a
 from .frames import frame_digest, read_frame, split_frame, table_summary, write_frame, write_json
@@ -17,9 +19,16 @@ from mlopsnb.data.sources import (
 from .contract import (
     CONTRACT_KEYS, MAX_CATEGORIES, SEVERITIES, SPEC_KEYS, TYPES, Violation, check_contract, contract_violations,
     infer_contract, read_contract, validate_contract, violation_messages, write_contract)
+from .snapshots import (
+    INDEX_PREFIX, INPUT_DIGEST_TAG, SNAPSHOT_DIR, SNAPSHOT_EXPERIMENT, SNAPSHOT_TAG, SnapshotError, dataset,
+    find_snapshot, local_path, log_source, log_table, read_snapshot, snapshot_run, snapshot_tags, source_name,
+    store_lock, store_snapshot)
 
 _all_ = ["TYPES", "COLUMN_KEYS", "MAX_CATEGORIES", "SEVERITIES", "CONTRACT_KEYS", "SPEC_KEYS",
          "read_source", "source_columns", "check_columns", "coerce_numeric", "encode_target", "load_data",
          "source_values", "check_positive", "write_frame", "read_frame", "write_json", "frame_digest", "table_summary",
          "infer_contract", "Violation", "contract_violations", "violation_messages", "check_contract",
-         "validate_contract", "write_contract", "read_contract", "split_frame"]
+         "validate_contract", "write_contract", "read_contract", "split_frame",
+         "SNAPSHOT_TAG", "SNAPSHOT_EXPERIMENT", "SNAPSHOT_DIR", "INDEX_PREFIX", "INPUT_DIGEST_TAG", "SnapshotError",
+         "store_lock", "local_path", "snapshot_run", "store_snapshot", "find_snapshot", "read_snapshot", "dataset",
+         "log_table", "source_name", "log_source", "snapshot_tags"]
