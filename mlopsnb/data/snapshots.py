@@ -145,13 +145,15 @@ def dataset(df: pd.DataFrame, # the table
     import mlflow.data
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.exceptions import MlflowException
-    digest = digest or frame_digest(df)
+    digest, source = digest or frame_digest(df), str(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # MLflow's hints on integer columns and ambiguous local sources
-        try: return mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
+        try: found = mlflow.data.from_pandas(df, source=source, name=name, digest=digest[:36])
         except MlflowException:              # no resolver: an embedded table, a SQL source
-            return mlflow.data.from_pandas(df, source=CodeDatasetSource({"mlopsnb.source": source}), name=name,
-                                           digest=digest[:36])
+            found = mlflow.data.from_pandas(df, source=CodeDatasetSource({"mlopsnb.source": source}), name=name,
+                                            digest=digest[:36])
+        found.schema, found.profile          # inferred now (cached), under the same silence
+    return found
 
 def log_table(df: pd.DataFrame, # the table the task read
               name: str, # its name in the MLflow UI

@@ -137,9 +137,10 @@ def load_data(cfg: DataConfig, # the data section of env.yaml
               project: str | Path = ".", # the project folder
               sample: int | None = None, # rows to keep (stratified); None keeps all
               seed: int = 42, # sampling seed
+              raw: pd.DataFrame | None = None, # the source's table, if it was read already (`read_source`)
              ) -> pd.DataFrame:
     "Read the source and return its raw records with the target encoded 0/1 (sampled if asked)."
-    df = read_source(cfg, project)
+    df = read_source(cfg, project) if raw is None else raw.copy()
     check_columns(cfg, df.columns)
     df[cfg.target] = encode_target(df[cfg.target], cfg.positive, f"data.source {mask_url(cfg.source)!r}")
     if sample and sample < len(df):
