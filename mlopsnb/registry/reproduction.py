@@ -73,6 +73,7 @@ def _worktree(project_root: Path, commit: str, dest: Path) -> Path:
         raise ReproduceError(f"git worktree add {commit[:12]} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
     return dest / Path(project_root).resolve().relative_to(Path(top.stdout.strip()).resolve())
 
+# %% ../../notebooks/api/07i_registry_reproduction.ipynb #7fd45b43
 def _bring_files(repro, original: Path) -> None:
     "Give the worktree the data file (linked) and contract (copied) the original build read if the commit lacks them."
     import shutil
@@ -100,6 +101,7 @@ def _recorded(info: dict, name: str, say) -> tuple[str, dict]:
             f"commit {commit[:12]} may not be what it built")
     return commit, recorded
 
+# %% ../../notebooks/api/07i_registry_reproduction.ipynb #95745a11
 def _reproduction(info: dict, project, root: Path, tmp: Path, data: dict | None = None):
     "Load the project at the recorded commit with the recorded env, writing apart; give it the data it read."
     from mlopsnb.config import Project
@@ -138,6 +140,7 @@ def _from_snapshot(uri: str, repro, info: dict, project, root: Path, tmp: Path, 
     contract = str(repro.env.data.contract_path(repro.root))      # the contract of the source, not of the file's name
     return _reproduction(info, project, root, tmp, {"source": str(path), "query": None, "contract": contract})
 
+# %% ../../notebooks/api/07i_registry_reproduction.ipynb #0267d8b3
 def _reproduced_evidence(store, build: dict) -> dict:
     "The evidence a reproduction's task recorded on its run (it registers nothing), or {} when none did."
     from mlopsnb.config import as_store
