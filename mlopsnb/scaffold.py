@@ -159,7 +159,7 @@ sample: null                       # rows to sample for a quick run (e.g. 1000);
 seed: 42                           # the one seed: sampling, splits, models
 
 # the data: source, target and its positive class; ids (never features), columns to drop,
-# sensitive attributes (fairness slices: set them, then the policy's max_fairness_gap)
+# sensitive attributes (fairness slices: set them, then the policy's max_fairness_gap), snapshot (keep each build's table)
 {body}
 """
 
@@ -397,7 +397,6 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             ids, drop, notes = data_columns(roles, ids, drop)
             cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids,
                    "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml", "snapshot": True}
-            notes = {**notes, "snapshot": ["keep the table each build read (Parquet, by digest): `mlopsnb reproduce` uses it"]}
             (tmp / "env.yaml").write_text(_env_yaml(name, cfg, notes), encoding="utf-8")
             (tmp / "pipeline.yaml").write_text(pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8")), encoding="utf-8")
             (tmp / "contracts").mkdir(exist_ok=True)
