@@ -39,6 +39,7 @@ class DataConfig(Strict):
     drop: list[str] = []                         # columns removed on load
     sensitive: list[str] = []                    # sensitive attributes: features, and fairness slices
     contract: str | None = None                  # the committed data contract (default contracts/<name>.yaml)
+    snapshot: bool = False                       # keep the table each build read (Parquet, by digest) for reproduce
 
     def contract_path(self, project: Path) -> Path:
         "Return the contract file for this data source."

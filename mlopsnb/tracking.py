@@ -27,7 +27,8 @@ __all__ = ['log', 'RUN_ID_ENV', 'BUILD_ENV', 'PROJECT_ENV', 'OFF_ENV', 'REPRODUC
            'PROGRESS_ENV', 'UI_ENV', 'in_pipeline', 'task_root', 'task_store', 'git_state', 'lineage_tags',
            'reproducing', 'NullRecorder', 'Recorder', 'process_alive', 'tracking_off', 'recorder', 'sqlite_path',
            'is_postgres', 'advisory_key', 'advisory_lock', 'prepare_store', 'current_run_id', 'log_metrics',
-           'log_params', 'log_artifact', 'log_dict', 'set_tags', 'recorded_tags', 'report_progress', 'ui_command']
+           'log_params', 'log_artifact', 'log_dict', 'set_tags', 'recorded_tags', 'log_input', 'build_tags',
+           'set_build_tags', 'artifact_location', 'report_progress', 'ui_command']
 
 # %% ../notebooks/api/06_tracking.ipynb #3eea7a05
 RUN_ID_ENV = "MLFLOW_RUN_ID"
@@ -104,6 +105,22 @@ def _clean(v):
     v = float(v)
     return v if math.isfinite(v) else float("nan")
 
+# %% ../notebooks/api/06_tracking.ipynb #6002040e
+def _experiment_id(client, # an MlflowClient
+                   experiment: str, # the experiment's name
+                   artifact_location: str | None, # its artifact root, if it is created now
+                  ) -> str:
+    "Return the id of the named experiment, created if missing (also when a concurrent process creates it)."
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None: return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+    try: return client.create_experiment(experiment, artifact_location=artifact_location)
+    except MlflowException:   # created by a concurrent process in the meantime
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None: raise
+        return exp.experiment_id
+
+# %% ../notebooks/api/06_tracking.ipynb #3c9ddfde
 class Recorder(NullRecorder):
     "Record runs, metrics, params, tags and artifacts in one MLflow experiment."
     enabled = True
@@ -114,18 +131,7 @@ class Recorder(NullRecorder):
                 ):
         self.store = as_store(store)
         self.uri, self.client = self.store.tracking_uri, self.store.client()
-        if experiment_id:
-            self.experiment_id = experiment_id
-            return
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            from mlflow.exceptions import MlflowException
-            try: self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-            except MlflowException:   # created by a concurrent process in the meantime
-                exp = self.client.get_experiment_by_name(experiment)
-                if exp is None: raise
-                self.experiment_id = exp.experiment_id
-        else: self.experiment_id = exp.experiment_id
+        self.experiment_id = experiment_id or _experiment_id(self.client, experiment, artifact_location)
 
     def start_run(self, name, parent_id=None, tags=None):
         t = {"mlflow.runName": name, "mlopsnb.pid": str(os.getpid()), **(tags or {})}
@@ -173,6 +179,7 @@ class Recorder(NullRecorder):
             n += 1
         return n
 
+# %% ../notebooks/api/06_tracking.ipynb #bd359a76
 def process_alive(pid: int) -> bool:
     "Whether a process of this machine still exists."
     try: os.kill(pid, 0)
@@ -217,6 +224,7 @@ def _init_lock(db: Path):
     fcntl.flock(f, fcntl.LOCK_EX)
     return f   # closing it releases the lock
 
+# %% ../notebooks/api/06_tracking.ipynb #6b9a487c
 def is_postgres(uri: str) -> bool:
     "Whether a store URI names a PostgreSQL database directly (`postgresql://`, `postgresql+psycopg://`)."
     from mlopsnb.config import uri_scheme
@@ -256,6 +264,7 @@ def advisory_lock(uri: str, # a PostgreSQL URI
                 con.commit()
     finally: engine.dispose()
 
+# %% ../notebooks/api/06_tracking.ipynb #93e77007
 def prepare_store(uri: str, # a tracking URI
                   timeout: float = STORE_TIMEOUT, # busy timeout added to a sqlite URI
                  ) -> str:
@@ -347,6 +356,34 @@ def recorded_tags() -> dict[str, str]:
     rec = _rec()
     if not rec.enabled: return lineage_tags(task_root(), reproduction_of=reproducing())
     return dict(rec.client.get_run(current_run_id()).data.tags)
+
+# %% ../notebooks/api/06_tracking.ipynb #99c09f6c
+def log_input(dataset, # an `mlflow.data` dataset (e.g. `mlflow.data.from_pandas(df, source=..., digest=...)`)
+              context: str | None = None, # how the run used it: training, evaluation, ...
+              tags: dict[str, str] | None = None, # more input tags
+             ) -> None:
+    "Log a dataset as an input of the current run (nothing when tracking is off)."
+    rec = _rec()
+    if not rec.enabled: return
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+    t = {**(tags or {}), **({MLFLOW_DATASET_CONTEXT: context} if context else {})}
+    found = DatasetInput(dataset._to_mlflow_entity(), [InputTag(str(k), str(v)) for k, v in t.items()])
+    rec.client.log_inputs(current_run_id(), datasets=[found])
+
+def build_tags() -> dict[str, str]:
+    "Return the tags of the build's parent run ({} outside a build or when tracking is off)."
+    rec, rid = _rec(), os.environ.get(BUILD_ENV)
+    return dict(rec.client.get_run(rid).data.tags) if rec.enabled and rid else {}
+
+def set_build_tags(tags: dict[str, str]) -> None:
+    "Tag the build's parent run (nothing outside a build or when tracking is off)."
+    if rid := os.environ.get(BUILD_ENV): _rec().set_tags(rid, tags)
+
+def artifact_location() -> str | None:
+    "Return the artifact location of the experiment this process records to (None when tracking is off)."
+    rec = _rec()
+    return rec.client.get_experiment(rec.experiment_id).artifact_location if rec.enabled else None
 
 # %% ../notebooks/api/06_tracking.ipynb #c2e1f215
 PROGRESS_ENV = "MLOPSNB_PROGRESS"   # the file a task reports its progress to, set by the build

@@ -73,6 +73,7 @@ def _worktree(project_root: Path, commit: str, dest: Path) -> Path:
         raise ReproduceError(f"git worktree add {commit[:12]} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
     return dest / Path(project_root).resolve().relative_to(Path(top.stdout.strip()).resolve())
 
+# %% ../../notebooks/api/07i_registry_reproduction.ipynb #7fd45b43
 def _bring_files(repro, original: Path) -> None:
     "Give the worktree the data file (linked) and contract (copied) the original build read if the commit lacks them."
     import shutil
@@ -100,26 +101,46 @@ def _recorded(info: dict, name: str, say) -> tuple[str, dict]:
             f"commit {commit[:12]} may not be what it built")
     return commit, recorded
 
-def _reproduction(info: dict, project, root: Path, tmp: Path):
+# %% ../../notebooks/api/07i_registry_reproduction.ipynb #95745a11
+def _reproduction(info: dict, project, root: Path, tmp: Path, data: dict | None = None):
     "Load the project at the recorded commit with the recorded env, writing apart; give it the data it read."
     from mlopsnb.config import Project
     b, env = info["build"], _recorded_env(info, project, tmp)
+    if data: env["data"] = {**env.get("data", {}), **data}
     overrides = {k: v2 for k, v2 in env.items() if k != "data"} | ({"data": env["data"]} if "data" in env else {})
     repro = Project.load(root, overrides, spec_file=b["tags"].get("mlopsnb.pipeline", project.spec_file),
                          store=project.store)
     _bring_files(repro, project.root)
     return repro
 
-def _check_data(ctx, repro, info: dict, name: str, say) -> None:
-    "Refuse to rebuild from data that no longer yields the recorded digest; say which digest it yields."
+def _check_data(ctx, repro, info: dict, name: str, say) -> str | None:
+    "Refuse data that no longer yields the recorded digest unless a snapshot of it was kept: return the snapshot's URI."
+    from mlopsnb.data.snapshots import SNAPSHOT_TAG, find_snapshot
     want, v = info["build"]["tags"].get("mlopsnb.data_digest"), info["version"]
     source = repro.env.data.source
     if want and ctx.data_digest != want:
-        raise ReproduceError(f"data source {mask_url(source)} no longer yields the recorded digest "
-                             f"(recorded {want[:12]}, now {(ctx.data_digest or 'none')[:12]}): "
-                             f"not the data model {name} version {v} was built on")
+        changed = (f"data source {mask_url(source)} no longer yields the recorded digest "
+                   f"(recorded {want[:12]}, now {(ctx.data_digest or 'none')[:12]})")
+        uri = info["build"]["tags"].get(SNAPSHOT_TAG) or find_snapshot(repro.store, want)
+        if uri is None: raise ReproduceError(f"{changed}: not the data model {name} version {v} was built on")
+        say(f"{changed}: reproducing from its snapshot {uri}")
+        return uri
     say(f"data: {mask_url(source)} yields the recorded digest {(want or 'not recorded')[:12]}")
+    return None
 
+def _from_snapshot(uri: str, repro, info: dict, project, root: Path, tmp: Path, name: str):
+    "Load the reproduction again, reading the snapshot (checked against its digest) instead of the changed source."
+    from mlopsnb.data.frames import write_frame
+    from mlopsnb.data.snapshots import SnapshotError, read_snapshot
+    try: table = read_snapshot(uri, project.store)
+    except SnapshotError as e:
+        raise ReproduceError(f"{e}: model {name} version {info['version']} cannot be reproduced from it") from None
+    (tmp / "snapshot").mkdir()
+    path = write_frame(table, tmp / "snapshot" / uri.rsplit("/", 1)[-1])
+    contract = str(repro.env.data.contract_path(repro.root))      # the contract of the source, not of the file's name
+    return _reproduction(info, project, root, tmp, {"source": str(path), "query": None, "contract": contract})
+
+# %% ../../notebooks/api/07i_registry_reproduction.ipynb #0267d8b3
 def _reproduced_evidence(store, build: dict) -> dict:
     "The evidence a reproduction's task recorded on its run (it registers nothing), or {} when none did."
     from mlopsnb.config import as_store
@@ -148,7 +169,8 @@ def reproduce(project, # the loaded Project (its store holds the version)
         try:
             repro = _reproduction(info, project, root, tmp)
             ctx = BuildContext.prepare(repro)
-            _check_data(ctx, repro, info, name, say)
+            if snapshot := _check_data(ctx, repro, info, name, say):
+                repro = _from_snapshot(snapshot, repro, info, project, root, tmp, name)
             say(f"rebuilding commit {commit[:12]} in a temporary worktree, recorded in experiment {repro.experiment}")
             result = run(repro, engine=engine, force=True, progress=progress, reproduction_of=f"{name}/{v}")
             if not result.ok: raise ReproduceError(f"the reproduction build failed: {result.failures[0]}")

@@ -81,7 +81,7 @@ def new_project(dest: str | Path, # the folder to create (must not exist, or be 
             shutil.copyfile(data, tmp / "data" / data.name)
             ids, drop, notes = data_columns(roles, ids, drop)
             cfg = {"source": f"data/{data.name}", "query": None, "target": target, "positive": label, "ids": ids,
-                   "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml"}
+                   "drop": drop, "sensitive": [], "contract": f"contracts/{data.stem}.yaml", "snapshot": True}
             (tmp / "env.yaml").write_text(env_yaml(name, cfg, notes), encoding="utf-8")
             spec = pipeline_yaml((ref / "pipeline.yaml").read_text(encoding="utf-8"))
             (tmp / "pipeline.yaml").write_text(spec, encoding="utf-8")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mlopsnb.config import FairnessConfig
 from mlopsnb.core import atomic_write_text
-from mlopsnb.data import read_frame, write_frame, write_json
+from mlopsnb.data import log_table, read_frame, write_frame, write_json
 from mlopsnb.evaluate import evaluate, evaluation_summary, evaluation_tables, metrics_table, run_metrics
 from mlopsnb.registry.gates import champion_on_same_rows, row_keys
 from mlopsnb.registry.versions import load_logged
@@ -44,6 +44,7 @@ from mlopsnb.tracking import log_artifact, log_metrics, task_store
 store, fairness = task_store(), FairnessConfig.model_validate(fairness or {})
 info = json.loads(Path(upstream["train_model"]["info"]).read_text())
 test = read_frame(upstream["split_data"]["test"])
+log_table(test, "test", upstream["split_data"]["test"], "evaluation")
 X, y, groups = test.drop(columns=[target, *ids]), test[target], test[list(sensitive or [])]
 challenger = load_logged(store, info["model_uri"], info["manifest"])
 results = {"challenger": evaluate(challenger, X, y, groups, threshold=threshold, matrix=value_matrix, n_repeats=n_repeats, fairness=fairness)}

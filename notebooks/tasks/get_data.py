@@ -13,17 +13,20 @@ seed = None    # sampling seed
 
 # %%
 from mlopsnb.config import DataConfig
-from mlopsnb.data import frame_digest, load_data, table_summary, write_frame
+from mlopsnb.data import frame_digest, load_data, log_source, read_source, table_summary, write_frame
 from mlopsnb.tracking import log_metrics, set_tags, task_root
 
 # %%
 cfg = DataConfig.model_validate(data)
-df = load_data(cfg, task_root(), sample=sample, seed=seed)
+raw = read_source(cfg, task_root())
+snapshot = log_source(raw, cfg)   # the dataset input of this run; the snapshot with data.snapshot: true
+df = load_data(cfg, task_root(), sample=sample, seed=seed, raw=raw)
 digest = frame_digest(df)
 write_frame(df, product["data"])
 set_tags({"mlopsnb.table_digest": digest})   # the modelling table (after sampling); the build tags the source digest
 log_metrics(rows=len(df), columns=df.shape[1], positive_rate=float(df[cfg.target].mean()))
 print(f"{len(df):,} rows x {df.shape[1]} columns from {cfg.source} (digest {digest[:12]})")
+if snapshot: print(f"snapshot: {snapshot}")
 
 # %%
 # the schema and summary statistics, no row: this notebook is an MLflow artifact (add `df.head()` when running by hand)

@@ -20,7 +20,7 @@ import pandas as pd
 from pathlib import Path
 from mlopsnb.config import ModelCardConfig, PromotionPolicy
 from mlopsnb.core import atomic_write_text
-from mlopsnb.data import read_frame, write_json
+from mlopsnb.data import log_table, read_frame, snapshot_tags, write_json
 from mlopsnb.registry.card import card_html, log_model_card, model_card
 from mlopsnb.registry.gates import latency_ms, row_keys
 from mlopsnb.registry.promotion import model_digest, promote_candidate
@@ -39,6 +39,7 @@ evidence = {"metrics": evaluation["metrics"], "fairness_max_gap": evaluation.get
             "git_dirty": {"true": True, "false": False}.get(recorded_tags().get("git.dirty"))}   # as the build recorded it
 model = load_logged(store, info["model_uri"], info["manifest"])      # the model exactly as logged (and registered below)
 test = read_frame(upstream["split_data"]["test"])
+log_table(test, "test", upstream["split_data"]["test"], "evaluation")
 X = test.drop(columns=[target, *ids])
 digest = model_digest(model, X, row_keys(test, ids), info["manifest"])   # the same model as a registered version: not registered again
 if rules.max_latency_ms is not None:
@@ -49,7 +50,8 @@ pd.Series({k: v for k, v in evidence.items() if k not in {"metrics", "inputs"}},
 # %%
 # registers, moves @challenger, and @champion only if every gate passes; run by hand in a notebook it only evaluates the gates
 decision = promote_candidate(store, model_name, info, rules, evidence, champion=evaluation.get("champion"),
-                             run_id=current_run_id(), reason="promote_model", tags={"mlopsnb.candidate": info["candidate"]},
+                             run_id=current_run_id(), reason="promote_model",
+                             tags={"mlopsnb.candidate": info["candidate"], **snapshot_tags()},
                              digest=digest)
 pd.DataFrame(decision["gates"], columns=["gate", "value", "threshold", "passed", "rule"])
 

@@ -14,12 +14,13 @@ val_size = None   # fraction used to choose between candidates
 seed = None       # split seed
 
 # %%
-from mlopsnb.data import read_frame, split_frame, write_frame, write_json
+from mlopsnb.data import log_table, read_frame, split_frame, write_frame, write_json
 from mlopsnb.monitor.reference import reference_profile
 from mlopsnb.tracking import log_metrics
 
 # %%
 df = read_frame(upstream["get_data"]["data"])
+log_table(df, "raw", upstream["get_data"]["data"], "splitting")
 parts = split_frame(df, target, test_size=test_size, val_size=val_size, seed=seed)
 for name, part in parts.items(): write_frame(part, product[name])
 write_json(reference_profile(parts["train"].drop(columns=[target, *ids])), product["profile"])

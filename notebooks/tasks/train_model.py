@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from mlopsnb.data import read_contract, read_frame, write_json
+from mlopsnb.data import log_table, read_contract, read_frame, write_json
 from mlopsnb.evaluate import classification_metrics
 from mlopsnb.monitor.reference import REFERENCE_FILE, reference_profile
 from mlopsnb.registry.gates import TRAINING_ROWS_FILE, row_keys
@@ -32,6 +32,8 @@ from mlopsnb.train import fit_grid
 
 # %%
 train, val = read_frame(upstream["split_data"]["train"]), read_frame(upstream["split_data"]["val"])
+log_table(train, "train", upstream["split_data"]["train"], "training")
+log_table(val, "val", upstream["split_data"]["val"], "validation")
 X_train, y_train = train.drop(columns=[target, *ids]), train[target]
 X_val, y_val = val.drop(columns=[target, *ids]), val[target]
 model, candidates = fit_grid(grid, X_train, y_train, X_val, y_val, metric=metric, seed=seed, drop=drop)

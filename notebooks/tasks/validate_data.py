@@ -12,12 +12,14 @@ data: "DataConfig" = None  # the `data` section of env.yaml (names the contract 
 
 # %%
 from mlopsnb.config import DataConfig
+from mlopsnb.data import log_table
 from mlopsnb.data import check_contract, contract_violations, infer_contract, read_contract, read_frame, violation_messages, write_contract, write_json
 from mlopsnb.tracking import log_metrics, task_root
 
 # %%
 cfg = DataConfig.model_validate(data)
 df = read_frame(upstream["get_data"]["data"])
+log_table(df, "raw", upstream["get_data"]["data"], "validation")
 root = task_root()
 path = cfg.contract_path(root)
 if path.exists():
