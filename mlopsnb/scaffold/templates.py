@@ -36,7 +36,8 @@ sample: null                       # rows to sample for a quick run (e.g. 1000);
 seed: 42                           # the one seed: sampling, splits, models
 
 # the data: source, target and its positive class; ids (never features), columns to drop,
-# sensitive attributes (fairness slices: set them, then the policy's max_fairness_gap), snapshot (keep each build's table)
+# sensitive attributes (fairness slices: set them, then the policy's max_fairness_gap),
+# snapshot (keep the table each build consumed, by its digest: `mlopsnb reproduce` falls back to it)
 {body}
 """
 
