@@ -1,8 +1,11 @@
 """The layout issue 18 asks for, checked from the source: no import cycles between mlopsnb modules and no private
 name imported across them. `bench/import_cycles.py` draws the import graph (module- and function-level imports)."""
 import ast
+import io
+import json
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +100,40 @@ def test_the_readme_map_names_every_module():
             if f"{parts[0]}/" not in words: missing.append(f"{parts[0]}/")
             if parts[1] != "__init__" and parts[1] not in words: missing.append("/".join(parts))
     assert missing == [], f"README's architecture picture does not name: {', '.join(sorted(set(missing)))}"
+
+
+def test_lines_within_120_characters_and_no_semicolons():
+    "Issue 18: '8% of lines exceed 120 characters and 339 lines join statements with `;`' (nbdev's `__all__` exempt)."
+    found = []
+    for f in modules():
+        src = f.read_text()
+        found += [f"{f.relative_to(ROOT)}:{i}: {len(l)} characters" for i, l in enumerate(src.splitlines(), 1)
+                  if len(l) > 120 and not l.startswith("__all__")]
+        semis = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                 if t.type == tokenize.OP and t.string == ";"}
+        found += [f"{f.relative_to(ROOT)}:{i}: `;` joins statements" for i in sorted(semis)]
+    assert found == [], "\n".join(found)
+
+
+def export_cells(nb: Path) -> list[tuple[int, int, bool]]:
+    "[(cell index, lines, followed by an example)] of a notebook's `#| export` cells."
+    cells = [(c["cell_type"], "".join(c["source"])) for c in json.loads(nb.read_text())["cells"]]
+    ex = [i for i, (t, s) in enumerate(cells) if t == "code" and s.startswith("#| export")]
+    out = []
+    for k, i in enumerate(ex):
+        nxt = ex[k + 1] if k + 1 < len(ex) else len(cells)
+        example = any(t == "code" and not s.startswith(("#| export", "#| hide")) for t, s in cells[i + 1:nxt])
+        out.append((i, len(cells[i][1].splitlines()) - 1, example))
+    return out
+
+
+def test_every_export_cell_fits_a_screen_and_is_followed_by_an_example():
+    "Issue 18: 'export cells small enough to read in one screen, each followed by a call that shows its output'."
+    found = []
+    for nb in sorted((ROOT / "notebooks" / "api").glob("*.ipynb")):
+        if "default_exp" in (text := nb.read_text()) and ".__init__" in text.split("default_exp", 1)[1].split("\\n")[0]:
+            continue                                             # a package's map: its re-exports, no code to show
+        for i, n, example in export_cells(nb):
+            if n > 60: found.append(f"{nb.name}: cell {i}: {n} lines")
+            if not example: found.append(f"{nb.name}: cell {i}: no example after it")
+    assert found == [], "\n".join(found)

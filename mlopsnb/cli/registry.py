@@ -79,6 +79,7 @@ def _history(a):
               f"{reason}" + (f" (run {e['run_id'][:8]})" if e.get("run_id") else ""))
     return 0
 
+# %% ../../notebooks/api/09c_cli_registry.ipynb #3bd14769
 def _gate_lines(gates: list[dict]) -> None:
     "Print every gate of a decision: pass or FAIL, its value, what it needs."
     for g in gates:

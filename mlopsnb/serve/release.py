@@ -114,7 +114,7 @@ def image_tag(name: str, version: str) -> str:
     "Return the image name:tag of a version (lowercase, Docker's allowed characters)."
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") + f":{version}"
 
-# %% ../../notebooks/api/10j_serve_release.ipynb #17d8432d
+# %% ../../notebooks/api/10j_serve_release.ipynb #d61633a7
 DOCKERIGNORE = "*\n!Dockerfile\n!requirements.lock\n!wheels/\n!model/\n"
 
 def k8s_manifest(name: str, # registered model name
@@ -177,6 +177,7 @@ spec:
     - {{name: http, port: 80, targetPort: http}}
 """
 
+# %% ../../notebooks/api/10j_serve_release.ipynb #452b4bfb
 def context_readme(name: str, version: str, port: int = 8000) -> str:
     "Return the context's README: build, run with the token from the environment, deploy."
     tag = image_tag(name, version)
