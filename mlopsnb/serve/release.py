@@ -110,13 +110,13 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 CMD ["pyt
 ENTRYPOINT {json.dumps(entry)}
 """
 
+DOCKERIGNORE = "*\n!Dockerfile\n!requirements.lock\n!wheels/\n!model/\n"
+
 def image_tag(name: str, version: str) -> str:
     "Return the image name:tag of a version (lowercase, Docker's allowed characters)."
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") + f":{version}"
 
 # %% ../../notebooks/api/10j_serve_release.ipynb #d61633a7
-DOCKERIGNORE = "*\n!Dockerfile\n!requirements.lock\n!wheels/\n!model/\n"
-
 def k8s_manifest(name: str, # registered model name
                  version: str, # the version exported
                  port: int = 8000, # the port served
