@@ -264,7 +264,8 @@ def _write(self: PredictionLog):
     if con is not None: con.close()
 
 @patch
-def close(self: PredictionLog, timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
+def close(self: PredictionLog,
+          timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
          ) -> None:
     "Write everything queued, then stop the writer."
     self._give_up_at = time.monotonic() + timeout_s
