@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+from fastcore.basics import patch
+
 from ..core import MlopsnbError
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ def _fork_kernel(req: dict, fds: tuple, out: tuple) -> int:
         except Exception: pass
         os._exit(code)
 
+# %% ../../notebooks/api/08g_build_forks.ipynb #c7565303
 def fork_server(requests: int, # the pipe the build writes requests to (one JSON object a line)
                 replies: int, # the pipe the server answers on ({"pid": ...} or {"error": ...} a line)
                 parent: int, # the build's process id: the server ends when it is gone
@@ -158,50 +161,55 @@ class ForkServer:
         self.requests, self.replies = w1, r2
         self.python, self.env = python, _start_only(env)
 
-    def fork(self, cmd: list[str], env: dict, cwd: str | None) -> int:
-        "Return the pid of a kernel forked for `cmd`, `env`, `cwd`; raise (and stop using the server) if it cannot."
-        from importlib.util import find_spec
-        if self.proc is None: raise MlopsnbError("the fork server is not started")
-        req = {"launcher": find_spec("ipykernel_launcher").origin, "args": list(cmd[3:]), "env": dict(env), "cwd": cwd}
-        return int(self._ask(req)["pid"])
+# %% ../../notebooks/api/08g_build_forks.ipynb #701ee707
+@patch
+def fork(self: ForkServer, cmd: list[str], env: dict, cwd: str | None) -> int:
+    "Return the pid of a kernel forked for `cmd`, `env`, `cwd`; raise (and stop using the server) if it cannot."
+    from importlib.util import find_spec
+    if self.proc is None: raise MlopsnbError("the fork server is not started")
+    req = {"launcher": find_spec("ipykernel_launcher").origin, "args": list(cmd[3:]), "env": dict(env), "cwd": cwd}
+    return int(self._ask(req)["pid"])
 
-    def imported(self) -> int:
-        "Return how many of its modules the server has imported so far."
-        return int(self._ask({"status": True})["imported"])
+@patch
+def imported(self: ForkServer) -> int:
+    "Return how many of its modules the server has imported so far."
+    return int(self._ask({"status": True})["imported"])
 
-    def _ask(self, req: dict) -> dict:
-        "Send one request, return its answer; raise (and stop using the server) if there is none in time."
-        import select
-        with self._lock:
-            try:
-                os.write(self.requests, (json.dumps(req) + "\n").encode())
-                deadline = time.monotonic() + self.timeout
-                while b"\n" not in self._buf:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not select.select([self.replies], [], [], left)[0]:
-                        raise MlopsnbError(f"no answer in {self.timeout:.0f} s")
-                    chunk = os.read(self.replies, 1 << 16)
-                    if not chunk: raise MlopsnbError(f"the fork server ended (exit code {self.proc.wait()})")
-                    self._buf += chunk
-                line, self._buf = self._buf.split(b"\n", 1)
-                reply = json.loads(line)
-                if "error" in reply: raise MlopsnbError(reply["error"])
-                return reply
-            except Exception:
-                self.broken = True
-                raise
-
-    def close(self, wait: float = 5.0) -> None:
-        "End the server: close its pipe, wait for it, kill it after `wait` seconds."
-        if self.proc is None: return
-        for fd in (self.requests, self.replies):
-            try: os.close(fd)
-            except OSError: pass
-        try: self.proc.wait(wait)
+@patch
+def _ask(self: ForkServer, req: dict) -> dict:
+    "Send one request, return its answer; raise (and stop using the server) if there is none in time."
+    import select
+    with self._lock:
+        try:
+            os.write(self.requests, (json.dumps(req) + "\n").encode())
+            deadline = time.monotonic() + self.timeout
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.replies], [], [], left)[0]:
+                    raise MlopsnbError(f"no answer in {self.timeout:.0f} s")
+                chunk = os.read(self.replies, 1 << 16)
+                if not chunk: raise MlopsnbError(f"the fork server ended (exit code {self.proc.wait()})")
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\n", 1)
+            reply = json.loads(line)
+            if "error" in reply: raise MlopsnbError(reply["error"])
+            return reply
         except Exception:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+            self.broken = True
+            raise
+
+@patch
+def close(self: ForkServer, wait: float = 5.0) -> None:
+    "End the server: close its pipe, wait for it, kill it after `wait` seconds."
+    if self.proc is None: return
+    for fd in (self.requests, self.replies):
+        try: os.close(fd)
+        except OSError: pass
+    try: self.proc.wait(wait)
+    except Exception:
+        self.proc.kill()
+        self.proc.wait()
+    self.proc = None
 
 # %% ../../notebooks/api/08g_build_forks.ipynb #b89caba4
 from jupyter_client.provisioning import LocalProvisioner

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from ..core import MlopsnbError, atomic_write_text
 from .forks import START_ONLY, STARTUP_TIMEOUT, ForkedKernel, ForkProvisioner, ForkServer, forking
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'POOL_ENV', 'DEFAULT_SIZE', 'LAZY_IMPORTS', 'STORE_IMPORTS', 'pool_size', 'code_imports', 'task_imports',
-           'warm_modules', 'warm_up_code', 'environment_code', 'environment_change', 'KernelPool', 'PoolKernelManager',
+           'warm_modules', 'warm_up_code', 'environment_code', 'environment_change', 'PoolKernelManager', 'KernelPool',
            'build_pool', 'fork_modules', 'source_imports', 'prestart', 'warm_kernels', 'kernel_for']
 
 # %% ../../notebooks/api/08f_build_kernels.ipynb #ab6a115c
@@ -112,115 +114,6 @@ def environment_change(started: dict[str, str], # the environment a kernel was s
     "Return what to set and what to remove to go from `started` to `wanted`."
     return {k: v for k, v in wanted.items() if started.get(k) != v}, [k for k in started if k not in wanted]
 
-# %% ../../notebooks/api/08f_build_kernels.ipynb #9dcc793f
-def _kernel_cmd(km) -> list[str]:
-    "The command a kernel manager would start its kernel with (before it has started one)."
-    if km._launch_args is None: km._launch_args = {}     # set by start_kernel; format_kernel_cmd reads it
-    return km.format_kernel_cmd()
-
-@dataclass
-class _Kernel:
-    task: str
-    km: object
-    env: dict
-    started: float
-    warm: bool = True
-
-@dataclass
-class KernelPool:
-    "Start the next tasks' kernels ahead, one fresh kernel per task."
-    size: int = DEFAULT_SIZE           # kernels kept started ahead of the running task
-    cwd: str | None = None             # the kernels' working directory (papermill's `cwd`)
-    log_file: Path | None = None       # where each task's kernel is recorded
-    store: tuple | None = None         # (tracking URI, registry URI, experiment id) of the tasks: the warm-up opens it
-    forks: ForkServer | None = None    # the fork server the kernels are forked from (None: each a new process)
-    plan: list = field(default_factory=list)        # [(task, kernel name, modules)] in build order
-    ahead: dict = field(default_factory=dict)       # {task: _Kernel} started, not taken
-    taken: dict = field(default_factory=dict)       # {task: _Kernel} running a task
-    closing: list = field(default_factory=list)     # [(thread, _Kernel)] shutting down after their task
-    record: list = field(default_factory=list)      # what `kernels.json` says
-
-    def _start(self, task: str, kernel_name: str, modules: list[str], env: dict, warm: bool = True) -> _Kernel:
-        "Start a kernel for `task` with `env` and the watchdog, importing `modules` (when `warm`) before it answers."
-        from jupyter_core.utils import run_sync
-        km = PoolKernelManager(kernel_name=kernel_name)
-        parents = (os.getpid(),)
-        if self.forks is not None:
-            km.forks = self.forks
-            cmd = _kernel_cmd(km)
-            if self.forks.accepts(cmd, env):
-                try: self.forks.start(cmd[0], dict(env), self.cwd)     # once: the first kernel's interpreter and env
-                except Exception as e:
-                    log.warning("could not start the fork server (%s): kernels start as new processes", e)
-                    self.forks.broken = True
-            if self.forks.pid: parents += (self.forks.pid,)            # a forked kernel's parent
-        experiment = self.store[2] if self.store else None
-        code = warm_up_code(modules, parents, experiment) if warm else warm_up_code([], parents)   # watchdog: always
-        args = ["--HistoryManager.hist_file=:memory:",       # what nbclient gives the kernels it starts
-                f"--IPKernelApp.exec_lines={code}"]
-        run_sync(km.start_kernel)(extra_arguments=args, cwd=self.cwd, env=dict(env))
-        return _Kernel(task, km, dict(env), time.perf_counter(), warm)
-
-    def fill(self, env: dict) -> None:
-        "Start kernels for the next tasks in the plan, up to `size` ahead, with `env`."
-        for task, kernel_name, modules in self.plan[:self.size]:
-            if task in self.ahead: continue
-            try: self.ahead[task] = self._start(task, kernel_name, modules, env)
-            except Exception as e:
-                log.warning("could not start a kernel ahead for %s: %s", task, e)
-                return
-
-    def take(self, task: str, kernel_name: str, wanted: dict) -> object:
-        "Return the kernel manager of `task`'s own kernel, its environment brought to `wanted`; start the next ones."
-        t0 = time.perf_counter()
-        i = [p[0] for p in self.plan].index(task)
-        for gone, _, _ in self.plan[:i]:                              # planned before it: will not run (aborted)
-            if gone in self.ahead: _shutdown(self.ahead.pop(gone).km, now=True)
-        self.plan = self.plan[i + 1:]
-        k = self.ahead.pop(task, None)
-        if k is not None:
-            set_, unset = environment_change(k.env, wanted)
-            late = sorted(v for v in [*set_, *unset] if v.startswith(START_ONLY))
-            try:
-                if late: raise MlopsnbError(f"{', '.join(late)} differ from the kernel's start")
-                _send_environment(k.km, set_, unset)
-            except Exception as e:
-                log.warning("warm kernel for %s dropped (%s): starting one now", task, e)
-                _shutdown(k.km, now=True)
-                k = None
-        if k is None: k = self._start(task, kernel_name, [], wanted, warm=False)
-        self.taken[task] = k
-        self.record.append({"task": task, "pid": k.km.provisioner.pid if k.km.provisioner else None, "warm": k.warm,
-                            "forked": isinstance(getattr(k.km.provisioner, "process", None), ForkedKernel),
-                            "ready_seconds": round(time.perf_counter() - t0, 3)})
-        self.fill(wanted)
-        return k.km
-
-    def release(self, task: str) -> None:
-        "Shut down `task`'s kernel and its clients, in a thread: the next task starts now."
-        k = self.taken.pop(task, None)
-        if k is None: return
-        # at once (nbclient's shutdown_kernel="immediate"): the notebook is complete and saved, and a graceful exit
-        # tears down every module the warm-up imported, seconds of CPU the next kernels need (85 s -> 65 s a build)
-        th = threading.Thread(target=_shutdown, args=(k.km, True), daemon=True, name=f"mlopsnb-shutdown-{task}")
-        th.start()
-        self.closing.append((th, k))
-
-    def close(self, wait: float = 10.0) -> None:
-        "Shut down every kernel still running, wait for those shutting down (killed after `wait` s); write the record."
-        for k in [*self.ahead.values(), *self.taken.values()]: _shutdown(k.km, now=True)
-        self.ahead.clear()
-        self.taken.clear()
-        deadline = time.perf_counter() + wait
-        for th, k in self.closing:
-            th.join(max(0.0, deadline - time.perf_counter()))
-            if th.is_alive(): _kill(k.km)       # a kernel that does not end in time is not left behind
-        self.closing.clear()
-        if self.forks is not None: self.forks.close()
-        if self.log_file is not None and self.record:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.log_file, json.dumps({"size": self.size, "tasks": self.record}, indent=1))
-
 # %% ../../notebooks/api/08f_build_kernels.ipynb #4af0db81
 from jupyter_client.manager import AsyncKernelManager
 
@@ -279,6 +172,119 @@ def _kill(km) -> None:
     try: km.provisioner and os.kill(km.provisioner.pid, 9)
     except (ProcessLookupError, TypeError, AttributeError): pass
 
+# %% ../../notebooks/api/08f_build_kernels.ipynb #e7c4c61e
+def _kernel_cmd(km) -> list[str]:
+    "The command a kernel manager would start its kernel with (before it has started one)."
+    if km._launch_args is None: km._launch_args = {}     # set by start_kernel; format_kernel_cmd reads it
+    return km.format_kernel_cmd()
+
+@dataclass
+class _Kernel:
+    task: str
+    km: object
+    env: dict
+    started: float
+    warm: bool = True
+
+@dataclass
+class KernelPool:
+    "Start the next tasks' kernels ahead, one fresh kernel per task."
+    size: int = DEFAULT_SIZE           # kernels kept started ahead of the running task
+    cwd: str | None = None             # the kernels' working directory (papermill's `cwd`)
+    log_file: Path | None = None       # where each task's kernel is recorded
+    store: tuple | None = None         # (tracking URI, registry URI, experiment id) of the tasks: the warm-up opens it
+    forks: ForkServer | None = None    # the fork server the kernels are forked from (None: each a new process)
+    plan: list = field(default_factory=list)        # [(task, kernel name, modules)] in build order
+    ahead: dict = field(default_factory=dict)       # {task: _Kernel} started, not taken
+    taken: dict = field(default_factory=dict)       # {task: _Kernel} running a task
+    closing: list = field(default_factory=list)     # [(thread, _Kernel)] shutting down after their task
+    record: list = field(default_factory=list)      # what `kernels.json` says
+
+    def _start(self, task: str, kernel_name: str, modules: list[str], env: dict, warm: bool = True) -> _Kernel:
+        "Start a kernel for `task` with `env` and the watchdog, importing `modules` (when `warm`) before it answers."
+        from jupyter_core.utils import run_sync
+        km = PoolKernelManager(kernel_name=kernel_name)
+        parents = (os.getpid(),)
+        if self.forks is not None:
+            km.forks = self.forks
+            cmd = _kernel_cmd(km)
+            if self.forks.accepts(cmd, env):
+                try: self.forks.start(cmd[0], dict(env), self.cwd)     # once: the first kernel's interpreter and env
+                except Exception as e:
+                    log.warning("could not start the fork server (%s): kernels start as new processes", e)
+                    self.forks.broken = True
+            if self.forks.pid: parents += (self.forks.pid,)            # a forked kernel's parent
+        experiment = self.store[2] if self.store else None
+        code = warm_up_code(modules, parents, experiment) if warm else warm_up_code([], parents)   # watchdog: always
+        args = ["--HistoryManager.hist_file=:memory:",       # what nbclient gives the kernels it starts
+                f"--IPKernelApp.exec_lines={code}"]
+        run_sync(km.start_kernel)(extra_arguments=args, cwd=self.cwd, env=dict(env))
+        return _Kernel(task, km, dict(env), time.perf_counter(), warm)
+
+    def fill(self, env: dict) -> None:
+        "Start kernels for the next tasks in the plan, up to `size` ahead, with `env`."
+        for task, kernel_name, modules in self.plan[:self.size]:
+            if task in self.ahead: continue
+            try: self.ahead[task] = self._start(task, kernel_name, modules, env)
+            except Exception as e:
+                log.warning("could not start a kernel ahead for %s: %s", task, e)
+                return
+
+# %% ../../notebooks/api/08f_build_kernels.ipynb #4b29a2fd
+@patch
+def take(self: KernelPool, task: str, kernel_name: str, wanted: dict) -> object:
+    "Return the kernel manager of `task`'s own kernel, its environment brought to `wanted`; start the next ones."
+    t0 = time.perf_counter()
+    i = [p[0] for p in self.plan].index(task)
+    for gone, _, _ in self.plan[:i]:                              # planned before it: will not run (aborted)
+        if gone in self.ahead: _shutdown(self.ahead.pop(gone).km, now=True)
+    self.plan = self.plan[i + 1:]
+    k = self.ahead.pop(task, None)
+    if k is not None:
+        set_, unset = environment_change(k.env, wanted)
+        late = sorted(v for v in [*set_, *unset] if v.startswith(START_ONLY))
+        try:
+            if late: raise MlopsnbError(f"{', '.join(late)} differ from the kernel's start")
+            _send_environment(k.km, set_, unset)
+        except Exception as e:
+            log.warning("warm kernel for %s dropped (%s): starting one now", task, e)
+            _shutdown(k.km, now=True)
+            k = None
+    if k is None: k = self._start(task, kernel_name, [], wanted, warm=False)
+    self.taken[task] = k
+    self.record.append({"task": task, "pid": k.km.provisioner.pid if k.km.provisioner else None, "warm": k.warm,
+                        "forked": isinstance(getattr(k.km.provisioner, "process", None), ForkedKernel),
+                        "ready_seconds": round(time.perf_counter() - t0, 3)})
+    self.fill(wanted)
+    return k.km
+
+@patch
+def release(self: KernelPool, task: str) -> None:
+    "Shut down `task`'s kernel and its clients, in a thread: the next task starts now."
+    k = self.taken.pop(task, None)
+    if k is None: return
+    # at once (nbclient's shutdown_kernel="immediate"): the notebook is complete and saved, and a graceful exit
+    # tears down every module the warm-up imported, seconds of CPU the next kernels need (85 s -> 65 s a build)
+    th = threading.Thread(target=_shutdown, args=(k.km, True), daemon=True, name=f"mlopsnb-shutdown-{task}")
+    th.start()
+    self.closing.append((th, k))
+
+@patch
+def close(self: KernelPool, wait: float = 10.0) -> None:
+    "Shut down every kernel still running, wait for those shutting down (killed after `wait` s); write the record."
+    for k in [*self.ahead.values(), *self.taken.values()]: _shutdown(k.km, now=True)
+    self.ahead.clear()
+    self.taken.clear()
+    deadline = time.perf_counter() + wait
+    for th, k in self.closing:
+        th.join(max(0.0, deadline - time.perf_counter()))
+        if th.is_alive(): _kill(k.km)       # a kernel that does not end in time is not left behind
+    self.closing.clear()
+    if self.forks is not None: self.forks.close()
+    if self.log_file is not None and self.record:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.log_file, json.dumps({"size": self.size, "tasks": self.record}, indent=1))
+
 # %% ../../notebooks/api/08f_build_kernels.ipynb #f44c8bc2
 def _papermill_tasks(dag) -> list:
     from ploomber.tasks import NotebookRunner
@@ -307,6 +313,7 @@ def build_pool(dag, # Ploomber's rendered DAG
     pool.fill({**os.environ, **(env or {})})
     return pool
 
+# %% ../../notebooks/api/08f_build_kernels.ipynb #414e9994
 STORE_IMPORTS = ["mlopsnb.tracking", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store",
                  "mlflow.store.model_registry.sqlalchemy_store"]
 
@@ -339,6 +346,7 @@ def prestart(sources: dict, # {task: its source}, in the spec's order
         return None
     return forks
 
+# %% ../../notebooks/api/08f_build_kernels.ipynb #b8ebf492
 @contextmanager
 def warm_kernels(build, # the opened `mlopsnb.build.lifecycle.Build`
                  dag, # Ploomber's rendered DAG

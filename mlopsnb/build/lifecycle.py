@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .context import BuildContext, TaskRecord, failure_line, task_boundary, task_notebook, task_params, task_variables
 from .progress import BuildProgress, NoProgress
 from ..core import ENV_ARTIFACT, hide_secrets
@@ -76,104 +78,115 @@ class Build:
         "The environment of a task of this build (`run`: its child run)."
         return task_variables(self.ctx, self.rec, run, self.parent)
 
-    def start_task(self, t, # Ploomber's task
-                   tags: dict[str, str] | None = None, # more tags for its run (e.g. Airflow's attempt)
-                  ) -> TaskRun:
-        "Before a task runs: forget that it ever finished, open its child run with its params; return the TaskRun."
-        t.product.metadata.delete()           # a killed task must never look up to date
-        drop_record(self.ctx.project, t.name)
-        run = self.rec.start_run(t.name, self.parent, tags={**self.tags, "mlopsnb.task": t.name, **(tags or {})})
-        if run: self.rec.log_params(run, task_params(t))
-        progress_file = state_dir(self.ctx.project) / "progress" / f"{t.name}.json"
-        progress_file.parent.mkdir(parents=True, exist_ok=True)
-        return TaskRun(t, run, progress_file, {**self.variables(run), PROGRESS_ENV: str(progress_file)})
+# %% ../../notebooks/api/08c_build_lifecycle.ipynb #1a5ec89e
+@patch
+def start_task(self: Build, t, # Ploomber's task
+               tags: dict[str, str] | None = None, # more tags for its run (e.g. Airflow's attempt)
+              ) -> TaskRun:
+    "Before a task runs: forget that it ever finished, open its child run with its params; return the TaskRun."
+    t.product.metadata.delete()           # a killed task must never look up to date
+    drop_record(self.ctx.project, t.name)
+    run = self.rec.start_run(t.name, self.parent, tags={**self.tags, "mlopsnb.task": t.name, **(tags or {})})
+    if run: self.rec.log_params(run, task_params(t))
+    progress_file = state_dir(self.ctx.project) / "progress" / f"{t.name}.json"
+    progress_file.parent.mkdir(parents=True, exist_ok=True)
+    return TaskRun(t, run, progress_file, {**self.variables(run), PROGRESS_ENV: str(progress_file)})
 
-    def finish_task(self, tr: TaskRun, # from `start_task`
-                    error: str | None = None, # the task's one-line failure (None: it finished)
-                    report=None, # Ploomber's report of the task
-                   ) -> TaskRecord:
-        "After a task ran: attach its notebook, read back its metrics, end its run, keep its record; return it."
-        from ploomber.constants import TaskStatus
-        t = tr.task
-        record = TaskRecord(t.name, "failed" if error else "executed", tr.seconds, tr.run, error=error)
-        if tr.run:
-            self.attach(tr.run, t, error)
-            data = self.rec.client.get_run(tr.run).data
-            record.metrics = dict(data.metrics)
-            record.tags = {k: v for k, v in data.tags.items() if k.startswith("mlopsnb.model")}
-            self.rec.end_run(tr.run, "FAILED" if error else "FINISHED")
-        self.progress.done(record)
-        self.records.append(record)
-        if error is None:
-            self.finished.append(t.name)
-            self.reports.append(report)
-            self.record_consumed([t.name])    # at once: a build killed later still knows what this task consumed
-        else: t.exec_status = TaskStatus.Errored
-        return record
+@patch
+def finish_task(self: Build, tr: TaskRun, # from `start_task`
+                error: str | None = None, # the task's one-line failure (None: it finished)
+                report=None, # Ploomber's report of the task
+               ) -> TaskRecord:
+    "After a task ran: attach its notebook, read back its metrics, end its run, keep its record; return it."
+    from ploomber.constants import TaskStatus
+    t = tr.task
+    record = TaskRecord(t.name, "failed" if error else "executed", tr.seconds, tr.run, error=error)
+    if tr.run:
+        self.attach(tr.run, t, error)
+        data = self.rec.client.get_run(tr.run).data
+        record.metrics = dict(data.metrics)
+        record.tags = {k: v for k, v in data.tags.items() if k.startswith("mlopsnb.model")}
+        self.rec.end_run(tr.run, "FAILED" if error else "FINISHED")
+    self.progress.done(record)
+    self.records.append(record)
+    if error is None:
+        self.finished.append(t.name)
+        self.reports.append(report)
+        self.record_consumed([t.name])    # at once: a build killed later still knows what this task consumed
+    else: t.exec_status = TaskStatus.Errored
+    return record
 
-    def kill_task(self, tr: TaskRun) -> None:
-        "After an interrupt: attach what the task wrote so far, end its run KILLED and record it."
-        self.attach(tr.run, tr.task, None)
-        if tr.run:
-            self.rec.set_tags(tr.run, {"mlopsnb.error": "interrupted (Ctrl-C or SIGTERM)"})
-            self.rec.end_run(tr.run, "KILLED")
-        self.records.append(TaskRecord(tr.task.name, "killed", tr.seconds, tr.run, error="interrupted"))
+@patch
+def attach(self: Build, run: str | None, t, error: str | None) -> None:
+    "Attach the task's (partially) executed notebook as .ipynb and HTML, and the error line, to its run."
+    if not run: return
+    nb = task_notebook(t)
+    if nb and Path(nb).exists():
+        self.rec.log_artifact(run, nb, "notebook")
+        html = notebook_html(nb)
+        if html: self.rec.log_text(run, html, f"notebook/{Path(nb).stem}.html")
+    if error: self.rec.set_tags(run, {"mlopsnb.error": error[:5000]})
 
-    def skip_task(self, name: str, status: str = "skipped") -> None:
-        "Record a task that did not run: `skipped` (up to date) or `aborted` (an upstream task failed)."
-        self.records.append(TaskRecord(name, status))
+@patch
+def record_consumed(self: Build, names: list[str]) -> None:
+    "Record what these finished tasks consumed (files re-read now: a later task may have written the contract)."
+    ctx = self.ctx
+    if not names: return
+    now = task_states(ctx.project, ctx.raw_params or ctx.params,
+                      {t: ctx.sources[t] for t in names if t in ctx.sources}, ctx.states, requery=False)
+    for t, state in now.items(): write_record(ctx.project, t, state)
 
-    def run_task(self, t, # Ploomber's task
-                 pool=None, # the build's warm kernels (`build.kernels.warm_kernels`), None: papermill starts one
-                 tags: dict[str, str] | None = None, # more tags for its run
-                ) -> TaskRecord:
-        "Run one task here in its own child run; an interrupt ends the run KILLED and propagates."
-        from mlopsnb.build.kernels import kernel_for
-        tr, error, report = self.start_task(t, tags), None, None
-        try:
-            with self.progress.task(t.name, tr.progress_file), task_boundary(tr.variables):
-                with kernel_for(pool, t): report, _ = t._build(catch_exceptions=True)
-        except Exception as e:
-            error = failure_line(t.name, e, task_notebook(t))
-        except BaseException:
-            self.kill_task(tr)
-            raise
-        return self.finish_task(tr, error, report)
+# %% ../../notebooks/api/08c_build_lifecycle.ipynb #439209f6
+@patch
+def kill_task(self: Build, tr: TaskRun) -> None:
+    "After an interrupt: attach what the task wrote so far, end its run KILLED and record it."
+    self.attach(tr.run, tr.task, None)
+    if tr.run:
+        self.rec.set_tags(tr.run, {"mlopsnb.error": "interrupted (Ctrl-C or SIGTERM)"})
+        self.rec.end_run(tr.run, "KILLED")
+    self.records.append(TaskRecord(tr.task.name, "killed", tr.seconds, tr.run, error="interrupted"))
 
-    def attach(self, run: str | None, t, error: str | None) -> None:
-        "Attach the task's (partially) executed notebook as .ipynb and HTML, and the error line, to its run."
-        if not run: return
-        nb = task_notebook(t)
-        if nb and Path(nb).exists():
-            self.rec.log_artifact(run, nb, "notebook")
-            html = notebook_html(nb)
-            if html: self.rec.log_text(run, html, f"notebook/{Path(nb).stem}.html")
-        if error: self.rec.set_tags(run, {"mlopsnb.error": error[:5000]})
+@patch
+def skip_task(self: Build, name: str, status: str = "skipped") -> None:
+    "Record a task that did not run: `skipped` (up to date) or `aborted` (an upstream task failed)."
+    self.records.append(TaskRecord(name, status))
 
-    def record_consumed(self, names: list[str]) -> None:
-        "Record what these finished tasks consumed (files re-read now: a later task may have written the contract)."
-        ctx = self.ctx
-        if not names: return
-        now = task_states(ctx.project, ctx.raw_params or ctx.params,
-                          {t: ctx.sources[t] for t in names if t in ctx.sources}, ctx.states, requery=False)
-        for t, state in now.items(): write_record(ctx.project, t, state)
 
-    def close(self, killed: bool = False, # the build was interrupted: end the parent run KILLED
-              failures: list[str] | None = None, # the build's failures (default: the task records' errors)
-             ) -> list[str]:
-        "End the build: record what the tasks consumed, summarise the parent run and end it; return the failures."
-        self.record_consumed(self.finished)
-        failures = [r.error for r in self.records if r.error] if failures is None else failures
-        if killed:
-            self.rec.end_run(self.parent, "KILLED")
-            return failures
-        if self.parent:
-            self.rec.set_tags(self.parent, {
-                "mlopsnb.skipped": ",".join(r.name for r in self.records if r.status == "skipped"),
-                "mlopsnb.failed": ",".join(r.name for r in self.records if r.status == "failed")})
-            self.rec.log_dict(self.parent, [asdict(r) for r in self.records], "build.json")
-        self.rec.end_run(self.parent, "FAILED" if failures else "FINISHED")
+@patch
+def run_task(self: Build, t, # Ploomber's task
+             pool=None, # the build's warm kernels (`build.kernels.warm_kernels`), None: papermill starts one
+             tags: dict[str, str] | None = None, # more tags for its run
+            ) -> TaskRecord:
+    "Run one task here in its own child run; an interrupt ends the run KILLED and propagates."
+    from mlopsnb.build.kernels import kernel_for
+    tr, error, report = self.start_task(t, tags), None, None
+    try:
+        with self.progress.task(t.name, tr.progress_file), task_boundary(tr.variables):
+            with kernel_for(pool, t): report, _ = t._build(catch_exceptions=True)
+    except Exception as e:
+        error = failure_line(t.name, e, task_notebook(t))
+    except BaseException:
+        self.kill_task(tr)
+        raise
+    return self.finish_task(tr, error, report)
+
+@patch
+def close(self: Build, killed: bool = False, # the build was interrupted: end the parent run KILLED
+          failures: list[str] | None = None, # the build's failures (default: the task records' errors)
+         ) -> list[str]:
+    "End the build: record what the tasks consumed, summarise the parent run and end it; return the failures."
+    self.record_consumed(self.finished)
+    failures = [r.error for r in self.records if r.error] if failures is None else failures
+    if killed:
+        self.rec.end_run(self.parent, "KILLED")
         return failures
+    if self.parent:
+        self.rec.set_tags(self.parent, {
+            "mlopsnb.skipped": ",".join(r.name for r in self.records if r.status == "skipped"),
+            "mlopsnb.failed": ",".join(r.name for r in self.records if r.status == "failed")})
+        self.rec.log_dict(self.parent, [asdict(r) for r in self.records], "build.json")
+    self.rec.end_run(self.parent, "FAILED" if failures else "FINISHED")
+    return failures
 
 # %% ../../notebooks/api/08c_build_lifecycle.ipynb #d8e55480
 _SELF_CONTAINED = """{%- extends 'index.html.j2' -%}

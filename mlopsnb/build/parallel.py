@@ -130,6 +130,7 @@ class RemoteForks:
             raise MlopsnbError(value)
         return value
 
+# %% ../../notebooks/api/08e_build_parallel.ipynb #59675b49
 class ForkBroker:
     "In the build: a thread that answers task processes' `RemoteForks` questions with the build's `ForkServer`."
     def __init__(self, forks, # the build's started ForkServer

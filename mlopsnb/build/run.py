@@ -93,6 +93,7 @@ def sigterm_interrupts():
     try: yield
     finally: signal.signal(signal.SIGTERM, old)
 
+# %% ../../notebooks/api/08j_build_run.ipynb #8dd0cad6
 def _drop_stale(ctx: BuildContext, dag) -> dict[str, str]:
     "Delete the stored metadata of every task whose data or library changed since it last finished; return why."
     records, why = read_records(ctx.project, list(ctx.sources)), {}
@@ -149,6 +150,7 @@ def run(project: Project | str | Path | None = None, # a loaded Project, or the 
                        for c in absent if c.exists()]
     return result
 
+# %% ../../notebooks/api/08j_build_run.ipynb #412d3e13
 def _to_run(dag, force: bool) -> int:
     "How many tasks the build will run (for the progress count)."
     if force: return len(dag)

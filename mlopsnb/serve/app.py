@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from fastcore.basics import patch
 from starlette.requests import Request   # at module level: FastAPI resolves the handlers' (string) annotations here
 
 from ..core import MlopsnbError
@@ -140,135 +141,147 @@ class ScoringApp:
         if self.opts.token: app.add_middleware(BearerAuth, token=self.opts.token)
         return app
 
-    @asynccontextmanager
-    async def lifespan(self, app):
-        "Start the reload and shadow threads; at shutdown, finish the shadow rows, stop the pool, close the log."
-        threads = [threading.Thread(target=self.reloader.run, args=(self.stop,), name="mlopsnb-reload", daemon=True)
-                   ] if self.reloader.follows else []
-        if self.opts.shadow:
-            threads.append(threading.Thread(target=self.shadow_worker, name="mlopsnb-shadow", daemon=True))
-        for t in threads: t.start()
-        try: yield
-        finally:
-            self.stop.set()
-            if self.opts.shadow:                   # finish the shadow rows queued (they go to the log)
-                self.shadows.put(None)
-                threads[-1].join()
-            self.scoring.shutdown()
-            if self.plog is not None: self.plog.close()   # after uvicorn drained the requests in flight
-
-    def shadow_worker(self) -> None:
-        "Score queued requests with the challenger and log them as shadow rows (never answered)."
-        svc = self.svc
-        while (job := self.shadows.get()) is not None:
-            rid, rows = job
-            s = svc.challenger
-            if s is None: continue
-            try:
-                cols = s.columns(rows)
-                p = s.score(cols, len(rows))
-            except RequestError:
-                svc.metrics.shadow.labels("refused", s.version).inc()
-                continue
-            except Exception:    # the shadow never affects serving; a failure is logged and counted, not hidden
-                log.exception("shadow scoring with %s version %s failed", s.name, s.version)
-                svc.metrics.shadow.labels("failed", s.version).inc()
-                continue
-            if self.plog is not None:
-                self.plog.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=self.auth,
-                                 columns=cols)
-            svc.metrics.shadow.labels("scored", s.version).inc()
-
-    def fail(self, status: int, message: str, rid: str, version: str, role: str):
-        "A refused request's answer (counted): its status and one line, with the request id."
-        Response, dumps = self.response
-        self.svc.metrics.requests.labels(str(status), version, role).inc()
-        return Response(dumps({"detail": message, "request_id": rid}), status_code=status,
-                        media_type="application/json")
-
-    async def predict(self, request: Request):
-        "POST /predict: score one record or a list of records."
-        b = self.batcher
-        if b is None: return await self.answer(request)
-        b.inflight += 1                  # requests in flight: a micro-batch waits only when there are others
-        try: return await self.answer(request)
-        finally: b.inflight -= 1
-
-    async def _score(self, s: Scorer, cols: dict, n: int) -> np.ndarray:
-        "Score checked columns: micro-batched, off the event loop when large, else at once."
-        import asyncio
-        if self.batcher is not None: return await self.batcher.score(s, cols, n)
-        if n >= OFF_LOOP_ROWS: return await asyncio.get_running_loop().run_in_executor(self.scoring, s.score, cols, n)
-        return s.score(cols, n)
-
-    async def answer(self, request):
-        "Check, route, score, log and answer one request (a 4xx naming the row and field when it is malformed)."
-        Response, dumps = self.response
-        t0, svc, m = time.perf_counter(), self.svc, self.svc.metrics
-        rid = request.headers.get("x-request-id", "")
-        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-        s, role = svc.scorer, "champion"        # this request keeps this scorer, whatever a reload does
-        try:
-            body = await read_body(request, self.opts.max_body)
-            rows = parse_records(body, request.headers.get("content-type", ""), self.opts.max_rows)
-            s, role = svc.route(request_key(request.headers.get("x-request-key"), rows, svc.scorer.ids))
-            cols = s.columns(rows)
-        except RequestError as e: return self.fail(e.status, str(e), rid, s.version, role)
-        for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
-        p = await self._score(s, cols, len(rows))
-        t = s.threshold
-        decisions = (p >= t).astype(int)
-        preds = _predictions(rows, s.ids, p, decisions)
-        if self.plog is not None:
-            self.plog.append(rid, s, rows, p, decisions, role=role, auth=self.auth, columns=cols)
-        if svc.shadow and role == "champion" and svc.challenger is not None: self._shadow(rid, rows)
-        m.requests.labels("200", s.version, role).inc()
-        m.batch.observe(len(rows))
-        m.scores.observe_many(p)
-        m.latency.observe(time.perf_counter() - t0)
-        return Response(dumps({"model": s.name, "version": s.version, "role": role, "path": s.path, "threshold": t,
-                                      "request_id": rid, "predictions": preds}), media_type="application/json",
-                        headers={"x-request-id": rid, "x-model-version": s.version})
-
-    def _shadow(self, rid: str, rows: list) -> None:
-        "Queue a request for the shadow scorer (dropped, counted, when the queue is full)."
-        import queue
-        try: self.shadows.put_nowait((rid, rows))
-        except queue.Full: self.svc.metrics.shadow.labels("dropped", self.svc.challenger.version).inc()
-
     def health(self):
         "GET /health: the process is up."
         return {"status": "ok"}
-
-    def ready(self):
-        "GET /ready: a verified model is loaded and the prediction log is written (else 503 and why)."
-        Response, dumps = self.response
-        s, plog = self.svc.scorer, self.plog
-        why = plog.problem() if plog is not None and self.opts.log_required else None
-        if why is None: return {"ready": s is not None, "model": s.name, "version": s.version}
-        body = {"ready": False, "model": s.name, "version": s.version, "reason": why}
-        return Response(dumps(body), status_code=503, media_type="application/json")
-
-    def version(self):
-        "GET /version: the version serving, its path and threshold; the challenger, canary, shadow, reloads and log."
-        svc, plog = self.svc, self.plog
-        s, ch = svc.scorer, svc.challenger
-        plog_health = plog.health() if plog is not None else None
-        return {"model": s.name, "version": s.version, "path": s.path, "threshold": s.threshold,
-                "threshold_source": s.threshold_source, "onnx": s.onnx, "inputs": s.inputs, "ids": s.ids,
-                "canary": svc.canary, "shadow": svc.shadow,
-                "challenger": (None if ch is None
-                               else {"version": ch.version, "path": ch.path, "threshold": ch.threshold}),
-                "reload": {role: {**st, "last_success": iso_time(st["last_success"])}
-                           for role, st in svc.checks.items()},
-                "prediction_log": None if plog_health is None else {**plog_health, "required": self.opts.log_required,
-                                                                    "last_write": iso_time(plog_health["last_write"])}}
 
     def metrics(self):
         "GET /metrics: the Prometheus text."
         from fastapi.responses import Response
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         return Response(generate_latest(self.svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+# %% ../../notebooks/api/10g_serve_app.ipynb #821df6e3
+@patch
+@asynccontextmanager
+async def lifespan(self: ScoringApp, app):
+    "Start the reload and shadow threads; at shutdown, finish the shadow rows, stop the pool, close the log."
+    threads = [threading.Thread(target=self.reloader.run, args=(self.stop,), name="mlopsnb-reload", daemon=True)
+               ] if self.reloader.follows else []
+    if self.opts.shadow:
+        threads.append(threading.Thread(target=self.shadow_worker, name="mlopsnb-shadow", daemon=True))
+    for t in threads: t.start()
+    try: yield
+    finally:
+        self.stop.set()
+        if self.opts.shadow:                   # finish the shadow rows queued (they go to the log)
+            self.shadows.put(None)
+            threads[-1].join()
+        self.scoring.shutdown()
+        if self.plog is not None: self.plog.close()   # after uvicorn drained the requests in flight
+
+@patch
+async def predict(self: ScoringApp, request: Request):
+    "POST /predict: score one record or a list of records."
+    b = self.batcher
+    if b is None: return await self.answer(request)
+    b.inflight += 1                  # requests in flight: a micro-batch waits only when there are others
+    try: return await self.answer(request)
+    finally: b.inflight -= 1
+
+@patch
+def ready(self: ScoringApp):
+    "GET /ready: a verified model is loaded and the prediction log is written (else 503 and why)."
+    Response, dumps = self.response
+    s, plog = self.svc.scorer, self.plog
+    why = plog.problem() if plog is not None and self.opts.log_required else None
+    if why is None: return {"ready": s is not None, "model": s.name, "version": s.version}
+    body = {"ready": False, "model": s.name, "version": s.version, "reason": why}
+    return Response(dumps(body), status_code=503, media_type="application/json")
+
+@patch
+def version(self: ScoringApp):
+    "GET /version: the version serving, its path and threshold; the challenger, canary, shadow, reloads and log."
+    svc, plog = self.svc, self.plog
+    s, ch = svc.scorer, svc.challenger
+    plog_health = plog.health() if plog is not None else None
+    return {"model": s.name, "version": s.version, "path": s.path, "threshold": s.threshold,
+            "threshold_source": s.threshold_source, "onnx": s.onnx, "inputs": s.inputs, "ids": s.ids,
+            "canary": svc.canary, "shadow": svc.shadow,
+            "challenger": (None if ch is None
+                           else {"version": ch.version, "path": ch.path, "threshold": ch.threshold}),
+            "reload": {role: {**st, "last_success": iso_time(st["last_success"])}
+                       for role, st in svc.checks.items()},
+            "prediction_log": None if plog_health is None else {**plog_health, "required": self.opts.log_required,
+                                                                "last_write": iso_time(plog_health["last_write"])}}
+
+# %% ../../notebooks/api/10g_serve_app.ipynb #6ea0c677
+@patch
+def fail(self: ScoringApp, status: int, message: str, rid: str, version: str, role: str):
+    "A refused request's answer (counted): its status and one line, with the request id."
+    Response, dumps = self.response
+    self.svc.metrics.requests.labels(str(status), version, role).inc()
+    return Response(dumps({"detail": message, "request_id": rid}), status_code=status,
+                    media_type="application/json")
+
+@patch
+async def _score(self: ScoringApp, s: Scorer, cols: dict, n: int) -> np.ndarray:
+    "Score checked columns: micro-batched, off the event loop when large, else at once."
+    import asyncio
+    if self.batcher is not None: return await self.batcher.score(s, cols, n)
+    if n >= OFF_LOOP_ROWS: return await asyncio.get_running_loop().run_in_executor(self.scoring, s.score, cols, n)
+    return s.score(cols, n)
+
+@patch
+async def answer(self: ScoringApp, request):
+    "Check, route, score, log and answer one request (a 4xx naming the row and field when it is malformed)."
+    Response, dumps = self.response
+    t0, svc, m = time.perf_counter(), self.svc, self.svc.metrics
+    rid = request.headers.get("x-request-id", "")
+    rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+    s, role = svc.scorer, "champion"        # this request keeps this scorer, whatever a reload does
+    try:
+        body = await read_body(request, self.opts.max_body)
+        rows = parse_records(body, request.headers.get("content-type", ""), self.opts.max_rows)
+        s, role = svc.route(request_key(request.headers.get("x-request-key"), rows, svc.scorer.ids))
+        cols = s.columns(rows)
+    except RequestError as e: return self.fail(e.status, str(e), rid, s.version, role)
+    for c, k in s.unknown(cols).items(): m.unknown.labels(c).inc(k)
+    p = await self._score(s, cols, len(rows))
+    t = s.threshold
+    decisions = (p >= t).astype(int)
+    preds = _predictions(rows, s.ids, p, decisions)
+    if self.plog is not None:
+        self.plog.append(rid, s, rows, p, decisions, role=role, auth=self.auth, columns=cols)
+    if svc.shadow and role == "champion" and svc.challenger is not None: self._shadow(rid, rows)
+    m.requests.labels("200", s.version, role).inc()
+    m.batch.observe(len(rows))
+    m.scores.observe_many(p)
+    m.latency.observe(time.perf_counter() - t0)
+    return Response(dumps({"model": s.name, "version": s.version, "role": role, "path": s.path, "threshold": t,
+                                  "request_id": rid, "predictions": preds}), media_type="application/json",
+                    headers={"x-request-id": rid, "x-model-version": s.version})
+
+@patch
+def _shadow(self: ScoringApp, rid: str, rows: list) -> None:
+    "Queue a request for the shadow scorer (dropped, counted, when the queue is full)."
+    import queue
+    try: self.shadows.put_nowait((rid, rows))
+    except queue.Full: self.svc.metrics.shadow.labels("dropped", self.svc.challenger.version).inc()
+
+# %% ../../notebooks/api/10g_serve_app.ipynb #484f0753
+@patch
+def shadow_worker(self: ScoringApp) -> None:
+    "Score queued requests with the challenger and log them as shadow rows (never answered)."
+    svc = self.svc
+    while (job := self.shadows.get()) is not None:
+        rid, rows = job
+        s = svc.challenger
+        if s is None: continue
+        try:
+            cols = s.columns(rows)
+            p = s.score(cols, len(rows))
+        except RequestError:
+            svc.metrics.shadow.labels("refused", s.version).inc()
+            continue
+        except Exception:    # the shadow never affects serving; a failure is logged and counted, not hidden
+            log.exception("shadow scoring with %s version %s failed", s.name, s.version)
+            svc.metrics.shadow.labels("failed", s.version).inc()
+            continue
+        if self.plog is not None:
+            self.plog.append(rid, s, rows, p, (p >= s.threshold).astype(int), role="shadow", auth=self.auth,
+                             columns=cols)
+        svc.metrics.shadow.labels("scored", s.version).inc()
 
 # %% ../../notebooks/api/10g_serve_app.ipynb #97f28b1e
 def make_app(scorer: Scorer, # the loaded version (from `load_scorer`): the champion

@@ -183,6 +183,7 @@ def _assemble(parts: list[Path], tmp: Path, threshold: float) -> dict:
         if writer is not None: writer.close()
     return {"total": total, "positives": positives, "hist": hist}
 
+# %% ../../notebooks/api/10i_serve_dask.ipynb #8a4be85d
 def score_file_dask(scorer: Scorer, # from `load_scorer` (verified on the client; workers load the same version)
                     store, # a Store, Project or tracking URI (what workers load the version from)
                     src: str | Path, # CSV or Parquet of raw records, at a path the workers can read

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from ..core import MlopsnbError
 from .scorer import Scorer
@@ -187,39 +188,6 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._write, name="mlopsnb-prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions,
-               role: str = "champion",
-               auth: bool = False, # the request was checked against a bearer token
-               columns: dict | None = None, # the rows' checked columns (`Scorer.columns`), logged as checked
-              ) -> None:
-        "Queue one request's rows (dropped, counted, past `max_queue`); `role`: champion, challenger or shadow."
-        n = len(rows)
-        with self._lock:
-            if self.queued + n > self.max_queue:
-                self.dropped += n
-                return
-            self.queued += n
-        self._q.put((time.time(), request_id, scorer, rows, probabilities, decisions, role, bool(auth), columns))
-
-    def health(self) -> dict:
-        "The writer's state: healthy, last commit (Unix time), failures since, last error, rows queued/dropped/written."
-        alive = self._thread.is_alive() or self._closing.is_set()
-        return {"healthy": alive and self.failures == 0 and self.queued < self.max_queue, "last_write": self.last_write,
-                "failures": self.failures, "error": self.error, "queued": self.queued, "dropped": self.dropped,
-                "written": self.written}
-
-    def problem(self) -> str | None:
-        "Why the log cannot be written now, in one line (None while it can)."
-        h = self.health()
-        if h["healthy"]: return None
-        if not (self._thread.is_alive() or self._closing.is_set()):
-            return f"prediction log {self.path}: its writer stopped"
-        if h["failures"]:
-            since = f"last written {iso_time(h['last_write'])}" if h["last_write"] else "nothing written yet"
-            return (f"prediction log {self.path}: cannot write ({h['error']}); {h['failures']} failed attempts, "
-                    f"{since}; {h['queued']} rows waiting")
-        return f"prediction log {self.path}: {h['queued']} rows waiting, the queue is full ({h['dropped']} dropped)"
-
     def _open(self):
         "Connect to the file (created 0600, WAL, its schema up to date)."
         import sqlite3
@@ -235,34 +203,6 @@ class PredictionLog:
             raise
         return con
 
-    def _size(self) -> int | None:
-        "The file's size with its WAL (None without a size limit: not looked at)."
-        if self.max_bytes is None: return None
-        wal = self.path.with_name(self.path.name + "-wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-
-    def _due(self, size: int | None, # `_size` when the transaction began (what it holds is `pending`)
-            ) -> bool:
-        "Whether the file is due for rotation (its size with the WAL and what the open transaction holds, or its age)."
-        if self.max_age_s is not None and time.time() - self.opened >= self.max_age_s: return True
-        return size is not None and size + self.pending >= self.max_bytes
-
-    def _rotate(self, con):
-        "Checkpoint and close the file, rename it `<stem>-<UTC time><suffix>`, start a new one; return its connection."
-        import datetime as dt, os
-        t0 = time.perf_counter()
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.close()
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        dest = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
-        os.replace(self.path, dest)                       # atomic: readers see the old file whole, or the new one
-        for extra in ("-wal", "-shm"): self.path.with_name(self.path.name + extra).unlink(missing_ok=True)
-        con, self.opened = self._open(), time.time()
-        self.rotated.append((dest, time.perf_counter() - t0))
-        log.info("prediction log rotated to %s", dest)
-        self.pruned += self._prune()
-        return con
-
     def _prune(self) -> list[Path]:
         "Delete the rotated files older than the retention (by the time in their name); return them."
         if not self.retention_s: return []
@@ -274,120 +214,200 @@ class PredictionLog:
                 log.info("prediction log %s deleted (older than the retention)", f)
         return gone
 
-    def _gather(self) -> tuple[list, bool]:
-        "Wait for a request, let others gather for `flush_s`, and return them all and whether `close` was called."
-        import queue
-        batch = [self._q.get()]                            # asleep until a request comes
-        if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # let others gather: few transactions
-        while True:
-            try: batch.append(self._q.get_nowait())
-            except queue.Empty: break
-        return [b for b in batch if b is not None], None in batch
+# %% ../../notebooks/api/10f_serve_log.ipynb #72c260f9
+@patch
+def append(self: PredictionLog, request_id: str, scorer: Scorer, rows: list[dict], probabilities, decisions,
+           role: str = "champion",
+           auth: bool = False, # the request was checked against a bearer token
+           columns: dict | None = None, # the rows' checked columns (`Scorer.columns`), logged as checked
+          ) -> None:
+    "Queue one request's rows (dropped, counted, past `max_queue`); `role`: champion, challenger or shadow."
+    n = len(rows)
+    with self._lock:
+        if self.queued + n > self.max_queue:
+            self.dropped += n
+            return
+        self.queued += n
+    self._q.put((time.time(), request_id, scorer, rows, probabilities, decisions, role, bool(auth), columns))
 
-    def _write(self):
-        "The writer thread: write what is queued; on an error keep the batch, back off and retry (never die)."
-        con, done, batch, wait = None, False, [], 0.1
-        while batch or not done:
-            if not batch:
-                batch, done = self._gather()
-                continue
-            try:
-                con = self._commit(con or self._open(), batch)
-                wait = 0.1
-            except Exception as e:      # locked, disk full, I/O, the folder gone: nothing lost yet, the batch retried
-                con = self._failed(con, e)
-                if self._closing.is_set():       # stopping: retry until `close`'s deadline, then count the rest dropped
-                    if time.monotonic() >= self._give_up_at:
-                        self._give_up(batch)
-                        break
-                    time.sleep(min(wait, 0.2))
-                else: self._closing.wait(wait)
-                wait = min(2 * wait, self.retry_max_s)
-        if con is not None: con.close()
+@patch
+def _gather(self: PredictionLog) -> tuple[list, bool]:
+    "Wait for a request, let others gather for `flush_s`, and return them all and whether `close` was called."
+    import queue
+    batch = [self._q.get()]                            # asleep until a request comes
+    if batch[0] is not None and self.flush_s: time.sleep(self.flush_s)   # let others gather: few transactions
+    while True:
+        try: batch.append(self._q.get_nowait())
+        except queue.Empty: break
+    return [b for b in batch if b is not None], None in batch
 
-    def _commit(self, con, batch: list):
-        "Write `batch` in transactions of whole requests (rotating when due), emptying it; return the connection."
-        while batch:
-            k = rows = 0
-            with con:     # one transaction: whole requests, or nothing after a crash
-                seq, size = con.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0], self._size()
-                requests, predictions = [], []
-                while k < len(batch):
-                    seq += 1
-                    self.pending += self._encode(seq, batch[k], requests, predictions)
-                    rows += len(batch[k][3])
-                    k += 1
-                    if self._due(size): break
-                con.executemany(_INSERT_REQUEST, requests)     # a statement per kind for the whole batch: the
-                for sql, params in predictions: con.executemany(sql, params)   # writer holds the GIL little
-            del batch[:k]
-            self.pending = 0                          # committed: in the file's size now
-            with self._lock: self.queued -= rows
-            self.written += rows
-            self.last_write = time.time()
-            if self.failures: log.warning("prediction log %s written again after %d failures", self.path, self.failures)
-            self.failures, self.error = 0, None
-            if self._due(self._size()): con = self._rotate(con)
-        return con
+@patch
+def _write(self: PredictionLog):
+    "The writer thread: write what is queued; on an error keep the batch, back off and retry (never die)."
+    con, done, batch, wait = None, False, [], 0.1
+    while batch or not done:
+        if not batch:
+            batch, done = self._gather()
+            continue
+        try:
+            con = self._commit(con or self._open(), batch)
+            wait = 0.1
+        except Exception as e:      # locked, disk full, I/O, the folder gone: nothing lost yet, the batch retried
+            con = self._failed(con, e)
+            if self._closing.is_set():       # stopping: retry until `close`'s deadline, then count the rest dropped
+                if time.monotonic() >= self._give_up_at:
+                    self._give_up(batch)
+                    break
+                time.sleep(min(wait, 0.2))
+            else: self._closing.wait(wait)
+            wait = min(2 * wait, self.retry_max_s)
+    if con is not None: con.close()
 
-    def _failed(self, con, e: Exception):
-        "Count a failed write, say so (the first time, then every 10th), and drop the connection (reopened next time)."
-        import sqlite3
-        self.failures += 1
-        self.pending = 0
-        self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        if self.failures == 1 or self.failures % 10 == 0:
-            log.error("prediction log %s: write failed (%s), %d rows waiting; retrying", self.path, self.error,
-                      self.queued)
-        if con is not None:
-            try: con.close()
-            except sqlite3.Error: pass       # the connection is given up either way
-        return None
+@patch
+def close(self: PredictionLog,
+          timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
+         ) -> None:
+    "Write everything queued, then stop the writer."
+    self._give_up_at = time.monotonic() + timeout_s
+    self._closing.set()
+    self._q.put(None)
+    self._thread.join()
 
-    def _give_up(self, batch: list) -> None:
-        "At shutdown past the deadline: count what could not be written as dropped, and say so."
-        import queue
-        lost = sum(len(b[3]) for b in batch)
-        while True:
-            try: item = self._q.get_nowait()
-            except queue.Empty: break
-            if item is not None: lost += len(item[3])
-        with self._lock:
-            self.queued -= lost
-            self.dropped += lost
-        log.error("prediction log %s: gave up at shutdown, %d rows not written (%s)", self.path, lost, self.error)
+# %% ../../notebooks/api/10f_serve_log.ipynb #97bddd3b
+@patch
+def _size(self: PredictionLog) -> int | None:
+    "The file's size with its WAL (None without a size limit: not looked at)."
+    if self.max_bytes is None: return None
+    wal = self.path.with_name(self.path.name + "-wal")
+    return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
-    def _plan(self, scorer: Scorer) -> tuple[list, set, str | None]:
-        "The log plan of `scorer` (`_log_plan`), made once per loaded version."
-        plan = self._plans.get(id(scorer))
-        if plan is None or plan[0] is not scorer:
-            plan = self._plans[id(scorer)] = (scorer, *_log_plan(scorer, self.hasher))
-        return plan[1:]
+@patch
+def _due(self: PredictionLog, size: int | None, # `_size` when the transaction began (what it holds is `pending`)
+        ) -> bool:
+    "Whether the file is due for rotation (its size with the WAL and what the open transaction holds, or its age)."
+    if self.max_age_s is not None and time.time() - self.opened >= self.max_age_s: return True
+    return size is not None and size + self.pending >= self.max_bytes
 
-    def _encode(self, seq: int, item: tuple, requests: list, predictions: list) -> int:
-        "Add one queued request (as `seq`) and its rows to a batch's statements; return the bytes its features take."
-        import itertools, orjson
-        ts, rid, scorer, rows, probs, decs, role, auth, columns = item
-        keep, hashed, masking = self._plan(scorer)
-        features = _log_features(rows, columns, keep, hashed, self.hasher)
-        requests.append((seq, ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth),
-                         masking))
-        # a column of predict_proba is a strided view: orjson wants it contiguous
-        p, d, threshold = np.ascontiguousarray(probs, dtype=float), np.asarray(decs), scorer.threshold
-        if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
-            # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same
-            # doubles), the GIL released
-            sql, params = _INSERT_ROWS, [(seq, float(threshold),
-                                          orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode())]
-        else: sql, params = _INSERT_ROW, list(zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
-        if predictions and predictions[-1][0] == sql: predictions[-1][1].extend(params)   # rows stay in request order
-        else: predictions.append((sql, params))
-        return len(features) + 32 * len(rows)
+@patch
+def _rotate(self: PredictionLog, con):
+    "Checkpoint and close the file, rename it `<stem>-<UTC time><suffix>`, start a new one; return its connection."
+    import datetime as dt, os
+    t0 = time.perf_counter()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}")
+    os.replace(self.path, dest)                       # atomic: readers see the old file whole, or the new one
+    for extra in ("-wal", "-shm"): self.path.with_name(self.path.name + extra).unlink(missing_ok=True)
+    con, self.opened = self._open(), time.time()
+    self.rotated.append((dest, time.perf_counter() - t0))
+    log.info("prediction log rotated to %s", dest)
+    self.pruned += self._prune()
+    return con
 
-    def close(self, timeout_s: float = 30.0, # how long to retry a failing write before giving up (counted as dropped)
-             ) -> None:
-        "Write everything queued, then stop the writer."
-        self._give_up_at = time.monotonic() + timeout_s
-        self._closing.set()
-        self._q.put(None)
-        self._thread.join()
+@patch
+def _plan(self: PredictionLog, scorer: Scorer) -> tuple[list, set, str | None]:
+    "The log plan of `scorer` (`_log_plan`), made once per loaded version."
+    plan = self._plans.get(id(scorer))
+    if plan is None or plan[0] is not scorer:
+        plan = self._plans[id(scorer)] = (scorer, *_log_plan(scorer, self.hasher))
+    return plan[1:]
+
+@patch
+def _encode(self: PredictionLog, seq: int, item: tuple, requests: list, predictions: list) -> int:
+    "Add one queued request (as `seq`) and its rows to a batch's statements; return the bytes its features take."
+    import itertools, orjson
+    ts, rid, scorer, rows, probs, decs, role, auth, columns = item
+    keep, hashed, masking = self._plan(scorer)
+    features = _log_features(rows, columns, keep, hashed, self.hasher)
+    requests.append((seq, ts, rid, scorer.name, scorer.version, scorer.path, len(rows), features, role, int(auth),
+                     masking))
+    # a column of predict_proba is a strided view: orjson wants it contiguous
+    p, d, threshold = np.ascontiguousarray(probs, dtype=float), np.asarray(decs), scorer.threshold
+    if len(p) == len(rows) and np.isfinite(p).all() and np.array_equal(d, p >= threshold):
+        # the usual case: SQLite expands the rows from one JSON array (shortest round-trip decimals: the same
+        # doubles), the GIL released
+        sql, params = _INSERT_ROWS, [(seq, float(threshold),
+                                      orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode())]
+    else: sql, params = _INSERT_ROW, list(zip(itertools.repeat(seq), range(len(rows)), p.tolist(), d.tolist()))
+    if predictions and predictions[-1][0] == sql: predictions[-1][1].extend(params)   # rows stay in request order
+    else: predictions.append((sql, params))
+    return len(features) + 32 * len(rows)
+
+# %% ../../notebooks/api/10f_serve_log.ipynb #eec651bb
+@patch
+def _commit(self: PredictionLog, con, batch: list):
+    "Write `batch` in transactions of whole requests (rotating when due), emptying it; return the connection."
+    while batch:
+        k = rows = 0
+        with con:     # one transaction: whole requests, or nothing after a crash
+            seq, size = con.execute("SELECT coalesce(max(seq), 0) FROM requests").fetchone()[0], self._size()
+            requests, predictions = [], []
+            while k < len(batch):
+                seq += 1
+                self.pending += self._encode(seq, batch[k], requests, predictions)
+                rows += len(batch[k][3])
+                k += 1
+                if self._due(size): break
+            con.executemany(_INSERT_REQUEST, requests)     # a statement per kind for the whole batch: the
+            for sql, params in predictions: con.executemany(sql, params)   # writer holds the GIL little
+        del batch[:k]
+        self.pending = 0                          # committed: in the file's size now
+        with self._lock: self.queued -= rows
+        self.written += rows
+        self.last_write = time.time()
+        if self.failures: log.warning("prediction log %s written again after %d failures", self.path, self.failures)
+        self.failures, self.error = 0, None
+        if self._due(self._size()): con = self._rotate(con)
+    return con
+
+@patch
+def _failed(self: PredictionLog, con, e: Exception):
+    "Count a failed write, say so (the first time, then every 10th), and drop the connection (reopened next time)."
+    import sqlite3
+    self.failures += 1
+    self.pending = 0
+    self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if self.failures == 1 or self.failures % 10 == 0:
+        log.error("prediction log %s: write failed (%s), %d rows waiting; retrying", self.path, self.error,
+                  self.queued)
+    if con is not None:
+        try: con.close()
+        except sqlite3.Error: pass       # the connection is given up either way
+    return None
+
+@patch
+def _give_up(self: PredictionLog, batch: list) -> None:
+    "At shutdown past the deadline: count what could not be written as dropped, and say so."
+    import queue
+    lost = sum(len(b[3]) for b in batch)
+    while True:
+        try: item = self._q.get_nowait()
+        except queue.Empty: break
+        if item is not None: lost += len(item[3])
+    with self._lock:
+        self.queued -= lost
+        self.dropped += lost
+    log.error("prediction log %s: gave up at shutdown, %d rows not written (%s)", self.path, lost, self.error)
+
+# %% ../../notebooks/api/10f_serve_log.ipynb #04cc7076
+@patch
+def health(self: PredictionLog) -> dict:
+    "The writer's state: healthy, last commit (Unix time), failures since, last error, rows queued/dropped/written."
+    alive = self._thread.is_alive() or self._closing.is_set()
+    return {"healthy": alive and self.failures == 0 and self.queued < self.max_queue, "last_write": self.last_write,
+            "failures": self.failures, "error": self.error, "queued": self.queued, "dropped": self.dropped,
+            "written": self.written}
+
+@patch
+def problem(self: PredictionLog) -> str | None:
+    "Why the log cannot be written now, in one line (None while it can)."
+    h = self.health()
+    if h["healthy"]: return None
+    if not (self._thread.is_alive() or self._closing.is_set()):
+        return f"prediction log {self.path}: its writer stopped"
+    if h["failures"]:
+        since = f"last written {iso_time(h['last_write'])}" if h["last_write"] else "nothing written yet"
+        return (f"prediction log {self.path}: cannot write ({h['error']}); {h['failures']} failed attempts, "
+                f"{since}; {h['queued']} rows waiting")
+    return f"prediction log {self.path}: {h['queued']} rows waiting, the queue is full ({h['dropped']} dropped)"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from ..core import IntegrityError, MlopsnbError
 from mlopsnb.registry.artifacts import (
@@ -60,20 +61,6 @@ class Scorer:
         return self._in_range({c: (number_column if c in num else text_column)(v, c, c in null, offset)
                                for c, v in zip(required, fast)}, offset)
 
-    def _check_records(self, rows: list, required: list[str], allowed: set[str], offset: int) -> None:
-        "RequestError naming the first row that is not an object, lacks a required field or holds an unknown one."
-        need = set(required)
-        for i, r in enumerate(rows, offset):   # rows are numbered from `offset` in messages (a file's chunk)
-            if not isinstance(r, dict): raise RequestError(422, f"row {i}: expected a JSON object of column values")
-            keys = r.keys()
-            if keys >= need and keys <= allowed: continue
-            missing = [c for c in required if c not in r]
-            if missing:
-                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                raise RequestError(422, f"row {i}: missing field {missing[0]!r}" + more)
-            extra = [k for k in r if k not in allowed]
-            if extra: raise RequestError(422, f"row {i}: unknown field {str(extra[0])[:64]!r}")
-
     def _in_range(self, cols: dict[str, list], offset: int = 0) -> dict[str, list]:
         "Return `cols` if every number is in the contract's range; else RequestError naming the first row and field."
         for c, (lo, hi) in self.ranges.items():
@@ -89,40 +76,7 @@ class Scorer:
                 raise RequestError(422, f"row {i + offset}, field {c!r}: {side}")
         return cols
 
-    def unknown(self, cols: dict[str, list]) -> dict[str, int]:
-        "Count values outside the contract's categories per column (accepted: the encoder handles them)."
-        out = {}
-        for c, known in self.categories.items():
-            vals = cols.get(c, ())
-            if set(vals) - known - {None}:      # the common case (all known) costs one set, built in C
-                out[c] = sum(1 for v in vals if v is not None and v not in known)
-        return out
-
-    def score(self, cols: dict[str, list], n: int) -> np.ndarray:
-        "Return the positive-class probability of `n` checked rows (from `columns`)."
-        if self.session is not None and self.encodable(cols):
-            return self.session.run(None, self._feed(cols))[1][:, 1].astype(float)
-        import pandas as pd
-        frame = pd.DataFrame({c: cols[c] if c in cols else [None] * n for c in self.inputs})
-        for c in self.numbers & set(frame.columns): frame[c] = frame[c].astype(float)
-        return self.model.predict_proba(frame)[:, 1]
-
-    def encodable(self, cols: dict[str, list]) -> bool:
-        "Whether every text value is a category the ONNX encoders know (unknown or infrequent ones go the sklearn way)."
-        return all(not (set(cols.get(c, ())) - known - {None}) for c, known in self.encoded.items())
-
-    def _feed(self, cols: dict[str, list]) -> dict:
-        "The ONNX inputs of checked columns, as `registry.onnx_feed` makes them (float32; NaN or '' for blanks)."
-        out = {}
-        for c, kind in self.kinds.items():
-            v = cols[c]
-            if kind == "number": out[c] = np.asarray(v, dtype=np.float32).reshape(-1, 1)     # None -> NaN
-            else:
-                a = np.asarray(v, dtype=object)
-                if None in v: a[np.equal(a, None)] = ""
-                out[c] = a.reshape(-1, 1)
-        return out
-
+# %% ../../notebooks/api/10b_serve_scorer.ipynb #d4a16bd9
 def encoder_categories(model, # a fitted Pipeline (or any estimator)
                       ) -> dict[str, set] | None:
     "Return {column: its frequent one-hot categories} of the encoders in ColumnTransformers; None if unmappable."
@@ -138,6 +92,60 @@ def encoder_categories(model, # a fitted Pipeline (or any estimator)
                 for c, cats, inf in zip(cols, e.categories_, infrequent):
                     out[str(c)] = {str(v) for v in cats} - {str(v) for v in (inf if inf is not None else [])}
     return out if mapped == sum(isinstance(e, OneHotEncoder) for e in walk_estimators(model)) else None
+
+# %% ../../notebooks/api/10b_serve_scorer.ipynb #b0504285
+@patch
+def _check_records(self: Scorer, rows: list, required: list[str], allowed: set[str], offset: int) -> None:
+    "RequestError naming the first row that is not an object, lacks a required field or holds an unknown one."
+    need = set(required)
+    for i, r in enumerate(rows, offset):   # rows are numbered from `offset` in messages (a file's chunk)
+        if not isinstance(r, dict): raise RequestError(422, f"row {i}: expected a JSON object of column values")
+        keys = r.keys()
+        if keys >= need and keys <= allowed: continue
+        missing = [c for c in required if c not in r]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise RequestError(422, f"row {i}: missing field {missing[0]!r}" + more)
+        extra = [k for k in r if k not in allowed]
+        if extra: raise RequestError(422, f"row {i}: unknown field {str(extra[0])[:64]!r}")
+
+@patch
+def unknown(self: Scorer, cols: dict[str, list]) -> dict[str, int]:
+    "Count values outside the contract's categories per column (accepted: the encoder handles them)."
+    out = {}
+    for c, known in self.categories.items():
+        vals = cols.get(c, ())
+        if set(vals) - known - {None}:      # the common case (all known) costs one set, built in C
+            out[c] = sum(1 for v in vals if v is not None and v not in known)
+    return out
+
+@patch
+def score(self: Scorer, cols: dict[str, list], n: int) -> np.ndarray:
+    "Return the positive-class probability of `n` checked rows (from `columns`)."
+    if self.session is not None and self.encodable(cols):
+        return self.session.run(None, self._feed(cols))[1][:, 1].astype(float)
+    import pandas as pd
+    frame = pd.DataFrame({c: cols[c] if c in cols else [None] * n for c in self.inputs})
+    for c in self.numbers & set(frame.columns): frame[c] = frame[c].astype(float)
+    return self.model.predict_proba(frame)[:, 1]
+
+@patch
+def encodable(self: Scorer, cols: dict[str, list]) -> bool:
+    "Whether every text value is a category the ONNX encoders know (unknown or infrequent ones go the sklearn way)."
+    return all(not (set(cols.get(c, ())) - known - {None}) for c, known in self.encoded.items())
+
+@patch
+def _feed(self: Scorer, cols: dict[str, list]) -> dict:
+    "The ONNX inputs of checked columns, as `registry.onnx_feed` makes them (float32; NaN or '' for blanks)."
+    out = {}
+    for c, kind in self.kinds.items():
+        v = cols[c]
+        if kind == "number": out[c] = np.asarray(v, dtype=np.float32).reshape(-1, 1)     # None -> NaN
+        else:
+            a = np.asarray(v, dtype=object)
+            if None in v: a[np.equal(a, None)] = ""
+            out[c] = a.reshape(-1, 1)
+    return out
 
 # %% ../../notebooks/api/10b_serve_scorer.ipynb #a776c831
 SERVING_FILE = "mlopsnb/serving.json"   # in the model directory, under its manifest: threshold, ids, data contract
@@ -220,6 +228,7 @@ def _read_version(store, name: str, version: str) -> tuple:
     except Exception as e:   # MLflow, the artifact store, the file system, a malformed file: one line
         raise registry_failure(f"model {name} {version}", e) from e
 
+# %% ../../notebooks/api/10b_serve_scorer.ipynb #e74fba9a
 def _contract_rules(contract: dict | None, inputs: list[str]) -> tuple[set, dict, dict]:
     "What a data contract says of the model's inputs: (columns that may be blank, known categories, ranges enforced)."
     cols = (contract or {}).get("columns", {})
