@@ -15,7 +15,7 @@ JUPYTER_CONFIG := jupyter-config/jupyter_server_config.json
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
 
-.PHONY: install lock run test test-fast sync lab bench airflow clean help
+.PHONY: install lock run test test-fast sync outputs lab bench airflow clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -66,6 +66,10 @@ test-fast: $(STAMP)  ## library notebook tests and the fast pytest subset
 
 sync: $(STAMP)  ## export the library from notebooks/api and clean notebook metadata
 	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+
+outputs: $(STAMP)  ## run the library notebooks' examples and keep what they show (NB=notebooks/api/X.ipynb: one)
+	OMP_NUM_THREADS=1 $(BIN)/python tools/notebook_outputs.py $(NB)
 	$(BIN)/nbdev_clean
 
 lab: $(STAMP)  ## open JupyterLab 4 on the project (with the setting that keeps it working)

@@ -4,6 +4,7 @@ import configparser
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,23 @@ def test_importing_the_library_leaves_mlflow_url_printing_alone(tmp_path):
             f"from mlopsnb.cli import main; main(['status']); print(imported, os.environ.get({key!r}))")
     r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
     assert r.stdout.split() == ["None", "true"], r.stderr
+
+
+def test_make_outputs_keeps_what_examples_show_and_writes_nothing_on_an_error(tmp_path):
+    "tools/notebook_outputs.py (`make outputs`): examples' outputs kept, export and slow cells none; an error: unchanged."
+    import nbformat
+    cells = [nbformat.v4.new_code_cell("#| export\ndef f(): return 41"), nbformat.v4.new_code_cell("print(f() + 1)"),
+             nbformat.v4.new_code_cell("#| slow\nprint('slow')"), nbformat.v4.new_code_cell("{'x': f()}")]
+    good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), good)
+    nbformat.write(nbformat.v4.new_notebook(cells=[*cells, nbformat.v4.new_code_cell("1 / 0")]), bad)
+    before = bad.read_text()
+    tool = [sys.executable, str(ROOT / "tools" / "notebook_outputs.py")]
+    ok = subprocess.run([*tool, str(good)], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0 and ok.stdout.strip() == "1 notebooks written with their outputs", ok.stdout + ok.stderr
+    out = [c.get("outputs", []) for c in nbformat.read(good, 4).cells]
+    assert out[0] == [] and out[2] == []                              # export cell: none; slow cell: not run
+    assert "".join(out[1][0]["text"]) == "42\n" and out[3][0]["data"]["text/plain"] == "{'x': 41}"
+    failed = subprocess.run([*tool, str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert failed.returncode == 1 and "failed: ['bad.ipynb']" in failed.stdout and "ZeroDivisionError" in failed.stderr
+    assert bad.read_text() == before

@@ -159,6 +159,7 @@ print(store_snapshot(df, Store(sys.argv[1]), sys.argv[2]))
 """
 
 
+@pytest.mark.slow   # four processes importing MLflow: ~13 s, beyond the edit-test loop
 def test_concurrent_writers_store_a_snapshot_once_and_whole(tmp_path):
     "Four processes storing the same table at once (builds with --jobs, or side by side): one run, one whole file."
     from mlopsnb.tracking import prepare_store
