@@ -140,7 +140,8 @@ def test_importing_the_library_leaves_mlflow_url_printing_alone(tmp_path):
 def test_make_outputs_keeps_what_examples_show_and_writes_nothing_on_an_error(tmp_path):
     "tools/notebook_outputs.py (`make outputs`): examples' outputs kept, export and slow cells none; an error: unchanged."
     import nbformat
-    cells = [nbformat.v4.new_code_cell("#| export\ndef f(): return 41"), nbformat.v4.new_code_cell("print(f() + 1)"),
+    cells = [nbformat.v4.new_code_cell("#| export\ndef f(): return 41"),
+             nbformat.v4.new_code_cell("import sys\nprint('a log line', file=sys.stderr)\nprint(f() + 1)"),
              nbformat.v4.new_code_cell("#| slow\nprint('slow')"), nbformat.v4.new_code_cell("{'x': f()}")]
     good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=cells), good)
@@ -151,7 +152,8 @@ def test_make_outputs_keeps_what_examples_show_and_writes_nothing_on_an_error(tm
     assert ok.returncode == 0 and ok.stdout.strip() == "1 notebooks written with their outputs", ok.stdout + ok.stderr
     out = [c.get("outputs", []) for c in nbformat.read(good, 4).cells]
     assert out[0] == [] and out[2] == []                              # export cell: none; slow cell: not run
-    assert "".join(out[1][0]["text"]) == "42\n" and out[3][0]["data"]["text/plain"] == "{'x': 41}"
+    assert [(o["name"], "".join(o["text"])) for o in out[1]] == [("stdout", "42\n")]   # stderr's logs left out
+    assert out[3][0]["data"]["text/plain"] == "{'x': 41}"
     failed = subprocess.run([*tool, str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert failed.returncode == 1 and "failed: ['bad.ipynb']" in failed.stdout and "ZeroDivisionError" in failed.stderr
     assert bad.read_text() == before

@@ -65,6 +65,8 @@ def test_the_snapshot_is_stored_once_and_linked_from_the_builds_and_the_version(
     assert len(client.search_model_versions("name='churn'")) == 1                 # the second build: unchanged model
     st = Store(f"sqlite:///{built / 'mlflow.db'}")
     assert find_snapshot(st, builds[0].data.tags["mlopsnb.data_digest"]) == uri   # the index the reproduction reads
+    shown = cli(built, "show", "churn").stdout.splitlines()
+    assert f"  snapshot  {uri} (the table it read, by digest)" in shown, shown[:8]   # `show` lists it
 
 
 @pytest.mark.slow

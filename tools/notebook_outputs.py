@@ -1,10 +1,11 @@
 """Run the library notebooks' examples and keep what they show: the outputs a reader sees on GitHub or in JupyterLab.
 
-    .venv/bin/python tools/notebook_outputs.py [notebooks/api/X.ipynb ...]     # default: every notebook in notebooks/api
+    .venv/bin/python tools/notebook_outputs.py [notebooks/api/X.ipynb ...]     # default: every library notebook
 
 Each notebook runs as `nbdev_test` runs it (its own folder, `#| slow` and `eval: false` cells skipped, stopping at
-the first error), then its code cells keep their outputs: printed text, the last value's plain text, tables as HTML
-and figures as PNG, each within a size bound (a larger one keeps its plain text only, or nothing), export cells none.
+the first error), then its code cells keep their outputs: printed text (not stderr's logs and warnings), the last
+value's plain text, tables as HTML and figures as PNG, each within a size bound (a larger one keeps its plain text
+only, or nothing), export cells none.
 The notebook is written only when every cell ran. `make outputs` runs it, then `nbdev_clean`.
 """
 from __future__ import annotations
@@ -42,9 +43,10 @@ def skipped(cell) -> bool:
 def bounded(out: dict) -> dict | None:
     "An output within LIMITS (a too-large rich form dropped for its plain text; None when nothing fits)."
     if out.get("output_type") == "stream":
+        if out.get("name") == "stderr": return None        # logs and warnings: noise in a notebook read as a page
         text = "".join(out.get("text", ""))
         if len(text) > STREAM_LIMIT: text = text[:STREAM_LIMIT] + "\n... (cut: run the notebook for the rest)\n"
-        return {**out, "text": text}
+        return {**out, "text": text.splitlines(keepends=True)}     # as Jupyter writes it: a list of lines
     if out.get("output_type") in ("execute_result", "display_data"):
         data = {k: v for k, v in out.get("data", {}).items() if k in LIMITS and len("".join(v)) <= LIMITS[k]}
         if not data: return None

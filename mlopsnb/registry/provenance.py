@@ -60,6 +60,7 @@ def resolve(store, # a Store, Project or tracking URI
 
 # %% ../../notebooks/api/07g_registry_provenance.ipynb #7c4a6481
 LINEAGE_TAGS = ("git.commit", "git.dirty", "mlopsnb.pipeline", "mlopsnb.pipeline_hash", "mlopsnb.data_digest",
+                "mlopsnb.snapshot",
                 "mlopsnb.version", "mlopsnb.user", "mlopsnb.host", "mlopsnb.reproduction_of")
 UI = "http://127.0.0.1:5000"        # where `mlopsnb ui` serves the MLflow UI by default
 
@@ -180,6 +181,7 @@ def build_lines(b: dict, # a build, from `build_of`
            f"  data      {data.get('source', '?')}, digest {t.get('mlopsnb.data_digest', 'not recorded')[:16]}, "
            f"contract {data.get('contract') or 'default'}",
            f"  env       {_env_line(env)}"]
+    if t.get("mlopsnb.snapshot"): out.append(f"  snapshot  {t['mlopsnb.snapshot']} (the table it read, by digest)")
     if t.get("mlopsnb.reproduction_of"): out.append(f"  reproduction of {t['mlopsnb.reproduction_of']}")
     out.append(f"tasks ({len(b['tasks'])} runs)")
     w = max([16, *(len(r["task"]) for r in b["tasks"])])     # branch tasks have longer names: one column for all
