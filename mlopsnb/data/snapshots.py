@@ -78,9 +78,10 @@ def store_snapshot(df: pd.DataFrame, # the table a build read
                    store: Store, # where to keep it
                    artifact_location: str | None = None, # the snapshot experiment's artifact root, if it is new
                    data_digest: str | None = None, # the build's data digest: indexed to this snapshot
+                   digest: str | None = None, # `df`'s frame_digest, if the caller has it (computed otherwise)
                   ) -> str:
     "Store `df` as Parquet named by its digest, once per store; return its URI."
-    store, digest = as_store(store), frame_digest(df)
+    store, digest = as_store(store), digest or frame_digest(df)
     run = snapshot_run(store, artifact_location)
     uri = f"{run.info.artifact_uri}/{SNAPSHOT_DIR}/{digest}.parquet"
     client, local = store.client(), local_path(uri)
@@ -182,7 +183,8 @@ def log_source(raw: pd.DataFrame, # the raw table as read from `cfg.source`
     if tracking_off(): return None
     digest, uri = digest or frame_digest(raw), None
     if cfg.snapshot:
-        uri = store_snapshot(raw, task_store(), artifact_location(), build_tags().get("mlopsnb.data_digest"))
+        uri = store_snapshot(raw, task_store(), artifact_location(), build_tags().get("mlopsnb.data_digest"),
+                             digest)
         set_tags({SNAPSHOT_TAG: uri})
         set_build_tags({SNAPSHOT_TAG: uri})
     log_table(raw, source_name(cfg), mask_url(cfg.source), "source", digest, {SNAPSHOT_TAG: uri} if uri else None)
