@@ -1,8 +1,12 @@
 """Shared fixtures: a copy of the reference project in a temporary folder, the CLI run as a user would."""
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +45,81 @@ def clean_env(extra: dict | None = None) -> dict:
     return {**env, **(extra or {})}
 
 
-def cli(project: Path, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    "Run `mlopsnb ARGS` in `project` as a user would; return the finished process."
-    return subprocess.run([str(BIN / "mlopsnb"), *args], cwd=project, capture_output=True, text=True,
-                          env=clean_env(env), timeout=timeout)
+def cli(project: Path, *args: str, env: dict | None = None, timeout: float = 900, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `mlopsnb ARGS` in `project` as a user would, in a process of its own; return the finished process.
+
+    The process is a fork of a warm interpreter (tests/warm.py: the build's libraries imported once, ~half a sample
+    build's CPU) unless `fresh`, PYTHON* variables in `env` (they act at a process's start) or MLOPSNB_TEST_FRESH=1."""
+    argv = [str(BIN / "mlopsnb"), *args]
+    if fresh or os.environ.get("MLOPSNB_TEST_FRESH") == "1" or any(k.startswith("PYTHON") for k in env or {}):
+        return subprocess.run(argv, cwd=project, capture_output=True, text=True, env=clean_env(env), timeout=timeout)
+    return _warm().run(argv, Path(project), clean_env(env), timeout)
+
+
+class Warm:
+    "The client of one warm interpreter (tests/warm.py): commands sent to it, their pids and exit codes read back."
+
+    def __init__(self):
+        self.lock, self.waiting, self.next = threading.Lock(), {}, 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="mlopsnb-warm-"))
+        self.proc = subprocess.Popen([str(BIN / "python"), str(Path(__file__).with_name("warm.py"))], cwd=self.tmp,
+                                     env=clean_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()
+        assert first.startswith('{"ready"'), f"the warm interpreter did not start: {first!r}"
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self.lock: box = self.waiting.get(msg["id"])
+            if box is None: continue              # a command given up on (timed out): nobody waits for it
+            box.update(msg)
+            if "code" in msg: box["done"].set()
+            elif "pid" in msg: box["forked"].set()
+        with self.lock:
+            for box in self.waiting.values(): box["forked"].set(); box["done"].set()   # the interpreter is gone
+
+    def run(self, argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        with self.lock:
+            self.next += 1
+            rid, box = self.next, {"forked": threading.Event(), "done": threading.Event()}
+            self.waiting[rid] = box
+            out, err = self.tmp / f"{rid}.out", self.tmp / f"{rid}.err"
+            self.proc.stdin.write(json.dumps({"id": rid, "argv": argv, "cwd": str(cwd), "env": env,
+                                                   "out": str(out), "err": str(err)}) + "\n")
+            self.proc.stdin.flush()
+        try:
+            if not box["done"].wait(timeout):
+                box["forked"].wait(30)
+                if "pid" in box: os.kill(box["pid"], signal.SIGKILL)
+                box["done"].wait(30)
+                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
+            assert "code" in box, "the warm interpreter ended before the command did"
+            return subprocess.CompletedProcess(argv, box["code"], out.read_text(), err.read_text())
+        finally:
+            with self.lock: self.waiting.pop(rid, None)
+            out.unlink(missing_ok=True)
+            err.unlink(missing_ok=True)
+
+
+_WARM: list[Warm] = []
+_WARM_LOCK = threading.Lock()
+
+
+def _warm() -> Warm:
+    "This test process's warm interpreter, started at its first use (each xdist worker has its own)."
+    with _WARM_LOCK:
+        if not _WARM or _WARM[0].proc.poll() is not None: _WARM[:] = [Warm()]
+        return _WARM[0]
+
+
+def pytest_sessionfinish(session):
+    "Close the warm interpreter: it ends once the commands it forked have."
+    for warm in _WARM:
+        warm.proc.stdin.close()
+        try: warm.proc.wait(60)
+        except subprocess.TimeoutExpired: warm.proc.kill()
+        shutil.rmtree(warm.tmp, ignore_errors=True)
 
 
 PAUSE_CELL = ('\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
@@ -110,6 +185,6 @@ def wait_no_process_in(folder: Path, seconds: float = 20) -> None:
 def built(tmp_path_factory):
     "A copy of the project built once, on the sample, with the default engine (papermill)."
     project = make_project(tmp_path_factory.mktemp("built"))
-    result = cli(project, "run", *SAMPLE)
+    result = cli(project, "run", *SAMPLE, fresh=True)     # the console script from its first line, as a user starts it
     assert result.returncode == 0, result.stdout + result.stderr
     return project, result

@@ -18,7 +18,7 @@ def quoted(prefix: str) -> list[str]:
 
 def test_readme_build_summary_and_walkthrough_are_what_a_build_prints(tmp_path):
     project = make_project(tmp_path / "p")
-    first = cli(project, "run", "--engine", "inprocess")          # all rows, as `make run` (same numbers with papermill)
+    first = cli(project, "run", "--engine", "inprocess", fresh=True)  # all rows, as `make run` (same numbers with papermill)
     assert first.returncode == 0, first.stderr
     out = first.stdout.splitlines()
     for prefix in ("metrics (select_model):", "value per customer:", "largest fairness gap:", "model: churn version 1"):
