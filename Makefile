@@ -56,9 +56,12 @@ lock: $(UV)  ## refresh requirements.lock from settings.ini (hashes for every pl
 run: $(STAMP)  ## build the reference pipeline on the embedded default data
 	$(BIN)/mlopsnb run
 
-test: $(STAMP)  ## run every test: nbdev_test (library notebooks) and pytest (tests/, two workers: one per core)
-	$(BIN)/nbdev_test --path notebooks/api --do_print --flags slow
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=25
+# nbdev_test runs beside pytest (its log shown after pytest's): pytest leaves a core idle a quarter of the time
+test: $(STAMP)  ## run every test: nbdev_test (library notebooks) beside pytest (tests/, two workers: one per core)
+	@log=$$(mktemp); $(BIN)/nbdev_test --path notebooks/api --do_print --flags slow > $$log 2>&1 & nb=$$!; \
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile --durations=25; py=$$?; \
+	wait $$nb; nbrc=$$?; echo "nbdev_test --path notebooks/api --flags slow (exit $$nbrc):"; cat $$log; rm -f $$log; \
+	test $$py = 0 && test $$nbrc = 0
 
 test-fast: $(STAMP)  ## library notebook tests and the fast pytest subset
 	$(BIN)/nbdev_test --path notebooks/api

@@ -1,16 +1,14 @@
 """Shared fixtures: a copy of the reference project in a temporary folder, the CLI run as a user would."""
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+import warm
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,86 +51,37 @@ def cli(project: Path, *args: str, env: dict | None = None, timeout: float = 900
     argv = [str(BIN / "mlopsnb"), *args]
     if fresh or os.environ.get("MLOPSNB_TEST_FRESH") == "1" or any(k.startswith("PYTHON") for k in env or {}):
         return subprocess.run(argv, cwd=project, capture_output=True, text=True, env=clean_env(env), timeout=timeout)
-    return _warm().run(argv, Path(project), clean_env(env), timeout)
-
-
-class Warm:
-    "The client of one warm interpreter (tests/warm.py): commands sent to it, their pids and exit codes read back."
-
-    def __init__(self):
-        self.lock, self.waiting, self.next = threading.Lock(), {}, 0
-        self.tmp = Path(tempfile.mkdtemp(prefix="mlopsnb-warm-"))
-        self.proc = subprocess.Popen([str(BIN / "python"), str(Path(__file__).with_name("warm.py"))], cwd=self.tmp,
-                                     env=clean_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        first = self.proc.stdout.readline()
-        assert first.startswith('{"ready"'), f"the warm interpreter did not start: {first!r}"
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            msg = json.loads(line)
-            with self.lock: box = self.waiting.get(msg["id"])
-            if box is None: continue              # a command given up on (timed out): nobody waits for it
-            box.update(msg)
-            if "code" in msg: box["done"].set()
-            elif "pid" in msg: box["forked"].set()
-        with self.lock:
-            for box in self.waiting.values(): box["forked"].set(); box["done"].set()   # the interpreter is gone
-
-    def run(self, argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-        with self.lock:
-            self.next += 1
-            rid, box = self.next, {"forked": threading.Event(), "done": threading.Event()}
-            self.waiting[rid] = box
-            out, err = self.tmp / f"{rid}.out", self.tmp / f"{rid}.err"
-            self.proc.stdin.write(json.dumps({"id": rid, "argv": argv, "cwd": str(cwd), "env": env,
-                                                   "out": str(out), "err": str(err)}) + "\n")
-            self.proc.stdin.flush()
-        try:
-            if not box["done"].wait(timeout):
-                box["forked"].wait(30)
-                if "pid" in box: os.kill(box["pid"], signal.SIGKILL)
-                box["done"].wait(30)
-                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
-            assert "code" in box, "the warm interpreter ended before the command did"
-            return subprocess.CompletedProcess(argv, box["code"], out.read_text(), err.read_text())
-        finally:
-            with self.lock: self.waiting.pop(rid, None)
-            out.unlink(missing_ok=True)
-            err.unlink(missing_ok=True)
-
-
-_WARM: list[Warm] = []
-_WARM_LOCK = threading.Lock()
-
-
-def _warm() -> Warm:
-    "This test process's warm interpreter, started at its first use (each xdist worker has its own)."
-    with _WARM_LOCK:
-        if not _WARM or _WARM[0].proc.poll() is not None: _WARM[:] = [Warm()]
-        return _WARM[0]
+    proc = warm.client(BIN, clean_env()).start(argv, Path(project), clean_env(env))
+    try: out, err = proc.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(60)
+        raise subprocess.TimeoutExpired(argv, timeout, out, err)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def pytest_sessionfinish(session):
-    "Close the warm interpreter: it ends once the commands it forked have."
-    for warm in _WARM:
-        warm.proc.stdin.close()
-        try: warm.proc.wait(60)
-        except subprocess.TimeoutExpired: warm.proc.kill()
-        shutil.rmtree(warm.tmp, ignore_errors=True)
+    warm.close()
 
 
 PAUSE_CELL = ('\n# %%\nimport os, time, pathlib\nif os.environ.get("TEST_MARKER"):\n'
               '    pathlib.Path(os.environ["TEST_MARKER"]).touch(); time.sleep(120)\n')
 
 
-def start_paused_build(project: Path, task: str, marker: Path, *args: str, capture: bool = False) -> subprocess.Popen:
+def start_cli(project: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    "Start `mlopsnb ARGS` in `project` in a session of its own, its output captured; return the running process."
+    argv = [str(BIN / "mlopsnb"), *args]
+    if os.environ.get("MLOPSNB_TEST_FRESH") == "1":
+        return subprocess.Popen(argv, cwd=project, env=clean_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    return warm.client(BIN, clean_env()).start(argv, Path(project), clean_env(env), session=True)
+
+
+def start_paused_build(project: Path, task: str, marker: Path, *args: str) -> subprocess.Popen:
     "Start `mlopsnb run ARGS` with a pause appended to `task`'s notebook; return once the build reached the pause."
     src = project / "notebooks" / "tasks" / f"{task}.py"
     src.write_text(src.read_text() + PAUSE_CELL)
-    out = subprocess.PIPE if capture else subprocess.DEVNULL
-    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", *args], cwd=project, env=clean_env({"TEST_MARKER": str(marker)}),
-                            stdout=out, stderr=out, text=True, start_new_session=True)
+    proc = start_cli(project, "run", *args, env={"TEST_MARKER": str(marker)})
     deadline = time.time() + 400
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, f"the build ended before reaching {task}"

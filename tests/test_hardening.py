@@ -80,9 +80,8 @@ def test_every_gate_fails_end_to_end(tmp_path):
     assert evidence["latency"]["calls"] >= 20 and evidence["latency"]["threads"] == 1     # how it was measured
 
 
-def test_registered_model_is_the_evaluated_bytes(tmp_path):
-    project = make_project(tmp_path / "p")
-    assert cli(project, "run", *FAST).returncode == 0
+def test_registered_model_is_the_evaluated_bytes(built):
+    project, _ = built
     info = json.loads((project / "products/model/model.json").read_text())
     client = store(project)
     mv = client.get_model_version("churn", "1")

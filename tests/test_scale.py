@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, SAMPLE, clean_env, cli, make_project, set_grid
+from conftest import BIN, SAMPLE, clean_env, cli, make_project, set_grid, start_cli
 
 # ---------------------------------------------------------------- a small spec with independent branches
 
@@ -109,9 +109,7 @@ def _gone(pid: int) -> bool:
 def _start_paused(project: Path, marker: Path) -> tuple[subprocess.Popen, int]:
     "Start `mlopsnb run --jobs 2` with task a paused; return the build and a's task process once a paused."
     marker.unlink(missing_ok=True)
-    proc = subprocess.Popen([str(BIN / "mlopsnb"), "run", "--engine", "inprocess", "--jobs", "2"], cwd=project,
-                            env=clean_env({"PAUSE_IN": "a", "PAUSE_MARKER": str(marker)}), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_cli(project, "run", "--engine", "inprocess", "--jobs", "2", env={"PAUSE_IN": "a", "PAUSE_MARKER": str(marker)})
     deadline = time.time() + 300
     while not marker.exists() or not marker.read_text():
         assert proc.poll() is None and time.time() < deadline, "the build ended before task a paused"
@@ -420,13 +418,14 @@ class SlowDeletes(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args): pass
 
 
-CONTENDER = """import json, os, sys, time
+CONTENDER = """import json, os, pathlib, sys, time
 from mlopsnb.config import Store
 from mlopsnb.registry import registry_lock
-url, events, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+url, events, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
 store = Store(url)
 store.client().search_registered_models(max_results=1)          # imports and the first connection done before the start
-time.sleep(max(0.0, start - time.time()))
+print("ready", flush=True)
+while not go.exists(): time.sleep(0.005)                          # every contender released at once
 with registry_lock(store, timeout=240):
     with open(events, "a") as f: f.write(json.dumps(["in", os.getpid()]) + "\\n")
     time.sleep(1.0)
@@ -449,10 +448,12 @@ def test_lock_record_takeover_is_won_by_one_contender(mlflow_server, tmp_path):
         for rnd in range(3):
             # a record left by a holder on another machine, past its lease: every contender sees it abandoned at once
             client.create_registered_model(LOCK_MODEL, tags={"host": "elsewhere", "pid": "1", "token": f"gone{rnd}", "since": "0"})
-            events = tmp_path / f"events{rnd}.jsonl"
-            start = time.time() + 15
-            procs = [subprocess.Popen([str(BIN / "python"), "-c", CONTENDER, slow, str(events), str(start)], env=clean_env(),
+            events, go = tmp_path / f"events{rnd}.jsonl", tmp_path / f"go{rnd}"
+            procs = [subprocess.Popen([str(BIN / "python"), "-c", CONTENDER, slow, str(events), str(go)], env=clean_env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(contenders)]
+            for p in procs:                                                  # each has imported and connected: start them
+                assert p.stdout.readline() == "ready\n", p.communicate()[1][-2000:]
+            go.touch()
             outs = [p.communicate(timeout=400) for p in procs]
             assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
             seen, holders = [json.loads(l) for l in events.read_text().splitlines()], set()

@@ -122,7 +122,7 @@ def test_second_build_fails_at_once_naming_the_holder_and_a_killed_holder_does_n
 
 def test_sigterm_ends_the_runs_killed_at_once(tmp_path):
     project = make_project(tmp_path / "p")
-    proc = start_paused_build(project, "train_model", tmp_path / "marker", *SAMPLE, capture=True)
+    proc = start_paused_build(project, "train_model", tmp_path / "marker", *SAMPLE)
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)

@@ -7,13 +7,18 @@ run as in any interpreter's exit). What differs from a fresh `mlopsnb` process i
 before the fork, in the tests' clean environment. Tests whose subject is a process's start (import-time behaviour,
 a minimal environment, PYTHONPATH) run `cli(..., fresh=True)`; MLOPSNB_TEST_FRESH=1 runs every command fresh.
 
-Protocol, a JSON object a line: stdin {"id", "argv", "cwd", "env", "out", "err"}; stdout {"ready": seconds} once,
-then {"id", "pid"} when a command is forked and {"id", "code"} when it ended (-N: killed by signal N, as subprocess).
+Protocol, a JSON object a line: stdin {"id", "argv", "cwd", "env", "out", "err", "session"}; stdout {"ready": seconds}
+once, then {"id", "pid"} when a command is forked and {"id", "code"} when it ended (-N: killed by signal N, as
+subprocess). The client side (`client()`, `WarmProcess`) is at the end: the tests' conftest imports this module.
 """
 import json
 import os
 import select
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +55,7 @@ def child(req: dict) -> None:
     for fd, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(fd, target)
         os.close(fd)
+    if req.get("session"): os.setsid()     # Popen(start_new_session=True)
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
@@ -81,6 +87,102 @@ def serve() -> None:
 
 def reply(msg: dict) -> None:
     os.write(1, (json.dumps(msg) + "\n").encode())
+
+
+# ---------------------------------------------------------------- the client, in the test process
+
+class WarmProcess:
+    "A command forked by the warm interpreter, handled like a `subprocess.Popen` whose output goes to files."
+
+    def __init__(self, argv: list[str], box: dict, out: Path, err: Path):
+        self.args, self.box, self.out, self.err = argv, box, out, err
+        box["forked"].wait(60)
+        assert "pid" in box, f"the warm interpreter did not fork {argv}"
+        self.pid = box["pid"]
+
+    @property
+    def returncode(self) -> int | None:
+        return self.box.get("code")
+
+    def poll(self) -> int | None:
+        if self.box["done"].is_set() and "code" not in self.box: raise RuntimeError("the warm interpreter ended first")
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.box["done"].wait(timeout): raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.poll()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        "Wait for the end; return its stdout and stderr (and remove their files)."
+        self.wait(timeout)
+        texts = tuple(f.read_text(errors="replace") for f in (self.out, self.err))
+        for f in (self.out, self.err): f.unlink(missing_ok=True)
+        return texts
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None: os.kill(self.pid, sig)
+
+    def kill(self) -> None: self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None: self.send_signal(signal.SIGTERM)
+
+
+class Client:
+    "One warm interpreter and the commands sent to it; a reader thread hands each its pid and exit code."
+
+    def __init__(self, bin_dir: Path, env: dict):
+        self.lock, self.waiting, self.next = threading.Lock(), {}, 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="mlopsnb-warm-"))
+        self.proc = subprocess.Popen([str(bin_dir / "python"), __file__], cwd=self.tmp, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()
+        assert first.startswith('{"ready"'), f"the warm interpreter did not start: {first!r}"
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self.lock: box = self.waiting[msg["id"]]
+            box.update(msg)
+            box["done" if "code" in msg else "forked"].set()
+        with self.lock:                                   # the interpreter is gone: nobody waits forever
+            for box in self.waiting.values(): box["forked"].set(); box["done"].set()
+
+    def start(self, argv: list[str], cwd: Path, env: dict, session: bool = False) -> WarmProcess:
+        "Fork `argv` (argv[0] the console script) in `cwd` with exactly `env`."
+        with self.lock:
+            self.next += 1
+            rid, box = self.next, {"forked": threading.Event(), "done": threading.Event()}
+            self.waiting[rid] = box
+            out, err = self.tmp / f"{rid}.out", self.tmp / f"{rid}.err"
+            self.proc.stdin.write(json.dumps({"id": rid, "argv": argv, "cwd": str(cwd), "env": env, "out": str(out),
+                                              "err": str(err), "session": session}) + "\n")
+            self.proc.stdin.flush()
+        return WarmProcess(argv, box, out, err)
+
+    def close(self) -> None:
+        "Close its stdin: it ends once the commands it forked have."
+        self.proc.stdin.close()
+        try: self.proc.wait(60)
+        except subprocess.TimeoutExpired: self.proc.kill()
+        subprocess.run(["rm", "-rf", str(self.tmp)])
+
+
+_CLIENT: list[Client] = []
+_LOCK = threading.Lock()
+
+
+def client(bin_dir: Path, env: dict) -> Client:
+    "This test process's warm interpreter, started at its first use with `env` (each xdist worker has its own)."
+    with _LOCK:
+        if not _CLIENT or _CLIENT[0].proc.poll() is not None: _CLIENT[:] = [Client(bin_dir, env)]
+        return _CLIENT[0]
+
+
+def close() -> None:
+    with _LOCK:
+        for c in _CLIENT: c.close()
+        _CLIENT.clear()
 
 
 if __name__ == "__main__":
