@@ -369,7 +369,11 @@ def log_input(dataset, # an `mlflow.data` dataset (e.g. `mlflow.data.from_pandas
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
     t = {**(tags or {}), **({MLFLOW_DATASET_CONTEXT: context} if context else {})}
     found = DatasetInput(dataset._to_mlflow_entity(), [InputTag(str(k), str(v)) for k, v in t.items()])
-    rec.client.log_inputs(current_run_id(), datasets=[found])
+    raced = ("UNIQUE constraint", "UniqueViolation", "Duplicate entry")   # SQLite, PostgreSQL, MySQL
+    for attempt in range(3):   # MLflow looks a dataset up, then inserts it: two runs logging one new dataset race
+        try: return rec.client.log_inputs(current_run_id(), datasets=[found])
+        except Exception as e:   # the loser's insert breaks the unique key; again, it finds the winner's row
+            if attempt == 2 or not any(m in str(e) for m in raced): raise
 
 def build_tags() -> dict[str, str]:
     "Return the tags of the build's parent run ({} outside a build or when tracking is off)."

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -178,3 +179,42 @@ def test_concurrent_writers_store_a_snapshot_once_and_whole(tmp_path):
     assert snapshot_run(Store(uri)).info.run_id in outs[0]
     client = Store(uri).client()
     assert len(client.search_runs([client.get_experiment_by_name("mlopsnb-snapshots").experiment_id])) == 1
+
+
+LOGGER = '''
+import pathlib, sys, time
+import pandas as pd
+from mlopsnb.data.snapshots import dataset
+from mlopsnb.tracking import log_input
+go, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+frame = pd.DataFrame({"a": [1, 2, 3]})
+while not go.exists(): time.sleep(0.002)
+for r in range(rounds):                 # every writer logs the same new dataset at the same moment
+    log_input(dataset(frame, "raw", "data/churn.csv", digest=f"{r:03d}".ljust(64, "0")), "training")
+print("done")
+'''
+
+
+@pytest.mark.slow
+def test_writers_logging_one_new_dataset_at_once_all_record_it(tmp_path):
+    "Builds that read the same new table at once (a team on one store): MLflow's lookup-then-insert race is retried."
+    from mlopsnb.config import Project
+    from mlopsnb.tracking import recorder
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "pipeline.yaml").write_text("tasks: []\n")
+    (project / "env.yaml").write_text("experiment: inputs\n")
+    rec = recorder(Project.load(project, environ={}))
+    writers, rounds, go = 6, 8, tmp_path / "go"
+    runs = [rec.start_run(f"w{i}") for i in range(writers)]
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "MLFLOW_EXPERIMENT_ID": rec.experiment_id}
+    procs = [subprocess.Popen([sys.executable, "-c", LOGGER, str(go), str(rounds)], cwd=project, text=True,
+                              env=clean_env({**env, "MLFLOW_RUN_ID": run}), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for run in runs]
+    time.sleep(8)                      # imports done in every writer
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * writers, [err[-1500:] for _, err in outs if err]
+    client = store(project)
+    for run in runs:
+        assert len(client.get_run(run).inputs.dataset_inputs) == rounds
