@@ -134,6 +134,6 @@ def wait_no_process_in(folder: Path, seconds: float = 20) -> None:
 def built(tmp_path_factory):
     "A copy of the project built once, on the sample, with the default engine (papermill)."
     project = make_project(tmp_path_factory.mktemp("built"))
-    result = cli(project, "run", *SAMPLE, fresh=True)     # the console script from its first line, as a user starts it
+    result = cli(project, "run", *SAMPLE)
     assert result.returncode == 0, result.stdout + result.stderr
     return project, result
